@@ -1,0 +1,297 @@
+"""One config object for a GraphGPT2-Rec run (RecBole style: one place drives data, model, training, evaluation).
+
+A run config is a tree of dataclasses loaded from YAML (``train/configs/<preset>.yaml`` or any file) and then
+patched with dotted ``key=value`` overrides from the command line::
+
+    cfg = load_config("demo", ["pretrain.rounds=2", "model.n_layer=1"])
+
+Unknown keys and values of the wrong type are errors that name the key (and the file). Nothing is guessed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+PRESETS = ("demo", "quick", "paper", "released")
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key (and file)."""
+
+
+@dataclass
+class DataConfig:
+    """Where the prompt corpus lives and, when ``build`` is on, how to build it (``python -m data_builders build``)."""
+
+    folder: str = "outputs/demo/data"  # dataset folder (DESIGN.md §4); built here when build=True
+    build: bool = True  # build the folder first (skipped when it exists and holds a manifest.json)
+    source: str = "synthetic"  # data_builders source: "synthetic" or a reader name such as "amazon2014"
+    raw: Optional[str] = None  # raw data folder for a real source (e.g. ../shared/data/amazon-musical-instruments-2014)
+    tokenizer: str = "bpe"  # "bpe" = train a small byte-level BPE on the corpus; else a folder with vocab.json+merges.txt
+    build_args: list[str] = field(default_factory=list)  # extra CLI args passed verbatim to the builder
+    # Which prompt configs feed content pre-training. Ablations are this list:
+    # NoGHIP / without 2nd order -> drop "second_order"; without item content -> drop "content".
+    pretrain_configs: list[str] = field(default_factory=lambda: ["content", "review", "second_order"])
+    max_length: int = 1024  # prompts longer than this are truncated (histories from the left, see docs/training.md)
+
+
+@dataclass
+class ModelConfig:
+    """Size and graph-bias settings of GraphGPT2ForRecommendation (mirrors GraphGPT2Config fields)."""
+
+    n_layer: int = 2
+    n_embd: int = 64
+    n_head: int = 4
+    n_positions: int = 1024
+    dropout: float = 0.1  # resid/embd/attn dropout
+    graph_bias: str = "paper"  # "paper" | "exp" | "learned" | "constant" | "none"
+    max_hops: int = 6
+    bias_delta: float = 0.5
+    init_from: Optional[str] = None  # local GPT-2 checkpoint folder (backbone weights); None = random init
+    freeze_backbone: bool = False  # True = CLLM4Rec (train ID embeddings only)
+    lora_r: int = 0  # >0: LoRA adapters on c_attn/c_proj/c_fc, ID embeddings trained in full
+    lora_alpha: int = 16
+    mutual_reg_weight: float = 1.0  # lambda_V of the content<->collab embedding regulariser
+
+
+@dataclass
+class StageConfig:
+    """Optimiser settings shared by the pre-training and fine-tuning stages."""
+
+    batch_size: int = 8
+    lr_id: float = 1e-3  # user/item ID embeddings
+    lr_backbone: float = 1e-4  # transformer + text embeddings
+    weight_decay: float = 0.0  # applied to backbone matrices only (never to embeddings, biases, LayerNorms)
+    warmup_ratio: float = 0.05  # linear warm-up over this share of the stage's steps, then linear decay to 0
+    grad_clip: float = 1.0  # max grad norm; 0 disables
+
+
+@dataclass
+class PretrainConfig(StageConfig):
+    """Crowd contextual pre-training: content warm-up epochs, then rounds of collaborative (+ content)."""
+
+    do_pretrain: bool = True  # False = NoPretrain ablation
+    content_epochs: int = 1  # content-only warm-up epochs (paper: 10, released code: 3)
+    rounds: int = 1  # collaborative rounds after the warm-up (paper: 100)
+    content_every: int = 1  # a content epoch follows the collab epoch in round r when (r+1) % content_every == 0; 0 = never
+    collab_batch_size: int = 8
+
+
+@dataclass
+class FinetuneConfig(StageConfig):
+    """Personalized predictive fine-tuning (multinomial loss over all items)."""
+
+    do_finetune: bool = True  # False = NoFineTune ablation (pre-trained model evaluated as is)
+    epochs: int = 2
+    mask_fraction: float = 0.2  # share of each train history removed from the prompt every epoch (>= 1 item)
+    selection_metric: str = "recall@20"  # ONE validation criterion that picks the epoch (see train/evaluate.py)
+    patience: int = 0  # stop after this many epochs without improvement; 0 = never stop early
+
+
+@dataclass
+class EvalConfig:
+    """Full-catalog ranking metrics."""
+
+    recall_ks: list[int] = field(default_factory=lambda: [20, 40])
+    ndcg_ks: list[int] = field(default_factory=lambda: [100])
+    batch_size: int = 32
+    num_examples: int = 3  # example recommendations printed at the end of a run
+
+
+@dataclass
+class OutputConfig:
+    """Where a run writes checkpoints, logs, metrics and the Hub-ready model folder."""
+
+    dir: str = "outputs/demo"
+    save_total_limit: int = 2  # checkpoints kept per stage
+    log_every: int = 10  # steps between tqdm/JSONL log lines
+    push_to_hub: Optional[str] = None  # "org/name": upload the published folder
+    push_dataset_to_hub: Optional[str] = None  # "org/name": upload the dataset folder (repo_type="dataset")
+    model_name: str = "graphgpt2-rec"
+
+
+@dataclass
+class RunConfig:
+    """The whole run."""
+
+    preset: str = "demo"
+    seed: int = 0
+    mixed_precision: str = "no"  # "no" | "fp16" | "bf16" (Accelerate); "no" on CPU
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        """Write the resolved config as YAML (atomically)."""
+        from train.io_utils import atomic_write_text
+
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Checking values against the dataclass field types.
+
+_ALLOWED_CHOICES = {
+    "model.graph_bias": ("paper", "exp", "learned", "constant", "none"),
+    "mixed_precision": ("no", "fp16", "bf16"),
+}
+
+
+def _check_value(key: str, value: Any, tp: Any, where: str) -> Any:
+    """Return ``value`` converted to ``tp`` or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_value(key, value, inner[0], where)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: key '{key}' expects a list, got {type(value).__name__} {value!r}")
+        return [_check_value(f"{key}[{i}]", v, item_tp, where) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: key '{key}' expects true/false, got {type(value).__name__} {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: key '{key}' expects an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: key '{key}' expects a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: key '{key}' expects a string, got {type(value).__name__} {value!r}")
+        if key in _ALLOWED_CHOICES and value not in _ALLOWED_CHOICES[key]:
+            raise ConfigError(f"{where}: key '{key}' must be one of {_ALLOWED_CHOICES[key]}, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: key '{key}' has an unsupported type {tp}")  # pragma: no cover
+
+
+def _field_types(obj: Any) -> dict[str, Any]:
+    hints = typing.get_type_hints(type(obj))
+    return {f.name: hints[f.name] for f in dataclasses.fields(obj)}
+
+
+def _apply(obj: Any, updates: dict, prefix: str, where: str) -> None:
+    """Set ``updates`` (a nested dict) on dataclass ``obj``; unknown keys and wrong types raise ConfigError."""
+    if not isinstance(updates, dict):
+        raise ConfigError(f"{where}: key '{prefix.rstrip('.') or '<root>'}' expects a mapping, got {updates!r}")
+    types_ = _field_types(obj)
+    for name, value in updates.items():
+        key = f"{prefix}{name}"
+        if name not in types_:
+            known = ", ".join(f"{prefix}{n}" for n in types_)
+            raise ConfigError(f"{where}: unknown key '{key}' (known keys: {known})")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            _apply(current, value, f"{key}.", where)
+        else:
+            setattr(obj, name, _check_value(key.lstrip("."), value, types_[name], where))
+
+
+def _validate(cfg: RunConfig) -> None:
+    """Cross-field checks that types alone cannot express."""
+    if cfg.model.n_embd % cfg.model.n_head:
+        raise ConfigError(f"key 'model.n_embd' ({cfg.model.n_embd}) must be divisible by 'model.n_head' ({cfg.model.n_head})")
+    if not 0.0 <= cfg.finetune.mask_fraction < 1.0:
+        raise ConfigError(f"key 'finetune.mask_fraction' must be in [0, 1), got {cfg.finetune.mask_fraction}")
+    from train.metric_names import parse_metric_name
+
+    try:
+        parse_metric_name(cfg.finetune.selection_metric)
+    except ValueError as err:
+        raise ConfigError(f"key 'finetune.selection_metric': {err}") from None
+    kind, k = parse_metric_name(cfg.finetune.selection_metric)
+    ks = cfg.eval.ndcg_ks if kind == "ndcg" else cfg.eval.recall_ks
+    if k not in ks:
+        raise ConfigError(f"key 'finetune.selection_metric' ({cfg.finetune.selection_metric}) needs k={k} in the eval cut-offs {ks}")
+    known = {"content", "review", "second_order"}
+    bad = [c for c in cfg.data.pretrain_configs if c not in known]
+    if bad:
+        raise ConfigError(f"key 'data.pretrain_configs' has unknown prompt configs {bad}; known: {sorted(known)}")
+    for name in ("batch_size",):
+        for stage in ("pretrain", "finetune"):
+            if getattr(getattr(cfg, stage), name) < 1:
+                raise ConfigError(f"key '{stage}.{name}' must be >= 1")
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``["a.b=1", "c=[x, y]"]`` -> nested dict; values are parsed as YAML scalars/lists."""
+    nested: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip().lstrip("-")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override '{key}': cannot parse value {raw!r}: {err}") from None
+        node = nested
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{key}' conflicts with an earlier override")
+        node[parts[-1]] = value
+    return nested
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A preset name (``demo``) or a path to a YAML file."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        return p
+    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        raise ConfigError(f"unknown preset '{name_or_path}' (presets: {', '.join(PRESETS)}) and no such file")
+    return candidate
+
+
+def load_config(name_or_path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a preset or YAML file, apply dotted overrides, validate. ``None`` = the built-in defaults."""
+    cfg = RunConfig()
+    if name_or_path is not None:
+        path = resolve_config_path(name_or_path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: invalid YAML: {err}") from None
+        _apply(cfg, raw, "", str(path))
+    if overrides:
+        _apply(cfg, parse_overrides(overrides), "", "command-line override")
+    _validate(cfg)
+    return cfg
+
+
+def config_from_dict(d: dict) -> RunConfig:
+    """Rebuild a RunConfig from ``to_dict()`` output (e.g. a saved run config)."""
+    cfg = RunConfig()
+    _apply(cfg, d, "", "dict")
+    _validate(cfg)
+    return cfg
+
+
+def config_to_json(cfg: RunConfig) -> str:
+    return json.dumps(cfg.to_dict(), sort_keys=True)
