@@ -1,0 +1,352 @@
+"""Reference recommenders scored by the same metric code as GraphGPT2: Popularity, ItemKNN, EASE, Multi-VAE.
+
+Every baseline has one interface (RecBole-style, but without the framework):
+
+    model = EASE(lambdas=(100, 250, 500)).fit(train_csr, valid_csr)   # valid only for hyper-parameter choice
+    scores = model.score(np.arange(10))                                # (10, num_items) float, higher = better
+
+``train_csr`` is a binary (U, I) scipy CSR of training interactions; ``valid_csr`` (same shape) holds the
+validation items used to pick a hyper-parameter (EASE's L2 weight, Multi-VAE's epoch). Scoring never looks at
+validation or test data: a user is represented by their training items only, and the caller masks those
+items before ranking (``train.metrics``). :func:`evaluate_recommender` does exactly that, in user batches.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from typing import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from train.metrics import merge_per_user, per_user_metrics, summarize
+
+__all__ = [
+    "Recommender",
+    "Popularity",
+    "ItemKNN",
+    "EASE",
+    "MultiVAE",
+    "BASELINES",
+    "make_baseline",
+    "evaluate_recommender",
+    "to_csr",
+]
+
+
+def to_csr(item_lists: Sequence[Sequence[int]], num_items: int) -> sp.csr_matrix:
+    """Binary (len(item_lists), num_items) float32 CSR from per-user item index lists (duplicates collapse to 1)."""
+    rows = np.repeat(np.arange(len(item_lists)), [len(a) for a in item_lists])
+    cols = np.concatenate([np.asarray(a, dtype=np.int64) for a in item_lists]) if len(item_lists) else np.zeros(0, np.int64)
+    if cols.size and (cols.min() < 0 or cols.max() >= num_items):
+        raise ValueError(f"item index out of range [0, {num_items}): {cols[(cols < 0) | (cols >= num_items)][:3]}")
+    m = sp.csr_matrix((np.ones(len(cols), np.float32), (rows, cols)), shape=(len(item_lists), num_items))
+    m.data[:] = 1.0  # duplicates were summed
+    return m
+
+
+def _check_train(train: sp.spmatrix, valid: sp.spmatrix | None) -> sp.csr_matrix:
+    if not sp.issparse(train) or train.ndim != 2:
+        raise TypeError(f"train must be a 2-D scipy sparse matrix (users, items), got {type(train).__name__}")
+    if valid is not None and valid.shape != train.shape:
+        raise ValueError(f"valid has shape {valid.shape} but train has {train.shape}")
+    train = sp.csr_matrix(train, dtype=np.float32)
+    train.data[:] = 1.0
+    return train
+
+
+def evaluate_recommender(
+    model: "Recommender",
+    train: sp.csr_matrix,
+    target: sp.csr_matrix,
+    users: np.ndarray | None = None,
+    ks: Sequence[int] = (20, 40),
+    ndcg_ks: Sequence[int] = (100,),
+    batch_size: int = 1024,
+    per_user: bool = False,
+):
+    """Full-catalog metrics of ``model`` against ``target`` (validation or test CSR), train items masked.
+
+    Returns :func:`train.metrics.summarize`'s dict, or the per-user arrays when ``per_user=True``.
+    """
+    users = np.arange(train.shape[0]) if users is None else np.asarray(users)
+    blocks = []
+    for start in range(0, len(users), batch_size):
+        batch = users[start : start + batch_size]
+        scores = np.asarray(model.score(batch), dtype=np.float32)
+        blocks.append(per_user_metrics(scores, target[batch], train[batch], ks, ndcg_ks))
+    merged = merge_per_user(blocks)
+    return merged if per_user else summarize(merged)
+
+
+class Recommender:
+    """Common interface. Subclasses set ``name`` and ``stochastic`` and implement ``fit`` and ``score``."""
+
+    name = "base"
+    stochastic = False  # True when the result depends on the seed (then benchmarks run several seeds)
+
+    def fit(self, train: sp.csr_matrix, valid: sp.csr_matrix | None = None) -> "Recommender":
+        raise NotImplementedError
+
+    def score(self, user_ids: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def info(self) -> dict:
+        """Chosen hyper-parameters and fit details, for the results JSON."""
+        return {}
+
+    def _require_fit(self) -> None:
+        if getattr(self, "train_", None) is None:
+            raise RuntimeError(f"{type(self).__name__}.score called before fit")
+
+
+class Popularity(Recommender):
+    """Score every item by its number of training interactions (the same list for every user)."""
+
+    name = "pop"
+
+    def fit(self, train, valid=None):
+        self.train_ = _check_train(train, valid)
+        self.counts_ = np.asarray(self.train_.sum(axis=0), dtype=np.float32).ravel()
+        return self
+
+    def score(self, user_ids):
+        self._require_fit()
+        return np.broadcast_to(self.counts_, (len(user_ids), self.counts_.size)).copy()
+
+
+class ItemKNN(Recommender):
+    """Item-based cosine neighbourhood: S_ij = |U_i ∩ U_j| / sqrt(|U_i| |U_j|), diagonal 0; score = x_u S.
+
+    ``topk=None`` keeps all neighbours; otherwise each item keeps its ``topk`` most similar items (the column
+    of S that scores it). ``shrink`` adds to the denominator (0 = plain cosine).
+    """
+
+    name = "itemknn"
+
+    def __init__(self, topk: int | None = None, shrink: float = 0.0):
+        self.topk = topk
+        self.shrink = shrink
+
+    def fit(self, train, valid=None):
+        self.train_ = _check_train(train, valid)
+        x = self.train_
+        co = (x.T @ x).tocsr().astype(np.float32)  # item-item co-occurrence counts
+        deg = np.sqrt(np.asarray(x.sum(axis=0)).ravel()).astype(np.float32)
+        co.setdiag(0)
+        co.eliminate_zeros()
+        coo = co.tocoo()
+        vals = coo.data / (deg[coo.row] * deg[coo.col] + self.shrink)
+        sim = sp.csr_matrix((vals.astype(np.float32), (coo.row, coo.col)), shape=co.shape)
+        if self.topk is not None:
+            sim = self._keep_topk_per_column(sim, self.topk)
+        self.sim_ = sim
+        return self
+
+    @staticmethod
+    def _keep_topk_per_column(sim: sp.csr_matrix, k: int) -> sp.csr_matrix:
+        # Column j holds the neighbours that vote for item j; keep its k largest.
+        csc = sim.tocsc()
+        rows, cols, vals = [], [], []
+        for j in range(csc.shape[1]):
+            s, e = csc.indptr[j], csc.indptr[j + 1]
+            if e - s > k:
+                keep = np.argpartition(-csc.data[s:e], k - 1)[:k] + s
+            else:
+                keep = np.arange(s, e)
+            rows.append(csc.indices[keep])
+            cols.append(np.full(len(keep), j))
+            vals.append(csc.data[keep])
+        return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=sim.shape)
+
+    def score(self, user_ids):
+        self._require_fit()
+        return np.asarray((self.train_[user_ids] @ self.sim_).todense(), dtype=np.float32)
+
+    def info(self):
+        return {"topk": self.topk, "shrink": self.shrink}
+
+
+class EASE(Recommender):
+    """EASE (Steck, 2019): B = I - P diag(1/diag(P)), P = (XᵀX + λI)⁻¹, i.e. diag(B) = 0; score = x_u B.
+
+    With several ``lambdas`` and a ``valid`` matrix, each λ is fitted on train and the one with the best
+    validation ``select_metric`` is kept (ties: the first in the grid).
+    """
+
+    name = "ease"
+
+    def __init__(self, lambdas: Sequence[float] = (250.0,), select_metric: str = "recall@20", dtype=np.float64):
+        if not len(lambdas):
+            raise ValueError("EASE needs at least one L2 weight in lambdas")
+        self.lambdas = [float(v) for v in lambdas]
+        self.select_metric = select_metric
+        self.dtype = dtype
+
+    @staticmethod
+    def closed_form(x: sp.csr_matrix, lam: float, dtype=np.float64) -> np.ndarray:
+        gram = np.asarray((x.T @ x).todense(), dtype=dtype)
+        gram[np.diag_indices_from(gram)] += lam
+        p = np.linalg.inv(gram)
+        b = -p / np.diag(p)[None, :]  # B_ij = -P_ij / P_jj
+        b[np.diag_indices_from(b)] = 0.0
+        return b
+
+    def fit(self, train, valid=None):
+        self.train_ = _check_train(train, valid)
+        self.validation_ = {}
+        if len(self.lambdas) > 1 and valid is None:
+            raise ValueError(f"EASE got {len(self.lambdas)} lambdas but no validation matrix to choose among them")
+        best = None
+        for lam in self.lambdas:
+            t0 = time.perf_counter()
+            self.B_ = self.closed_form(self.train_, lam, self.dtype)
+            if len(self.lambdas) == 1:
+                best = (lam, self.B_)
+                break
+            res = evaluate_recommender(self, self.train_, sp.csr_matrix(valid))
+            res["fit_seconds"] = time.perf_counter() - t0
+            self.validation_[lam] = res
+            if best is None or res[self.select_metric] > self.validation_[best[0]][self.select_metric]:
+                best = (lam, self.B_)
+        self.lambda_, self.B_ = best
+        return self
+
+    def score(self, user_ids):
+        self._require_fit()
+        return np.asarray(self.train_[user_ids] @ self.B_, dtype=np.float32)
+
+    def info(self):
+        return {
+            "lambda": self.lambda_,
+            "grid": self.lambdas,
+            "select_metric": self.select_metric,
+            "validation": {str(k): v for k, v in self.validation_.items()},
+        }
+
+
+class _VAE(nn.Module):
+    """Multi-VAE network (Liang et al., 2018): [I -> 600 -> 2x200] encoder, [200 -> 600 -> I] decoder, tanh."""
+
+    def __init__(self, num_items: int, hidden: int = 600, latent: int = 200, dropout: float = 0.5):
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.enc = nn.Sequential(nn.Linear(num_items, hidden), nn.Tanh(), nn.Linear(hidden, 2 * latent))
+        self.dec = nn.Sequential(nn.Linear(latent, hidden), nn.Tanh(), nn.Linear(hidden, num_items))
+        self.latent = latent
+        for m in self.modules():  # Xavier weights, small normal biases, as in the reference code
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.normal_(m.bias, std=0.001)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.drop(nn.functional.normalize(x, dim=1))
+        mu, logvar = self.enc(h).chunk(2, dim=1)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
+        kl = 0.5 * torch.mean(torch.sum(-logvar + torch.exp(logvar) + mu**2 - 1, dim=1))
+        return self.dec(z), kl
+
+
+class MultiVAE(Recommender):
+    """Multi-VAE with KL annealing: loss = -Σ x log softmax(f(z)) + β KL, β = min(cap, step / anneal_steps).
+
+    Trained on train rows (Adam, batch of users); with ``valid`` the epoch with the best validation
+    ``select_metric`` is kept (checked every ``eval_every`` epochs). Defaults follow the paper except the
+    epoch count, which is sized for CPUs.
+    """
+
+    name = "multivae"
+    stochastic = True
+
+    def __init__(
+        self,
+        epochs: int = 100,
+        batch_size: int = 500,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        hidden: int = 600,
+        latent: int = 200,
+        dropout: float = 0.5,
+        anneal_cap: float = 0.2,
+        anneal_steps: int = 200_000,
+        eval_every: int = 1,
+        select_metric: str = "recall@20",
+        seed: int = 0,
+    ):
+        self.epochs, self.batch_size, self.lr, self.weight_decay = epochs, batch_size, lr, weight_decay
+        self.hidden, self.latent, self.dropout = hidden, latent, dropout
+        self.anneal_cap, self.anneal_steps = anneal_cap, anneal_steps
+        self.eval_every, self.select_metric, self.seed = eval_every, select_metric, seed
+
+    def fit(self, train, valid=None):
+        self.train_ = _check_train(train, valid)
+        gen = torch.Generator().manual_seed(self.seed)
+        torch.manual_seed(self.seed)  # dropout and reparameterisation noise
+        self.net_ = _VAE(self.train_.shape[1], self.hidden, self.latent, self.dropout)
+        opt = torch.optim.Adam(self.net_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        users = np.flatnonzero(np.diff(self.train_.indptr) > 0)  # users with no train items teach nothing
+        step, self.history_ = 0, []
+        best_state, best_val, self.best_epoch_ = None, -np.inf, self.epochs
+        for epoch in range(1, self.epochs + 1):
+            self.net_.train()
+            order = users[torch.randperm(len(users), generator=gen).numpy()]
+            total = 0.0
+            for start in range(0, len(order), self.batch_size):
+                x = torch.from_numpy(self.train_[order[start : start + self.batch_size]].toarray())
+                beta = min(self.anneal_cap, step / self.anneal_steps)
+                logits, kl = self.net_(x)
+                nll = -(torch.log_softmax(logits, dim=1) * x).sum(dim=1).mean()
+                loss = nll + beta * kl
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                step += 1
+                total += loss.item() * len(x)
+            row = {"epoch": epoch, "loss": total / max(len(order), 1), "beta": beta}
+            if valid is not None and (epoch % self.eval_every == 0 or epoch == self.epochs):
+                res = evaluate_recommender(self, self.train_, sp.csr_matrix(valid))
+                row["valid"] = res
+                if res[self.select_metric] > best_val:
+                    best_val, self.best_epoch_ = res[self.select_metric], epoch
+                    best_state = copy.deepcopy(self.net_.state_dict())
+            self.history_.append(row)
+        if best_state is not None:
+            self.net_.load_state_dict(best_state)
+        self.net_.eval()
+        return self
+
+    @torch.no_grad()
+    def score(self, user_ids):
+        self._require_fit()
+        self.net_.eval()
+        x = torch.from_numpy(self.train_[user_ids].toarray())
+        logits, _ = self.net_(x)
+        return logits.numpy()
+
+    def info(self):
+        return {
+            "epochs": self.epochs,
+            "best_epoch": self.best_epoch_,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "dims": [self.hidden, self.latent],
+            "dropout": self.dropout,
+            "anneal_cap": self.anneal_cap,
+            "anneal_steps": self.anneal_steps,
+            "seed": self.seed,
+        }
+
+
+BASELINES = {"pop": Popularity, "itemknn": ItemKNN, "ease": EASE, "multivae": MultiVAE}
+
+
+def make_baseline(name: str, seed: int = 0, **kwargs) -> Recommender:
+    """Instantiate a baseline by its short name; ``seed`` only reaches stochastic models."""
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; expected one of {sorted(BASELINES)}")
+    cls = BASELINES[name]
+    if cls.stochastic:
+        kwargs["seed"] = seed
+    return cls(**kwargs)
