@@ -147,7 +147,7 @@ def make_synthetic(
         theme_weights = rng.dirichlet(np.full(num_themes, 0.15))
         fav_brand = rng.integers(0, 3, size=num_themes)
         affinity = theme_weights[item_theme] * np.where(item_brand == fav_brand[item_theme], 3.0, 1.0)
-        probs = popularity * (affinity + 1e-3)
+        probs = popularity * (affinity + 0.02)  # a floor: some interactions fall outside the user's taste
         probs /= probs.sum()
         n_pos = int(rng.integers(min_interactions, max_interactions + 1))
         n_pos = min(n_pos, num_items)
