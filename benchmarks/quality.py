@@ -1,0 +1,442 @@
+"""Quality benchmark: baselines and GraphGPT2 variants on ONE split, scored by ONE metric code (train.metrics).
+
+    python -m benchmarks.quality --data <dataset folder | raw data folder> \
+        --baselines pop itemknn ease multivae --variants full nogkia --seeds 0 1 2 [--preset cpu|gpu]
+
+``--data`` is either a dataset folder written by ``python -m data_builders build`` (it holds manifest.json and
+the ``recommendation`` config with train/validation/test) or a raw data folder (e.g.
+``../shared/data/amazon-beauty-2014``), which is read and split here with the same data_builders code
+(``readers.read_source`` + ``preprocess.build_split``). Either way the split hash goes into every result.
+
+Writes ``benchmarks/results/<dataset>/<date>.json`` (every run: validation and test metrics, wall time, chosen
+hyper-parameters), ``<date>.md`` (mean ± std over seeds) and ``<date>.png`` (bar chart). Deterministic
+baselines (pop, itemknn, ease) run once; stochastic ones and GraphGPT2 variants run once per seed.
+Model selection uses validation only; test is evaluated once per run with the selected model.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import glob
+import hashlib
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from benchmarks.baselines import BASELINES, evaluate_recommender, make_baseline, to_csr
+from train.metrics import metric_names
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPORT_METRICS = metric_names((20, 40), (100,))  # recall@20, recall@20_paper, recall@40, recall@40_paper, ndcg@100
+
+# GraphGPT2 variants = dotted config overrides of train.config.RunConfig (paper Table 2 / Figs 4-6 ablations).
+VARIANTS: dict[str, list[str]] = {
+    "full": [],
+    "nogkia": ["model.graph_bias=none"],  # no graph-aware attention bias
+    "constant": ["model.graph_bias=constant"],  # "meaningless injection": same bias for every hop
+    "exp": ["model.graph_bias=exp"],  # decreasing exponential of the hop distance
+    "learned": ["model.graph_bias=learned"],  # one learned scalar per hop value
+    "noghip": ["data.pretrain_configs=[review]"],  # no heterogeneous-information prompts: interactions/review only
+    "nopretrain": ["pretrain.do_pretrain=false"],
+    "nofinetune": ["finetune.do_finetune=false"],
+    "no2order": ["data.pretrain_configs=[content, review]"],  # without second-order (shared brand) prompts
+    "noitem": ["data.pretrain_configs=[review, second_order]"],  # without item content prompts
+}
+
+# --preset picks sizes: the train.config preset for variants and the Multi-VAE budget for baselines.
+PRESETS = {
+    "cpu": {"train_config": "quick", "multivae": {"epochs": 100, "eval_every": 5}},
+    "gpu": {"train_config": "paper", "multivae": {"epochs": 200, "eval_every": 1}},
+}
+
+
+@dataclass
+class SplitData:
+    """Binary (U, I) CSR matrices of one split, plus where they came from."""
+
+    name: str
+    train: sp.csr_matrix
+    valid: sp.csr_matrix
+    test: sp.csr_matrix
+    split_hash: str
+    source: dict = field(default_factory=dict)
+    folder: str | None = None  # the dataset folder, when loaded from one (variants need it)
+
+    @property
+    def num_users(self) -> int:
+        return self.train.shape[0]
+
+    @property
+    def num_items(self) -> int:
+        return self.train.shape[1]
+
+    def check_disjoint(self) -> None:
+        """No (user, item) pair may sit in two splits (that would leak targets into training)."""
+        for a, b in (("train", "valid"), ("train", "test"), ("valid", "test")):
+            both = getattr(self, a).multiply(getattr(self, b)).nnz
+            if both:
+                raise ValueError(f"{self.name}: {both} (user, item) pairs are in both {a} and {b}")
+
+
+def load_split_from_folder(folder: str | Path) -> SplitData:
+    """Read the ``recommendation`` config (train/validation/test parquet) of a data_builders dataset folder."""
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{folder}: no manifest.json; build it with `python -m data_builders build ...`")
+    manifest = json.loads(manifest_path.read_text())
+    for key in ("num_users", "num_items"):
+        if not isinstance(manifest.get(key), int):
+            raise ValueError(f"{manifest_path}: field '{key}' missing or not an integer")
+    U, I = manifest["num_users"], manifest["num_items"]
+    lists: dict[str, list[set]] = {}
+    for split in ("train", "validation", "test"):
+        files = sorted(glob.glob(str(folder / "recommendation" / f"{split}-*.parquet")))
+        if not files:
+            raise FileNotFoundError(f"{folder}/recommendation: no {split}-*.parquet files")
+        per_user: list[set] = [set() for _ in range(U)]
+        hist: list[set] = [set() for _ in range(U)]
+        for path in files:
+            table = pq.read_table(path, columns=["user", "history", "targets"]).to_pydict()
+            for row, (u, h, t) in enumerate(zip(table["user"], table["history"], table["targets"])):
+                if u is None or not 0 <= u < U:
+                    raise ValueError(f"{path}: row {row}: field 'user' = {u} outside [0, {U})")
+                for fld, vals in (("history", h), ("targets", t)):
+                    bad = [v for v in (vals or []) if not 0 <= v < I]
+                    if bad:
+                        raise ValueError(f"{path}: row {row}: field '{fld}' holds item indices {bad[:3]} outside [0, {I})")
+                per_user[u].update(t or [])
+                hist[u].update(h or [])
+        lists[split] = per_user
+        lists[split + "_history"] = hist
+    # Train items: train-split targets plus every history (histories are train items by contract).
+    train = [lists["train"][u] | lists["train_history"][u] | lists["validation_history"][u] | lists["test_history"][u] for u in range(U)]
+    data = SplitData(
+        name=str(manifest.get("name") or folder.name),
+        train=to_csr([sorted(s) for s in train], I),
+        valid=to_csr([sorted(s) for s in lists["validation"]], I),
+        test=to_csr([sorted(s) for s in lists["test"]], I),
+        split_hash=str(manifest.get("split_hash") or _hash_csrs(*[to_csr([sorted(s) for s in lists[k]], I) for k in ("train", "validation", "test")])),
+        source={"folder": str(folder), "split_hashes": manifest.get("split_hashes"), "manifest_source": manifest.get("source")},
+        folder=str(folder),
+    )
+    data.check_disjoint()
+    return data
+
+
+def load_split_from_raw(
+    raw: str | Path, rating_threshold: float | None = 3.0, k_core: int = 5, seed: int = 98765, name: str | None = None
+) -> SplitData:
+    """Read raw files with data_builders and split them with the project's recipe (calibration.md)."""
+    from data_builders.preprocess import build_split
+    from data_builders.readers import read_source
+
+    rawds = read_source(raw, name=name)
+    split = build_split(rawds, rating_threshold=rating_threshold, k_core=k_core, seed=seed)
+    I = split.num_items
+    data = SplitData(
+        name=split.name,
+        train=to_csr(split.train, I),
+        valid=to_csr(split.valid, I),
+        test=to_csr(split.test, I),
+        split_hash=split.manifest["split_hash"],
+        source={"raw": str(raw), "preprocess": split.manifest["preprocess"], "split_hashes": split.manifest["split_hashes"],
+                "read_report": split.manifest["read_report"]},
+    )
+    data.check_disjoint()
+    return data
+
+
+def load_split(data: str | Path, **raw_kwargs) -> SplitData:
+    """A dataset folder (has manifest.json) or a raw data folder."""
+    return load_split_from_folder(data) if (Path(data) / "manifest.json").is_file() else load_split_from_raw(data, **raw_kwargs)
+
+
+def _hash_csrs(*mats: sp.csr_matrix) -> str:
+    h = hashlib.sha256()
+    for m in mats:
+        coo = m.tocoo()
+        order = np.lexsort((coo.col, coo.row))
+        h.update(np.stack([coo.row[order], coo.col[order]], 1).astype("<i4").tobytes())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Runs
+
+
+def run_baseline(name: str, data: SplitData, seed: int = 0, **kwargs) -> dict:
+    """Fit one baseline on train (validation for its hyper-parameter), then score validation and test once."""
+    t0 = time.perf_counter()
+    model = make_baseline(name, seed=seed, **kwargs).fit(data.train, data.valid)
+    fit_s = time.perf_counter() - t0
+    valid = evaluate_recommender(model, data.train, data.valid)
+    test = evaluate_recommender(model, data.train, data.test)
+    return {
+        "model": name,
+        "kind": "baseline",
+        "seed": seed if model.stochastic else None,
+        "valid": valid,
+        "test": test,
+        "fit_s": fit_s,
+        "wall_s": time.perf_counter() - t0,
+        "info": model.info(),
+    }
+
+
+def variant_config(variant: str, data: SplitData, seed: int, train_config: str, out_dir: Path, extra: Sequence[str] = ()):
+    """The RunConfig of one GraphGPT2 variant on the split's dataset folder."""
+    from train.config import load_config
+
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
+    if data.folder is None:
+        raise ValueError("GraphGPT2 variants need a dataset folder (--data <folder with manifest.json>), not raw files")
+    overrides = [
+        f"seed={seed}",
+        f"data.folder={data.folder}",
+        "data.build=false",
+        f"output.dir={out_dir / variant / f'seed{seed}'}",
+        *VARIANTS[variant],
+        *extra,
+    ]
+    return load_config(train_config, overrides), overrides
+
+
+def run_variant(variant: str, data: SplitData, seed: int, train_config: str, out_dir: Path, extra: Sequence[str] = ()) -> dict:
+    """Train and evaluate one GraphGPT2 variant through the training engineer's ``train.main.run_pipeline``."""
+    from train.main import run_pipeline
+
+    cfg, overrides = variant_config(variant, data, seed, train_config, out_dir, extra)
+    t0 = time.perf_counter()
+    result = run_pipeline(cfg)
+    wall = time.perf_counter() - t0
+    valid, test = _pipeline_metrics(result)
+    return {
+        "model": f"graphgpt2-{variant}",
+        "kind": "graphgpt2",
+        "seed": seed,
+        "valid": valid,
+        "test": test,
+        "wall_s": wall,
+        "info": {"train_config": train_config, "overrides": overrides},
+    }
+
+
+def _pipeline_metrics(result: Any) -> tuple[dict, dict]:
+    """Validation (selected epoch) and test metrics out of run_pipeline's return value."""
+    if not isinstance(result, dict):
+        result = getattr(result, "__dict__", {})
+    metrics = result.get("metrics", result)
+    valid = metrics.get("valid") or metrics.get("validation") or {}
+    test = metrics.get("test")
+    if not test:
+        raise KeyError(f"run_pipeline returned no test metrics (keys: {sorted(result)})")
+    return dict(valid), dict(test)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reporting
+
+
+def summarize_runs(rows: Sequence[dict], split: str = "test") -> list[dict]:
+    """Mean and sample std (ddof=1; 0 with one run) per model over its runs, in first-seen order."""
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        runs = [r for r in rows if r["model"] == model]
+        entry: dict[str, Any] = {"model": model, "runs": len(runs), "seeds": [r["seed"] for r in runs]}
+        for m in REPORT_METRICS:
+            vals = np.array([r[split][m] for r in runs], dtype=float)
+            entry[m] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0}
+        entry["wall_s"] = float(np.mean([r["wall_s"] for r in runs]))
+        out.append(entry)
+    return out
+
+
+def markdown_table(summary: Sequence[dict]) -> str:
+    """One row per model: mean ± std over runs of both recall definitions and NDCG@100, wall time per run."""
+    head = "| model | runs | R@20 | R@20 (Eq. 8) | R@40 | R@40 (Eq. 8) | NDCG@100 | wall s / run |"
+    lines = [head, "|" + "---|" * 8]
+    for e in summary:
+        cells = []
+        for m in REPORT_METRICS:
+            mean, std = e[m]["mean"], e[m]["std"]
+            cells.append(f"{mean:.4f} ± {std:.4f}" if e["runs"] > 1 else f"{mean:.4f}")
+        lines.append(f"| {e['model']} | {e['runs']} | " + " | ".join(cells) + f" | {e['wall_s']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(summary: Sequence[dict], path: Path, title: str) -> None:
+    """Grouped bars (R@20, R@40, NDCG@100) per model with std error bars; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = ["recall@20", "recall@40", "ndcg@100"]
+    x = np.arange(len(summary))
+    width = 0.8 / len(metrics)
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(summary) + 2), 4))
+    for j, m in enumerate(metrics):
+        ax.bar(x + (j - 1) * width, [e[m]["mean"] for e in summary], width, yerr=[e[m]["std"] for e in summary], label=m, capsize=3)
+    ax.set_xticks(x, [e["model"] for e in summary], rotation=30, ha="right")
+    ax.set_ylabel("test")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def machine_info() -> dict:
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+    }
+
+
+def write_results(rows: Sequence[dict], data: SplitData, out_dir: Path, command: str, tag: str | None = None) -> dict[str, Path]:
+    """JSON (all runs), markdown table and PNG chart under ``out_dir/<dataset>/``; returns their paths."""
+    tag = tag or _dt.datetime.now().strftime("%Y-%m-%d_%H%M%S")
+    base = out_dir / _slug(data.name)
+    summary = summarize_runs(rows, "test")
+    payload = {
+        "dataset": data.name,
+        "split_hash": data.split_hash,
+        "source": data.source,
+        "num_users": data.num_users,
+        "num_items": data.num_items,
+        "interactions": {"train": int(data.train.nnz), "valid": int(data.valid.nnz), "test": int(data.test.nnz)},
+        "command": command,
+        "machine": machine_info(),
+        "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "protocol": "full-catalog ranking, train items masked; model choices on validation; test once per run",
+        "runs": list(rows),
+        "summary_test": summary,
+        "summary_valid": summarize_runs(rows, "valid") if all(r.get("valid") for r in rows) else None,
+    }
+    paths = {"json": base / f"{tag}.json", "md": base / f"{tag}.md", "png": base / f"{tag}.png"}
+    _write_text(paths["json"], json.dumps(payload, indent=2, default=_jsonable) + "\n")
+    md = (
+        f"# {data.name}: test metrics (mean ± std over runs)\n\n"
+        f"Split hash `{data.split_hash}`; {data.num_users} users, {data.num_items} items; "
+        f"train/valid/test interactions {data.train.nnz}/{data.valid.nnz}/{data.test.nnz}.\n\n"
+        f"Command: `{command}`\n\n" + markdown_table(summary)
+    )
+    _write_text(paths["md"], md)
+    bar_chart(summary, paths["png"], f"{data.name} (test)")
+    return paths
+
+
+def _jsonable(o: Any):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip("-") or "dataset"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="dataset folder (manifest.json) or raw data folder")
+    p.add_argument("--baselines", nargs="*", default=["pop", "itemknn", "ease", "multivae"], choices=sorted(BASELINES))
+    p.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    p.add_argument("--train-config", default=None, help="train.config preset or YAML for variants (default: from --preset)")
+    p.add_argument("--override", nargs="*", default=[], help="extra dotted overrides for every variant")
+    p.add_argument("--ease-lambdas", nargs="+", type=float, default=[10, 50, 100, 250, 500, 1000, 2000])
+    p.add_argument("--itemknn-topk", type=int, default=None, help="neighbours per item (default: all)")
+    p.add_argument("--multivae-epochs", type=int, default=None)
+    p.add_argument("--rating-threshold", type=float, default=3.0, help="raw data only: keep rating > this")
+    p.add_argument("--k-core", type=int, default=5, help="raw data only")
+    p.add_argument("--split-seed", type=int, default=98765, help="raw data only")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR)
+    p.add_argument("--tag", default=None, help="file name stem (default: date and time)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
+    args = parse_args(argv)
+    command = "python -m benchmarks.quality " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    preset = PRESETS[args.preset]
+    t0 = time.perf_counter()
+    data = load_split(args.data, rating_threshold=args.rating_threshold, k_core=args.k_core, seed=args.split_seed)
+    print(f"[quality] {data.name}: {data.num_users} users, {data.num_items} items, train/valid/test "
+          f"{data.train.nnz}/{data.valid.nnz}/{data.test.nnz}, split {data.split_hash[:12]} ({time.perf_counter() - t0:.1f} s)", flush=True)
+    kwargs = {
+        "ease": {"lambdas": args.ease_lambdas},
+        "itemknn": {"topk": args.itemknn_topk},
+        "multivae": dict(preset["multivae"], **({"epochs": args.multivae_epochs} if args.multivae_epochs else {})),
+    }
+    rows = []
+    for name in args.baselines:
+        for seed in args.seeds if BASELINES[name].stochastic else [None]:
+            row = run_baseline(name, data, seed or 0, **kwargs.get(name, {}))
+            rows.append(row)
+            print(f"[quality] {name} seed={row['seed']}: test " + _fmt(row["test"]) + f" ({row['wall_s']:.1f} s)", flush=True)
+    train_config = args.train_config or preset["train_config"]
+    for variant in args.variants:
+        for seed in args.seeds:
+            row = run_variant(variant, data, seed, train_config, args.out / _slug(data.name) / "runs", args.override)
+            rows.append(row)
+            print(f"[quality] graphgpt2-{variant} seed={seed}: test " + _fmt(row["test"]) + f" ({row['wall_s']:.1f} s)", flush=True)
+    paths = write_results(rows, data, args.out, command, args.tag)
+    print(markdown_table(summarize_runs(rows)))
+    print("[quality] wrote " + ", ".join(str(p) for p in paths.values()))
+    return paths
+
+
+def _fmt(res: dict) -> str:
+    return " ".join(f"{m}={res[m]:.4f}" for m in ("recall@20", "recall@40", "ndcg@100"))
+
+
+if __name__ == "__main__":
+    main()
