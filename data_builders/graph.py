@@ -1,0 +1,293 @@
+"""The user-item interaction graph (train edges only) and its capped hop distances.
+
+Nodes follow DESIGN.md section 1: users ``0..U-1``, items ``U..U+I-1``. ``hop(a, b)`` is the unweighted
+shortest-path length capped at ``max_hops``; ``max_hops + 1`` means farther or unreachable.
+
+Distances come from a breadth-first search run for a block of sources at once: the frontier is a dense
+(nodes x block) 0/1 matrix and one hop is one sparse-matrix product with the bipartite adjacency. Because
+the graph is bipartite, a user frontier only ever reaches items and vice versa, so each hop multiplies by
+one half of the adjacency (cost ``E * block`` per hop). Never a dense all-pairs Floyd-Warshall.
+
+``HopDistances`` keeps a dense uint8 N x N table when ``N * N`` bytes fit ``table_budget_bytes`` and
+otherwise computes rows on demand (one block BFS for all the rows a batch is missing) behind an LRU cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import scipy.sparse as sp
+
+DEFAULT_MAX_HOPS = 6
+DEFAULT_TABLE_BUDGET_BYTES = 2 * 1024**3  # a 34k-node graph (Beauty) takes 1.19 GB
+EDGES_FILE = "train_edges.npy"
+HOPS_FILE = "hops.npy"
+GRAPH_META_FILE = "graph.json"
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def train_edges(train: list[np.ndarray]) -> np.ndarray:
+    """(E, 2) int32 array of unique (user index, item index) pairs from per-user train item arrays."""
+    users = np.repeat(np.arange(len(train), dtype=np.int64), [len(t) for t in train])
+    items = np.concatenate([np.asarray(t, dtype=np.int64) for t in train]) if train else np.zeros(0, np.int64)
+    edges = np.unique(np.stack([users, items], axis=1), axis=0) if len(users) else np.zeros((0, 2), np.int64)
+    return edges.astype(np.int32)
+
+
+def graph_sha256(edges: np.ndarray, num_users: int, num_items: int) -> str:
+    """Hash of the graph: node counts plus the sorted edge list (independent of how it was stored)."""
+    edges = np.ascontiguousarray(np.unique(np.asarray(edges, dtype=np.int32), axis=0))
+    h = hashlib.sha256()
+    h.update(f"graphgpt2-train-graph users={num_users} items={num_items} edges={len(edges)}\n".encode())
+    h.update(edges.tobytes())
+    return h.hexdigest()
+
+
+class InteractionGraph:
+    """Bipartite user-item graph from TRAIN pairs. ``ui`` is the (U, I) CSR biadjacency, ``iu`` its transpose."""
+
+    def __init__(self, edges: np.ndarray, num_users: int, num_items: int):
+        edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+        if len(edges):
+            if edges[:, 0].min() < 0 or edges[:, 0].max() >= num_users:
+                raise ValueError(f"edge user index out of range [0, {num_users})")
+            if edges[:, 1].min() < 0 or edges[:, 1].max() >= num_items:
+                raise ValueError(f"edge item index out of range [0, {num_items})")
+        self.num_users = int(num_users)
+        self.num_items = int(num_items)
+        self.edges = np.unique(edges, axis=0).astype(np.int32) if len(edges) else np.zeros((0, 2), np.int32)
+        data = np.ones(len(self.edges), dtype=np.float32)
+        self.ui = sp.csr_matrix((data, (self.edges[:, 0], self.edges[:, 1])), shape=(num_users, num_items))
+        self.iu = self.ui.T.tocsr()
+
+    @classmethod
+    def from_split(cls, split) -> "InteractionGraph":
+        """Graph of a SplitDataset's TRAIN interactions (validation/test never become edges)."""
+        return cls(train_edges(split.train), split.num_users, split.num_items)
+
+    @property
+    def num_nodes(self) -> int:
+        return self.num_users + self.num_items
+
+    @property
+    def sha256(self) -> str:
+        return graph_sha256(self.edges, self.num_users, self.num_items)
+
+    def adjacency(self) -> sp.csr_matrix:
+        """Symmetric (N, N) node adjacency (for tests and external tools)."""
+        U, I = self.num_users, self.num_items
+        return sp.bmat([[None, self.ui], [self.iu, None]], format="csr", dtype=np.float32) if U and I else sp.csr_matrix((U + I, U + I))
+
+    def bfs_rows(self, sources: np.ndarray, max_hops: int = DEFAULT_MAX_HOPS, block: int = 512) -> np.ndarray:
+        """Capped hop distances (len(sources), N) uint8 from each source node, by block frontier BFS."""
+        sources = np.asarray(sources, dtype=np.int64).ravel()
+        N = self.num_nodes
+        if len(sources) and (sources.min() < 0 or sources.max() >= N):
+            raise ValueError(f"source node out of range [0, {N})")
+        if max_hops + 1 > 255:
+            raise ValueError("max_hops must be < 255 for a uint8 table")
+        out = np.full((len(sources), N), max_hops + 1, dtype=np.uint8)
+        for start in range(0, len(sources), block):
+            src = sources[start : start + block]
+            out[start : start + len(src)] = self._bfs_block(src, max_hops).T
+        return out
+
+    def _bfs_block(self, src: np.ndarray, max_hops: int) -> np.ndarray:
+        """(N, b) distances for a block of sources; frontiers live column-wise as (side nodes, b) 0/1 floats."""
+        U, I, b = self.num_users, self.num_items, len(src)
+        far = max_hops + 1
+        dist_u = np.full((U, b), far, dtype=np.uint8)
+        dist_i = np.full((I, b), far, dtype=np.uint8)
+        cols = np.arange(b)
+        is_user = src < U
+        # hop 0: each source reaches itself. Frontiers on each side (some sources start on the item side).
+        front_u = np.zeros((U, b), dtype=np.float32)
+        front_i = np.zeros((I, b), dtype=np.float32)
+        front_u[src[is_user], cols[is_user]] = 1.0
+        front_i[src[~is_user] - U, cols[~is_user]] = 1.0
+        dist_u[src[is_user], cols[is_user]] = 0
+        dist_i[src[~is_user] - U, cols[~is_user]] = 0
+        for hop in range(1, max_hops + 1):
+            # users -> items through ui^T (= iu), items -> users through ui. Both sides advance at once
+            # because user sources and item sources share the block.
+            reach_i = (self.iu @ front_u) > 0 if U and I else np.zeros((I, b), bool)
+            reach_u = (self.ui @ front_i) > 0 if U and I else np.zeros((U, b), bool)
+            new_i = reach_i & (dist_i == far)
+            new_u = reach_u & (dist_u == far)
+            if not new_i.any() and not new_u.any():
+                break
+            dist_i[new_i] = hop
+            dist_u[new_u] = hop
+            front_i = new_i.astype(np.float32)
+            front_u = new_u.astype(np.float32)
+        return np.concatenate([dist_u, dist_i], axis=0)
+
+    def hop_table(self, max_hops: int = DEFAULT_MAX_HOPS, block: int = 512, progress: bool = False) -> np.ndarray:
+        """Dense (N, N) uint8 table of capped hop distances (symmetric)."""
+        N = self.num_nodes
+        table = np.empty((N, N), dtype=np.uint8)
+        starts = range(0, N, block)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="hop distances (BFS)", unit="block")
+        for start in starts:
+            src = np.arange(start, min(N, start + block))
+            table[src] = self._bfs_block(src, max_hops).T
+        return table
+
+
+class HopDistances:
+    """Capped hop distances with a vectorised ``pairwise`` lookup for the collator.
+
+    Dense uint8 table when ``N*N`` bytes fit ``table_budget_bytes``; otherwise rows are computed on demand
+    by BFS and kept in an LRU cache of ``cache_rows`` rows.
+    """
+
+    def __init__(
+        self,
+        graph: InteractionGraph,
+        max_hops: int = DEFAULT_MAX_HOPS,
+        table: np.ndarray | None = None,
+        table_budget_bytes: int = DEFAULT_TABLE_BUDGET_BYTES,
+        cache_rows: int = 4096,
+        progress: bool = False,
+    ):
+        self.graph = graph
+        self.max_hops = int(max_hops)
+        self.num_nodes = graph.num_nodes
+        self.cache_rows = int(cache_rows)
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        if table is not None:
+            if table.shape != (self.num_nodes, self.num_nodes) or table.dtype != np.uint8:
+                raise ValueError(f"hop table must be uint8 ({self.num_nodes}, {self.num_nodes}), got {table.dtype} {table.shape}")
+            self.table = table
+        elif self.num_nodes**2 <= table_budget_bytes:
+            self.table = graph.hop_table(self.max_hops, progress=progress)
+        else:
+            self.table = None
+
+    @property
+    def is_dense(self) -> bool:
+        return self.table is not None
+
+    def rows(self, nodes: Iterable[int]) -> np.ndarray:
+        """(len(nodes), N) uint8 distance rows; missing rows computed in one BFS block and cached."""
+        nodes = np.asarray(list(nodes) if not isinstance(nodes, np.ndarray) else nodes, dtype=np.int64).ravel()
+        if self.table is not None:
+            return np.asarray(self.table[nodes])
+        missing = np.array(sorted({int(n) for n in nodes} - set(self._cache)), dtype=np.int64)
+        if len(missing):
+            fresh = self.graph.bfs_rows(missing, self.max_hops)
+            for n, row in zip(missing.tolist(), fresh):
+                self._cache[n] = row
+        out = np.empty((len(nodes), self.num_nodes), dtype=np.uint8)
+        for k, n in enumerate(nodes.tolist()):
+            out[k] = self._cache[n]
+            self._cache.move_to_end(n)
+        while len(self._cache) > max(self.cache_rows, len(set(nodes.tolist()))):
+            self._cache.popitem(last=False)
+        return out
+
+    def distance(self, a: int, b: int) -> int:
+        return int(self.rows([a])[0, b])
+
+    def pairwise(self, node_positions: np.ndarray) -> np.ndarray:
+        """(B, L) node indices with -1 for non-ID tokens -> (B, L, L) int16, -1 where either token is not a node."""
+        pos = np.asarray(node_positions)
+        if pos.ndim != 2:
+            raise ValueError(f"node_positions must be (B, L), got shape {pos.shape}")
+        if pos.size and pos.max() >= self.num_nodes:
+            raise ValueError(f"node index {int(pos.max())} out of range for a graph of {self.num_nodes} nodes")
+        is_node = pos >= 0
+        safe = np.where(is_node, pos, 0).astype(np.int64)
+        if self.table is not None:
+            hops = self.table[safe[:, :, None], safe[:, None, :]].astype(np.int16)
+        else:
+            uniq, inv = np.unique(safe, return_inverse=True)
+            sub = self.rows(uniq)[:, uniq].astype(np.int16)  # (u, u) distances among this batch's nodes
+            inv = inv.reshape(safe.shape)
+            hops = sub[inv[:, :, None], inv[:, None, :]]
+        hops[~(is_node[:, :, None] & is_node[:, None, :])] = -1
+        return hops
+
+    # ---------------------------------------------------------------- save / load
+    def save(self, directory: str | os.PathLike, save_table: bool = True) -> str:
+        """Write train edges (+ the hop table if dense and ``save_table``) into ``directory``; returns the graph sha256."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        _atomic_save_npy(d / EDGES_FILE, self.graph.edges)
+        wrote_table = bool(save_table and self.table is not None)
+        if wrote_table:
+            _atomic_save_npy(d / HOPS_FILE, np.ascontiguousarray(self.table))
+        meta = {
+            "num_users": self.graph.num_users,
+            "num_items": self.graph.num_items,
+            "num_edges": int(len(self.graph.edges)),
+            "max_hops": self.max_hops,
+            "hop_table": HOPS_FILE if wrote_table else None,
+            "sha256": self.graph.sha256,
+            "node_layout": "users 0..U-1, items U..U+I-1; edges are (user index, item index) train pairs",
+        }
+        _atomic_write_text(d / GRAPH_META_FILE, json.dumps(meta, indent=2) + "\n")
+        return meta["sha256"]
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | os.PathLike,
+        expected_sha256: str | None = None,
+        table_budget_bytes: int = DEFAULT_TABLE_BUDGET_BYTES,
+        mmap: bool = True,
+        cache_rows: int = 4096,
+    ) -> "HopDistances":
+        """Load a saved graph; the hop table is memory-mapped when present, recomputed if it fits the budget."""
+        d = Path(directory)
+        meta_path = d / GRAPH_META_FILE
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{meta_path}: graph metadata missing (not a graph folder written by HopDistances.save)")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        edges = np.load(d / EDGES_FILE)
+        graph = InteractionGraph(edges, meta["num_users"], meta["num_items"])
+        sha = graph.sha256
+        if sha != meta["sha256"]:
+            raise ValueError(f"{d / EDGES_FILE}: graph sha256 {sha} does not match {meta_path} ({meta['sha256']})")
+        if expected_sha256 is not None and sha != expected_sha256:
+            raise ValueError(
+                f"{d}: graph sha256 {sha} does not match the manifest's {expected_sha256}: this graph comes from another split"
+            )
+        table = None
+        if meta.get("hop_table"):
+            table = np.load(d / meta["hop_table"], mmap_mode="r" if mmap else None)
+        return cls(graph, meta["max_hops"], table=table, table_budget_bytes=table_budget_bytes, cache_rows=cache_rows)

@@ -1,0 +1,176 @@
+"""Tokenizer: GPT-2 byte-level BPE (or one trained on the corpus) plus atomic ``user_<i>`` / ``item_<j>`` tokens.
+
+DESIGN.md section 1: ``id(user_u) = base_vocab_size + u`` and ``id(item_j) = base_vocab_size + U + j``. All ID
+tokens are added in ONE ``add_tokens`` call (one call per token is superlinear: 58 s for 20k), non-special
+(``decode(skip_special_tokens=True)`` would otherwise delete them), users first, then items.
+
+Spacing: each ID token is an ``AddedToken(lstrip=True, single_word=True, normalized=False)``:
+- ``lstrip`` absorbs the space before an ID token, so ``"with item_1 item_2"`` is ``... with, item_1, item_2``
+  instead of one stray ``'Ġ'`` token per item (reference-code-notes section 2 drops these spaces the same way);
+- ``single_word`` keeps ``"xitem_5"`` / ``"item_5x"`` in free text as plain BPE text.
+Because the tokens are registered in the saved ``tokenizer.json``, ``AutoTokenizer.from_pretrained(folder)``
+gives exactly the ids the builder wrote. Known cosmetic caveat: ``decode`` does not restore the absorbed
+spaces (``"withitem_1item_2"``); rows keep their original ``prompt``/``main`` strings for display.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from tokenizers import AddedToken
+
+DEFAULT_GPT2_DIR = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "gpt2"
+EOS_TOKEN = "<|endoftext|>"
+
+
+def user_token(u: int) -> str:
+    return f"user_{u}"
+
+
+def item_token(j: int) -> str:
+    return f"item_{j}"
+
+
+def load_base_tokenizer(source: str | os.PathLike | None = None):
+    """The GPT-2 byte-level BPE from a local folder with vocab.json + merges.txt, or a Hub name (e.g. "gpt2")."""
+    from transformers import AutoTokenizer, GPT2Tokenizer
+
+    source = DEFAULT_GPT2_DIR if source is None else source
+    p = Path(source)
+    if p.is_dir():
+        if (p / "tokenizer.json").is_file():
+            tok = AutoTokenizer.from_pretrained(str(p))
+        elif (p / "vocab.json").is_file() and (p / "merges.txt").is_file():
+            tok = GPT2Tokenizer.from_pretrained(str(p))
+        else:
+            raise FileNotFoundError(f"{p}: tokenizer folder needs vocab.json + merges.txt (or tokenizer.json)")
+    else:
+        tok = AutoTokenizer.from_pretrained(str(source))  # Hub name; fails clearly offline
+    if tok.eos_token is None:
+        tok.eos_token = EOS_TOKEN
+    return tok
+
+
+def train_byte_level_bpe(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2):
+    """A GPT-2-style byte-level BPE trained on ``texts`` (no download; seconds). ``<|endoftext|>`` is id 0."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[EOS_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN, unk_token=None)
+
+
+def add_id_tokens(tokenizer, num_users: int, num_items: int) -> int:
+    """Add ``user_0..user_{U-1}`` then ``item_0..item_{I-1}`` in one call; returns ``base_vocab_size``."""
+    base = len(tokenizer)
+    names = [user_token(u) for u in range(num_users)] + [item_token(j) for j in range(num_items)]
+    vocab = tokenizer.get_vocab()
+    clash = [n for n in names[:3] + names[-3:] if n in vocab]
+    if clash:
+        raise ValueError(f"tokenizer already has ID tokens {clash}: pass a base tokenizer without user_/item_ tokens")
+    added = tokenizer.add_tokens(
+        [AddedToken(n, lstrip=True, rstrip=False, single_word=True, normalized=False) for n in names], special_tokens=False
+    )
+    if added != len(names):
+        raise ValueError(f"added {added} of {len(names)} ID tokens; some already existed in the vocabulary")
+    check_id_layout(tokenizer, base, num_users, num_items)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # right padding; labels are -100 and attention 0 there
+    return base
+
+
+def check_id_layout(tokenizer, base_vocab_size: int, num_users: int, num_items: int) -> None:
+    """Assert the DESIGN.md id layout on the first/last user and item (and the total size)."""
+    if len(tokenizer) != base_vocab_size + num_users + num_items:
+        raise ValueError(
+            f"tokenizer has {len(tokenizer)} tokens, expected base {base_vocab_size} + {num_users} users + {num_items} items"
+        )
+    probes = []
+    if num_users:
+        probes += [(user_token(0), base_vocab_size), (user_token(num_users - 1), base_vocab_size + num_users - 1)]
+    if num_items:
+        probes += [
+            (item_token(0), base_vocab_size + num_users),
+            (item_token(num_items - 1), base_vocab_size + num_users + num_items - 1),
+        ]
+    for tok, want in probes:
+        got = tokenizer.convert_tokens_to_ids(tok)
+        if got != want:
+            raise ValueError(f"token {tok} has id {got}, expected {want} (base_vocab_size + node index)")
+
+
+def build_tokenizer(num_users: int, num_items: int, source: str | os.PathLike | None = None, train_texts=None, vocab_size: int = 4096):
+    """GPT-2 BPE from ``source`` (default ../shared/tokenizers/gpt2), or a trained BPE when ``train_texts`` is given.
+
+    Returns ``(tokenizer, base_vocab_size)`` with the ID tokens added.
+    """
+    tok = train_byte_level_bpe(train_texts, vocab_size) if train_texts is not None else load_base_tokenizer(source)
+    base = add_id_tokens(tok, num_users, num_items)
+    return tok, base
+
+
+def tokenizer_sha256(directory: str | os.PathLike) -> str:
+    """Hash of ``tokenizer.json`` (vocab, merges, added tokens, pre-tokenizer): what decides the ids."""
+    path = Path(directory) / "tokenizer.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: tokenizer.json missing")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def save_tokenizer(tokenizer, directory: str | os.PathLike) -> str:
+    """Save atomically (temp folder then rename) and return the sha256 of the saved tokenizer.json."""
+    d = Path(directory)
+    d.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=d.parent, prefix=d.name + ".tmp"))
+    try:
+        tokenizer.save_pretrained(str(tmp))
+        if d.exists():
+            shutil.rmtree(d)
+        os.replace(tmp, d)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tokenizer_sha256(d)
+
+
+def load_tokenizer(directory: str | os.PathLike, expected_sha256: str | None = None):
+    """Load a dataset folder's tokenizer; with ``expected_sha256`` refuse a tokenizer from another build."""
+    from transformers import AutoTokenizer
+
+    d = Path(directory)
+    if expected_sha256 is not None:
+        got = tokenizer_sha256(d)
+        if got != expected_sha256:
+            raise ValueError(f"{d / 'tokenizer.json'}: sha256 {got} does not match the manifest's {expected_sha256}: tokenizer from another build")
+    return AutoTokenizer.from_pretrained(str(d))
+
+
+def corpus_texts(split, review_texts: bool = True) -> Iterator[str]:
+    """Texts to train a BPE on: item metadata, train reviews and the fixed template words."""
+    from .prompts import TEMPLATE_TEXTS
+    yield from TEMPLATE_TEXTS
+    for meta in split.items:
+        for value in (meta.title, meta.brand, meta.description):
+            if value:
+                yield value
+        if meta.categories:
+            yield ", ".join(meta.categories)
+    if review_texts:
+        from .prompts import train_reviews
+
+        for _u, _j, text in train_reviews(split):  # TRAIN pairs only: no held-out text in the vocabulary
+            yield text
