@@ -1,0 +1,117 @@
+"""GraphGPT2 configuration: GPT-2 plus user/item ID tokens and a graph attention bias.
+
+Remote-code file: imports only `transformers` (it is copied next to `config.json` by `save_pretrained`).
+"""
+
+from transformers import GPT2Config
+
+GRAPH_BIAS_MODES = ("paper", "exp", "learned", "constant", "none")
+
+
+class GraphGPT2Config(GPT2Config):
+    r"""
+    Configuration of [`GraphGPT2ForRecommendation`]: every [`GPT2Config`] field, plus the fields below.
+
+    Token ids (see docs/DESIGN.md section 1): text tokens are `0 .. base_vocab_size-1`; `user_u` is
+    `base_vocab_size + u`; `item_j` is `base_vocab_size + num_users + j`. The text embedding `wte` keeps
+    `base_vocab_size` rows (it is never resized); users and items have their own embedding tables.
+
+    Args:
+        num_users (`int`, defaults to 1):
+            Number of users U (> 0). Graph nodes `0..U-1`.
+        num_items (`int`, defaults to 1):
+            Number of items I (> 0). Graph nodes `U..U+I-1`; also the width of the item head.
+        base_vocab_size (`int`, defaults to 50257):
+            Size of the text vocabulary (50257 for GPT-2). `vocab_size` is forced to the same value, because
+            `wte` and the tied `lm_head` only cover text tokens.
+        graph_bias (`str`, defaults to `"paper"`):
+            How a capped hop distance h between two ID tokens becomes an additive attention bias:
+            - `"paper"`: the authors' released formula `R = (C*[h==1] + max(0, C-h)) / (2C-1)` with
+              `C = max_hops`; for C=6: h=1 -> 1, 0 -> 6/11, 2 -> 4/11, 3 -> 3/11, 4 -> 2/11, 5 -> 1/11, >=6 -> 0.
+            - `"exp"`: the decreasing reading of the paper's Eq. 4: `bias_delta ** (h-1)` for
+              1 <= h <= max_hops, 1 for h=0 (self), 0 beyond.
+            - `"learned"`: one learnable scalar per (layer, head, hop bucket 0..max_hops+1), Graphormer-style,
+              initialised from the `"paper"` values.
+            - `"constant"`: 1 between every pair of ID tokens (the paper's "meaningless injection").
+            - `"none"`: no bias (plain GPT-2, the paper's "LLM-NoGKIA"); `hop_distances` is ignored.
+            Pairs where either token is not an ID token (h = -1) always get 0.
+        max_hops (`int`, defaults to 6):
+            Hop cap C (>= 1). Hop tensors hold -1 (not an ID pair), 0..C, and C+1 (farther / unreachable).
+        bias_delta (`float`, defaults to 0.5):
+            Damping factor of `"exp"`, in (0, 1].
+        graph_bias_layers (`list[int]`, *optional*):
+            Indices of the layers that receive the bias; `None` means every layer (the authors' code).
+        graph_bias_per_head (`bool`, defaults to `False`):
+            Give every biased layer a learnable per-head scale (initialised to 1.0) on the fixed bias of
+            `"paper"`, `"exp"` or `"constant"`. No effect for `"learned"` (already per head) or `"none"`.
+        mutual_reg_weight (`float`, defaults to 1.0):
+            lambda of the CLLM4Rec mutual regulariser between the "content" and "collab" ID-embedding sets:
+            `lambda * sum over ID-token occurrences ||e_active - stopgrad(e_other)||^2 / batch_size`.
+            1.0 is the value of the authors' scripts (`lambda_V = 1`). 0 disables it.
+        freeze_backbone (`bool`, defaults to `False`):
+            `True` trains only the new parameters (ID embeddings, graph-bias parameters), as in CLLM4Rec;
+            `False` trains the whole GPT-2 as the paper's code does.
+    """
+
+    model_type = "graphgpt2"
+
+    num_users: int = 1
+    num_items: int = 1
+    base_vocab_size: int = 50257
+    graph_bias: str = "paper"
+    max_hops: int = 6
+    bias_delta: float = 0.5
+    graph_bias_layers: list[int] | None = None
+    graph_bias_per_head: bool = False
+    mutual_reg_weight: float = 1.0
+    freeze_backbone: bool = False
+
+    def __post_init__(self, **kwargs):
+        # `wte` / `lm_head` cover only text tokens; keep GPT-2's `vocab_size` in step with it.
+        self.vocab_size = self.base_vocab_size
+        super().__post_init__(**kwargs)
+        self._validate_graph_fields()
+
+    def _validate_graph_fields(self) -> None:
+        def _int(name: str, low: int) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"GraphGPT2Config.{name} must be an integer >= {low}, got {value!r}")
+
+        _int("num_users", 1)
+        _int("num_items", 1)
+        _int("base_vocab_size", 1)
+        _int("max_hops", 1)
+        if self.graph_bias not in GRAPH_BIAS_MODES:
+            raise ValueError(
+                f"GraphGPT2Config.graph_bias must be one of {GRAPH_BIAS_MODES}, got {self.graph_bias!r}"
+            )
+        if not isinstance(self.bias_delta, (int, float)) or not 0.0 < float(self.bias_delta) <= 1.0:
+            raise ValueError(f"GraphGPT2Config.bias_delta must be in (0, 1], got {self.bias_delta!r}")
+        if self.graph_bias_layers is not None:
+            layers = list(self.graph_bias_layers)
+            bad = [i for i in layers if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.n_layer]
+            if bad or len(set(layers)) != len(layers):
+                raise ValueError(
+                    f"GraphGPT2Config.graph_bias_layers must be distinct layer indices in [0, {self.n_layer}), "
+                    f"got {self.graph_bias_layers!r}"
+                )
+            self.graph_bias_layers = sorted(layers)
+        if not isinstance(self.mutual_reg_weight, (int, float)) or self.mutual_reg_weight < 0:
+            raise ValueError(f"GraphGPT2Config.mutual_reg_weight must be >= 0, got {self.mutual_reg_weight!r}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"GraphGPT2Config: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+
+    @property
+    def num_id_tokens(self) -> int:
+        """Number of user + item tokens after the text vocabulary."""
+        return self.num_users + self.num_items
+
+    def biased_layer(self, layer_idx: int) -> bool:
+        """Whether layer `layer_idx` receives the graph bias."""
+        if self.graph_bias == "none":
+            return False
+        return self.graph_bias_layers is None or layer_idx in self.graph_bias_layers
+
+
+__all__ = ["GraphGPT2Config", "GRAPH_BIAS_MODES"]

@@ -1,0 +1,619 @@
+"""GraphGPT2: GPT-2 with user/item ID tokens and an additive graph bias in self-attention.
+
+Remote-code file: imports only torch, transformers and the sibling configuration file, so that
+`save_pretrained` can copy it next to the weights and `AutoModel.from_pretrained(..., trust_remote_code=True)`
+can load it without this package installed.
+
+Layout (top to bottom):
+  graph_bias_values        hop distance -> bias value for the fixed modes
+  GraphHopBias       per-layer bias module (learned table / per-head scale)
+  GraphGPT2Attention       GPT2Attention that merges the bias into the mask transformers built
+  GraphGPT2Block/Model     GPT-2 backbone with the new attention (GPT-2 state-dict key names kept)
+  GraphIDEmbeddings        user + item embedding tables of one ID-embedding set
+  GraphGPT2ForRecommendation  routing of token ids, two ID sets, content/collab/rec heads, recommend(),
+                              loading of stock GPT-2 weights
+"""
+
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.models.gpt2.modeling_gpt2 import GPT2Attention, GPT2Block, GPT2Model, GPT2PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_graphgpt2 import GraphGPT2Config
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Bias values
+# --------------------------------------------------------------------------------------------------------------
+def graph_bias_values(config: GraphGPT2Config, mode: str | None = None) -> list[float]:
+    """Bias for each hop bucket, indexed by `h + 1` for h = -1 (not an ID pair), 0..max_hops, max_hops+1 (far).
+
+    `mode` defaults to `config.graph_bias`; `"learned"` and `"none"` return the `"paper"` values (the learned
+    table's initialisation). Index 0 (h = -1) is always 0.
+    """
+    mode = config.graph_bias if mode is None else mode
+    cap = config.max_hops
+    values = [0.0]
+    for h in range(0, cap + 2):
+        if mode == "exp":
+            value = 1.0 if h == 0 else (float(config.bias_delta) ** (h - 1) if h <= cap else 0.0)
+        elif mode == "constant":
+            value = 1.0
+        else:  # "paper" (also the init of "learned"): the authors' min-max of A + max(0, 1 - h/C)
+            value = (cap * (h == 1) + max(0, cap - h)) / (2 * cap - 1)
+        values.append(float(value))
+    return values
+
+
+class GraphHopBias(nn.Module):
+    """The graph bias of one attention layer: (B, Q, K) hop buckets -> (B, H or 1, Q, K) float bias.
+
+    Fixed modes ("paper", "exp", "constant") receive the bias already looked up once per forward (shared by all
+    layers) and only apply the optional per-head scale. "learned" owns a (H, max_hops + 2) table for h = 0..C+1;
+    the h = -1 bucket is pinned to 0 so text tokens never get a bias.
+    """
+
+    def __init__(self, config: GraphGPT2Config):
+        super().__init__()
+        self.mode = config.graph_bias
+        self.num_heads = config.n_head
+        if self.mode == "learned":
+            paper = torch.tensor(graph_bias_values(config, "paper")[1:])
+            self.table = nn.Parameter(paper.unsqueeze(0).repeat(config.n_head, 1))
+        elif config.graph_bias_per_head:
+            self.head_scale = nn.Parameter(torch.ones(config.n_head))
+
+    def forward(self, hop_index: torch.Tensor, shared_bias: torch.Tensor | None) -> torch.Tensor:
+        if self.mode == "learned":
+            # Bucket 0 (h = -1) is a fixed zero column; the rest is learnable.
+            table = torch.cat([self.table.new_zeros(self.num_heads, 1), self.table], dim=1)  # (H, C+3)
+            return F.embedding(hop_index, table.t()).permute(0, 3, 1, 2)  # (B, H, Q, K)
+        if hasattr(self, "head_scale"):
+            return shared_bias * self.head_scale.view(1, -1, 1, 1).to(shared_bias.dtype)
+        return shared_bias
+
+
+def merge_bias_into_mask(mask: torch.Tensor | None, bias: torch.Tensor, q_len: int, k_len: int) -> torch.Tensor:
+    """Add `bias` to whatever mask transformers built, keeping masked positions masked.
+
+    None (sdpa, no padding) -> causal where(tril, bias, min); bool (sdpa + padding) -> where(mask, bias, min);
+    float (eager, additive 0 / min) -> mask + bias.
+    """
+    min_value = torch.finfo(bias.dtype).min
+    if mask is None:
+        causal = torch.ones(q_len, k_len, dtype=torch.bool, device=bias.device).tril(k_len - q_len)
+        return torch.where(causal, bias, min_value)
+    if mask.dtype == torch.bool:
+        return torch.where(mask, bias, min_value)
+    return mask.to(bias.dtype) + bias
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Backbone
+# --------------------------------------------------------------------------------------------------------------
+class GraphGPT2Attention(GPT2Attention):
+    """GPT-2 self-attention plus the additive graph bias; works for "eager" and "sdpa".
+
+    The bias inputs come through the forward kwargs that GPT2Model passes to every block unchanged:
+    `graph_hop_index` (B, Q, K) long = hop distance + 1, and `graph_shared_bias` (B, 1, Q, K) for fixed modes.
+    """
+
+    def __init__(self, config, is_cross_attention=False, layer_idx=None):
+        super().__init__(config, is_cross_attention=is_cross_attention, layer_idx=layer_idx)
+        biased = (not is_cross_attention) and layer_idx is not None and config.biased_layer(layer_idx)
+        self.graph_bias = GraphHopBias(config) if biased else None
+
+    def forward(self, hidden_states, cache=None, attention_mask=None, encoder_hidden_states=None,
+                encoder_attention_mask=None, output_attentions=False, **kwargs):
+        hop_index = kwargs.pop("graph_hop_index", None)
+        shared_bias = kwargs.pop("graph_shared_bias", None)
+        if self.graph_bias is not None and hop_index is not None and encoder_hidden_states is None:
+            if self.config._attn_implementation not in ("eager", "sdpa"):
+                raise ValueError(
+                    f"GraphGPT2 graph bias needs attn_implementation 'eager' or 'sdpa', "
+                    f"got {self.config._attn_implementation!r}"
+                )
+            bias = self.graph_bias(hop_index, shared_bias).to(hidden_states.dtype)
+            attention_mask = merge_bias_into_mask(attention_mask, bias, hop_index.shape[1], hop_index.shape[2])
+        return super().forward(
+            hidden_states,
+            cache=cache,
+            attention_mask=attention_mask,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            output_attentions=output_attentions,
+            **kwargs,
+        )
+
+
+class GraphGPT2Block(GPT2Block):
+    """GPT2Block whose self-attention is a GraphGPT2Attention (same parameter names)."""
+
+    def __init__(self, config, layer_idx=None):
+        super().__init__(config, layer_idx=layer_idx)
+        self.attn = GraphGPT2Attention(config=config, layer_idx=layer_idx)
+
+
+class GraphGPT2PreTrainedModel(GPT2PreTrainedModel):
+    """Shared init for the GraphGPT2 models (GPT-2 init + graph-bias parameters)."""
+
+    config: GraphGPT2Config
+    config_class = GraphGPT2Config
+    base_model_prefix = "transformer"
+    _no_split_modules = ["GraphGPT2Block"]
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, GraphHopBias):
+            if hasattr(module, "table"):
+                paper = torch.tensor(graph_bias_values(self.config, "paper")[1:], dtype=module.table.dtype)
+                init.copy_(module.table, paper.unsqueeze(0).expand_as(module.table).to(module.table.device))
+            if hasattr(module, "head_scale"):
+                init.ones_(module.head_scale)
+
+
+class GraphGPT2Model(GraphGPT2PreTrainedModel, GPT2Model):
+    """GPT-2 backbone (text ids or `inputs_embeds`) whose attention takes the graph bias from `hop_distances`.
+
+    Parameter names are GPT-2's (`wte`, `wpe`, `h.{i}.attn.c_attn`, ...) plus `h.{i}.attn.graph_bias.*` for
+    the learnable bias parameters, so a stock GPT-2 state dict loads into it.
+    """
+
+    def __init__(self, config: GraphGPT2Config):
+        GraphGPT2PreTrainedModel.__init__(self, config)
+        self.embed_dim = config.hidden_size
+        self.wte = nn.Embedding(config.vocab_size, self.embed_dim)
+        self.wpe = nn.Embedding(config.max_position_embeddings, self.embed_dim)
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.h = nn.ModuleList([GraphGPT2Block(config, layer_idx=i) for i in range(config.num_hidden_layers)])
+        self.ln_f = nn.LayerNorm(self.embed_dim, eps=config.layer_norm_epsilon)
+        self.gradient_checkpointing = False
+        self._attn_implementation = config._attn_implementation
+        self.post_init()
+
+    def forward(self, input_ids=None, cache=None, attention_mask=None, inputs_embeds=None,
+                hop_distances: torch.Tensor | None = None, **kwargs):
+        """GPT2Model.forward plus `hop_distances` (B, L, K) long: -1 / 0..max_hops / max_hops+1."""
+        if hop_distances is not None and self.config.graph_bias != "none":
+            reference = input_ids if input_ids is not None else inputs_embeds
+            past = cache.get_seq_length() if cache is not None else 0
+            hop_index = self._hop_index(hop_distances, reference.shape[0], reference.shape[1], past)
+            kwargs["graph_hop_index"] = hop_index
+            if self.config.graph_bias != "learned":
+                table = torch.tensor(graph_bias_values(self.config), device=hop_index.device, dtype=self.dtype)
+                kwargs["graph_shared_bias"] = table[hop_index].unsqueeze(1)  # (B, 1, Q, K)
+        return super().forward(input_ids=input_ids, cache=cache, attention_mask=attention_mask,
+                               inputs_embeds=inputs_embeds, **kwargs)
+
+    def _hop_index(self, hop: torch.Tensor, batch: int, q_len: int, past: int) -> torch.Tensor:
+        """Validate the hop tensor and return `hop + 1` (bucket index, 0 = not an ID pair)."""
+        if not isinstance(hop, torch.Tensor) or hop.dtype in (torch.bool,) or hop.is_floating_point():
+            raise ValueError(f"hop_distances must be an integer tensor, got {getattr(hop, 'dtype', type(hop))}")
+        expected = (batch, q_len, past + q_len)
+        if tuple(hop.shape) != expected:
+            raise ValueError(
+                f"hop_distances has shape {tuple(hop.shape)}, expected (batch, seq_len, past+seq_len) = {expected}"
+            )
+        if hop.numel() and (int(hop.min()) < -1 or int(hop.max()) > self.config.max_hops + 1):
+            raise ValueError(
+                f"hop_distances values must be in [-1, max_hops+1 = {self.config.max_hops + 1}], "
+                f"got min {int(hop.min())}, max {int(hop.max())}"
+            )
+        return hop.long() + 1
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Recommendation model
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class GraphGPT2RecOutput(ModelOutput):
+    """Output of GraphGPT2ForRecommendation.forward.
+
+    Args:
+        loss: task loss + reg_loss (when the task's labels / targets were given).
+        lm_loss: text LM cross-entropy (task "content").
+        item_loss: item LM cross-entropy over the item head (task "collab").
+        rec_loss: multinomial negative log-likelihood over all items (task "rec").
+        reg_loss: weighted mutual regulariser between the two ID-embedding sets (already in `loss`).
+        logits: (B, L, base_vocab_size) text logits ("content") or (B, L, num_items) item logits ("collab").
+        scores: (B, num_items) item scores from the last non-pad token ("rec").
+        hidden_states, attentions: as in transformers (with output_hidden_states / output_attentions).
+    """
+
+    loss: torch.FloatTensor | None = None
+    lm_loss: torch.FloatTensor | None = None
+    item_loss: torch.FloatTensor | None = None
+    rec_loss: torch.FloatTensor | None = None
+    reg_loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    scores: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class GraphGPT2Recommendations(ModelOutput):
+    """Top-k recommendations: `items` (B, k) item indices and their `scores` (B, k), best first."""
+
+    items: torch.LongTensor | None = None
+    scores: torch.FloatTensor | None = None
+
+
+class GraphIDEmbeddings(nn.Module):
+    """One ID-embedding set: a user table (U, d) and an item table (I, d)."""
+
+    def __init__(self, config: GraphGPT2Config):
+        super().__init__()
+        self.user = nn.Embedding(config.num_users, config.n_embd)
+        self.item = nn.Embedding(config.num_items, config.n_embd)
+
+
+TASKS = ("content", "collab", "rec")
+EMBEDDING_SETS = ("content", "collab")
+
+
+class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
+    """Graph-aware GPT-2 recommender (LLM4REC / CLLM4Rec design) on one shared backbone.
+
+    - Token ids route to `transformer.wte` (text), `<set>_embeddings.user` or `<set>_embeddings.item`.
+    - Two ID-embedding sets, `content_embeddings` and `collab_embeddings`, with a mutual regulariser.
+    - `lm_head` (text) is tied to `wte`; the item head is the active set's item table (no extra weights).
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+
+    def __init__(self, config: GraphGPT2Config):
+        super().__init__(config)
+        self.transformer = GraphGPT2Model(config)
+        self.content_embeddings = GraphIDEmbeddings(config)
+        self.collab_embeddings = GraphIDEmbeddings(config)
+        self.lm_head = nn.Linear(config.n_embd, config.base_vocab_size, bias=False)
+        self.post_init()
+        if config.freeze_backbone:
+            self.set_backbone_trainable(False)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """PreTrainedModel.from_pretrained, then re-apply `freeze_backbone` (loading replaces the parameters)."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        if model.config.freeze_backbone:
+            model.set_backbone_trainable(False)
+        return loaded
+
+    # ---- small helpers --------------------------------------------------------------------------------------
+    def get_input_embeddings(self):
+        return self.transformer.wte
+
+    def set_input_embeddings(self, new_embeddings):
+        self.transformer.wte = new_embeddings
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def id_embeddings(self, name: str) -> GraphIDEmbeddings:
+        """The ID-embedding set called `name` ("content" or "collab")."""
+        if name not in EMBEDDING_SETS:
+            raise ValueError(f"embedding_set must be one of {EMBEDDING_SETS}, got {name!r}")
+        return self.content_embeddings if name == "content" else self.collab_embeddings
+
+    def backbone_parameters(self):
+        """The parameters that come from GPT-2 (everything but ID embeddings and graph-bias parameters)."""
+        for name, param in self.transformer.named_parameters():
+            if ".graph_bias." not in name:
+                yield param
+
+    def set_backbone_trainable(self, trainable: bool) -> None:
+        """Freeze (CLLM4Rec) or unfreeze (the paper's code) the GPT-2 weights; `lm_head` is tied to `wte`."""
+        for param in self.backbone_parameters():
+            param.requires_grad_(trainable)
+        self.lm_head.weight.requires_grad_(trainable)
+
+    def peft_modules_to_save(self) -> list[str]:
+        """Module names to train in full under PEFT LoRA: the ID embeddings, plus graph-bias params if any."""
+        names = ["content_embeddings", "collab_embeddings"]
+        if any(".graph_bias." in n for n, _ in self.transformer.named_parameters()):
+            names.append("graph_bias")
+        return names
+
+    def _check_input_ids(self, input_ids: torch.Tensor) -> None:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (batch, seq_len), got {tuple(input_ids.shape)}")
+        total = self.config.base_vocab_size + self.config.num_users + self.config.num_items
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= total):
+            bad = ((input_ids < 0) | (input_ids >= total)).nonzero()[0].tolist()
+            raise ValueError(
+                f"input_ids[{bad[0]}, {bad[1]}] = {int(input_ids[bad[0], bad[1]])} is out of range: valid ids are "
+                f"0..{total - 1} (text < {self.config.base_vocab_size}, then {self.config.num_users} users, "
+                f"then {self.config.num_items} items)"
+            )
+
+    def embed_tokens(self, input_ids: torch.Tensor, embedding_set: str) -> torch.Tensor:
+        """(B, L) token ids -> (B, L, d): text from `wte`, users/items from the chosen ID-embedding set."""
+        base, num_users = self.config.base_vocab_size, self.config.num_users
+        ids = self.id_embeddings(embedding_set)
+        is_user = (input_ids >= base) & (input_ids < base + num_users)
+        is_item = input_ids >= base + num_users
+        embeds = self.transformer.wte(torch.where(input_ids < base, input_ids, 0))
+        if bool(is_user.any()):
+            users = ids.user(torch.where(is_user, input_ids - base, 0))
+            embeds = torch.where(is_user.unsqueeze(-1), users, embeds)
+        if bool(is_item.any()):
+            items = ids.item(torch.where(is_item, input_ids - base - num_users, 0))
+            embeds = torch.where(is_item.unsqueeze(-1), items, embeds)
+        return embeds
+
+    def mutual_regularizer(self, input_ids, attention_mask, active: str) -> torch.Tensor:
+        """sum over ID-token occurrences ||e_active - stopgrad(e_other)||^2 / B (unweighted)."""
+        base, num_users = self.config.base_vocab_size, self.config.num_users
+        keep = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        mine = self.id_embeddings(active)
+        other = self.id_embeddings("collab" if active == "content" else "content")
+        users = input_ids[keep & (input_ids >= base) & (input_ids < base + num_users)] - base
+        items = input_ids[keep & (input_ids >= base + num_users)] - base - num_users
+        reg = (mine.user(users) - other.user(users).detach()).pow(2).sum()
+        reg = reg + (mine.item(items) - other.item(items).detach()).pow(2).sum()
+        return reg / input_ids.shape[0]
+
+    @staticmethod
+    def last_token_index(attention_mask: torch.Tensor | None, batch: int, seq_len: int, device) -> torch.Tensor:
+        """Index of the last non-pad token per row; inputs must be right-padded."""
+        if attention_mask is None:
+            return torch.full((batch,), seq_len - 1, dtype=torch.long, device=device)
+        mask = attention_mask.long()
+        lengths = mask.sum(dim=1)
+        if bool((lengths == 0).any()):
+            raise ValueError("attention_mask has a row with no tokens")
+        if bool((mask.cumprod(dim=1).sum(dim=1) != lengths).any()):
+            raise ValueError("inputs must be right-padded: attention_mask must be 1...1 0...0 in every row")
+        return lengths - 1
+
+    # ---- forward --------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        hop_distances: torch.Tensor | None = None,
+        task: str = "rec",
+        labels: torch.LongTensor | None = None,
+        target_items: torch.Tensor | None = None,
+        embedding_set: str | None = None,
+        reg_weight: float | None = None,
+        position_ids: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> GraphGPT2RecOutput:
+        """Run one of the three tasks.
+
+        Args:
+            input_ids: (B, L) right-padded token ids (text, user and item tokens; docs/DESIGN.md section 1).
+            attention_mask: (B, L) 1 for real tokens, 0 for padding.
+            hop_distances: (B, L, L) integer hop tensor (-1 for non-ID pairs), or None for no graph bias.
+            task: "content" (text LM), "collab" (item LM) or "rec" (multinomial over all items).
+            labels: (B, L) token ids to predict for "content" (text ids) / "collab" (item token ids); -100 =
+                ignore. The model shifts them (position t predicts labels[t+1]).
+            target_items: (B, num_items) multi-hot targets for "rec".
+            embedding_set: "content" / "collab"; default "content" for task "content", else "collab".
+            reg_weight: weight of the mutual regulariser; default `config.mutual_reg_weight`. Added to the loss
+                only when the task loss is computed.
+        """
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        embedding_set = embedding_set or ("content" if task == "content" else "collab")
+        self.id_embeddings(embedding_set)  # validates the name
+        self._check_input_ids(input_ids)
+        if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}, expected {tuple(input_ids.shape)}"
+            )
+        batch, seq_len = input_ids.shape
+
+        outputs = self.transformer(
+            inputs_embeds=self.embed_tokens(input_ids, embedding_set),
+            attention_mask=attention_mask,
+            hop_distances=hop_distances,
+            position_ids=position_ids,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            use_cache=False,
+            **kwargs,
+        )
+        hidden = outputs.last_hidden_state
+        item_weight = self.id_embeddings(embedding_set).item.weight
+        result = GraphGPT2RecOutput(hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+
+        task_loss = None
+        if task == "content":
+            result.logits = self.lm_head(hidden)
+            if labels is not None:
+                targets = self._shifted_labels(labels, input_ids, 0, self.config.base_vocab_size, "text")
+                result.lm_loss = task_loss = self._shifted_cross_entropy(result.logits, targets)
+        elif task == "collab":
+            result.logits = F.linear(hidden, item_weight)
+            if labels is not None:
+                first_item = self.config.base_vocab_size + self.config.num_users
+                targets = self._shifted_labels(labels, input_ids, first_item, self.config.num_items, "item")
+                result.item_loss = task_loss = self._shifted_cross_entropy(result.logits, targets)
+        else:
+            last = self.last_token_index(attention_mask, batch, seq_len, hidden.device)
+            result.scores = F.linear(hidden[torch.arange(batch, device=hidden.device), last], item_weight)
+            if target_items is not None:
+                if tuple(target_items.shape) != (batch, self.config.num_items):
+                    raise ValueError(
+                        f"target_items has shape {tuple(target_items.shape)}, expected (batch, num_items) = "
+                        f"{(batch, self.config.num_items)}"
+                    )
+                log_probs = F.log_softmax(result.scores.float(), dim=-1)
+                result.rec_loss = task_loss = -(target_items.to(log_probs.dtype) * log_probs).sum(-1).mean()
+
+        if task_loss is not None:
+            weight = self.config.mutual_reg_weight if reg_weight is None else float(reg_weight)
+            result.loss = task_loss
+            if weight > 0:
+                result.reg_loss = weight * self.mutual_regularizer(input_ids, attention_mask, embedding_set)
+                result.loss = task_loss + result.reg_loss
+        return result
+
+    def _shifted_labels(self, labels, input_ids, first: int, count: int, kind: str) -> torch.Tensor:
+        """Shift labels left by one and map ids `first..first+count-1` to `0..count-1`; -100 stays -100."""
+        if tuple(labels.shape) != tuple(input_ids.shape):
+            raise ValueError(f"labels has shape {tuple(labels.shape)}, expected {tuple(input_ids.shape)}")
+        valid = labels != -100
+        wrong = valid & ((labels < first) | (labels >= first + count))
+        if bool(wrong.any()):
+            b, t = wrong.nonzero()[0].tolist()
+            raise ValueError(
+                f"labels[{b}, {t}] = {int(labels[b, t])} is not a {kind} token id "
+                f"(expected {first}..{first + count - 1} or -100)"
+            )
+        mapped = torch.where(valid, labels - first, -100)
+        return mapped[:, 1:]
+
+    @staticmethod
+    def _shifted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean CE of logits[:, :-1] against the shifted targets; 0 (with grad) if no target is set."""
+        flat = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+        total = F.cross_entropy(flat, targets.reshape(-1), ignore_index=-100, reduction="sum")
+        return total / (targets != -100).sum().clamp(min=1)
+
+    # ---- inference ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def recommend(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        hop_distances: torch.Tensor | None = None,
+        k: int = 20,
+        exclude_items: torch.Tensor | list[list[int]] | None = None,
+    ) -> GraphGPT2Recommendations:
+        """Top-k items for a batch of right-padded prompts (dropout off), excluding `exclude_items`.
+
+        `exclude_items` is a (B, num_items) bool mask or a list (one per row) of item-index lists.
+        """
+        num_items = self.config.num_items
+        if not 1 <= k <= num_items:
+            raise ValueError(f"k must be in [1, num_items = {num_items}], got {k}")
+        was_training = self.training
+        self.eval()
+        try:
+            scores = self(input_ids, attention_mask=attention_mask, hop_distances=hop_distances, task="rec").scores
+        finally:
+            self.train(was_training)
+        scores = scores.float()
+        if exclude_items is not None:
+            scores = scores.masked_fill(self._exclusion_mask(exclude_items, scores.shape[0], scores.device),
+                                        float("-inf"))
+        top = torch.topk(scores, k, dim=-1)
+        return GraphGPT2Recommendations(items=top.indices, scores=top.values)
+
+    def _exclusion_mask(self, exclude_items, batch: int, device) -> torch.Tensor:
+        num_items = self.config.num_items
+        if isinstance(exclude_items, torch.Tensor):
+            if exclude_items.dtype != torch.bool or tuple(exclude_items.shape) != (batch, num_items):
+                raise ValueError(
+                    f"exclude_items tensor must be bool of shape {(batch, num_items)}, "
+                    f"got {exclude_items.dtype} {tuple(exclude_items.shape)}"
+                )
+            return exclude_items.to(device)
+        if len(exclude_items) != batch:
+            raise ValueError(f"exclude_items has {len(exclude_items)} rows, expected {batch}")
+        mask = torch.zeros(batch, num_items, dtype=torch.bool)
+        for row, items in enumerate(exclude_items):
+            items = [int(i) for i in items]
+            bad = [i for i in items if not 0 <= i < num_items]
+            if bad:
+                raise ValueError(f"exclude_items[{row}] holds item indices outside [0, {num_items}): {bad[:5]}")
+            mask[row, items] = True
+        return mask.to(device)
+
+    # ---- loading stock GPT-2 weights --------------------------------------------------------------------------
+    @classmethod
+    def from_gpt2_checkpoint(cls, path: str | os.PathLike, num_users: int, num_items: int,
+                             **config_overrides) -> "GraphGPT2ForRecommendation":
+        """Build a model from a local stock GPT-2 folder (`GPT2LMHeadModel`/`GPT2Model.save_pretrained`).
+
+        The folder's config.json gives the architecture (`base_vocab_size` = its `vocab_size`); `config_overrides`
+        set the graph fields (or e.g. `attn_implementation`). Every GPT-2 weight must be present with the right
+        shape and nothing else may be there (strict check, clear error); the ID embeddings and graph-bias
+        parameters start fresh (N(0, initializer_range) / the "paper" values).
+        """
+        from safetensors.torch import load_file  # a transformers dependency
+
+        path = os.fspath(path)
+        config_file = os.path.join(path, "config.json")
+        if not os.path.isfile(config_file):
+            raise FileNotFoundError(f"{config_file}: no config.json in the GPT-2 checkpoint folder")
+        with open(config_file, encoding="utf-8") as handle:
+            gpt2_config = json.load(handle)
+        if gpt2_config.get("model_type") != "gpt2":
+            raise ValueError(f"{config_file}: model_type is {gpt2_config.get('model_type')!r}, expected 'gpt2'")
+        attn_implementation = config_overrides.pop("attn_implementation", None)
+        fields = {k: v for k, v in gpt2_config.items()
+                  if k not in ("model_type", "architectures", "transformers_version", "auto_map")}
+        fields.update(base_vocab_size=gpt2_config.get("vocab_size", 50257), num_users=num_users,
+                      num_items=num_items)
+        fields.update(config_overrides)
+        config = GraphGPT2Config(**fields)
+        if attn_implementation is not None:
+            config._attn_implementation = attn_implementation
+
+        state = {}
+        index_file = os.path.join(path, "model.safetensors.index.json")
+        if os.path.isfile(index_file):
+            with open(index_file, encoding="utf-8") as handle:
+                shards = sorted(set(json.load(handle)["weight_map"].values()))
+            for shard in shards:
+                state.update(load_file(os.path.join(path, shard)))
+        elif os.path.isfile(os.path.join(path, "model.safetensors")):
+            state = load_file(os.path.join(path, "model.safetensors"))
+        else:
+            raise FileNotFoundError(f"{path}: no model.safetensors (or sharded index) in the GPT-2 checkpoint")
+
+        # GPT2LMHeadModel stores "transformer.*"; GPT2Model stores bare names. lm_head is tied to wte.
+        backbone_state = {}
+        for key, tensor in state.items():
+            name = key[len("transformer."):] if key.startswith("transformer.") else key
+            if name == "lm_head.weight" or name.endswith((".attn.bias", ".attn.masked_bias")):
+                continue  # tied head / old causal-mask buffers
+            backbone_state[name] = tensor
+
+        model = cls(config)
+        expected = {n: p.shape for n, p in model.transformer.state_dict().items() if ".graph_bias." not in n}
+        missing = sorted(set(expected) - set(backbone_state))
+        unexpected = sorted(set(backbone_state) - set(expected))
+        mismatched = [f"{n}: checkpoint {tuple(backbone_state[n].shape)} vs model {tuple(expected[n])}"
+                      for n in sorted(set(expected) & set(backbone_state))
+                      if tuple(backbone_state[n].shape) != tuple(expected[n])]
+        if missing or unexpected or mismatched:
+            raise ValueError(
+                f"{path}: GPT-2 checkpoint does not match the GraphGPT2 backbone. "
+                f"missing keys: {missing or 'none'}; unexpected keys: {unexpected or 'none'}; "
+                f"shape mismatches: {mismatched or 'none'}"
+            )
+        model.transformer.load_state_dict(backbone_state, strict=False)
+        model.tie_weights()
+        if config.freeze_backbone:
+            model.set_backbone_trainable(False)
+        return model
+
+
+__all__ = [
+    "GraphHopBias",
+    "GraphGPT2Attention",
+    "GraphGPT2Block",
+    "GraphGPT2ForRecommendation",
+    "GraphGPT2Model",
+    "GraphGPT2PreTrainedModel",
+    "GraphGPT2RecOutput",
+    "GraphGPT2Recommendations",
+    "GraphIDEmbeddings",
+    "graph_bias_values",
+    "merge_bias_into_mask",
+]
