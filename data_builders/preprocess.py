@@ -138,10 +138,13 @@ def build_split(
 
     items_meta = [raw.items.get(i, ItemMeta()) for i in item_ids]
     user_index = {u: k for k, u in enumerate(user_ids)}
+    # only pairs that survived the filters: a (user, item) review whose rating failed the threshold is
+    # not an interaction, even when both the user and the item survive
+    kept_pairs = {(r.user, r.item) for r in rows}
     reviews = {
         (user_index[u], item_index[i]): text
         for (u, i), text in raw.reviews.items()
-        if u in user_index and i in item_index and text
+        if (u, i) in kept_pairs and text
     }
 
     split = SplitDataset(

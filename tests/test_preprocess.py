@@ -118,16 +118,18 @@ def test_same_seed_same_hash_different_seed_different():
 
 
 def test_items_reviews_and_untimed_order():
-    rows = [(f"u{u}", f"i{i}", None, None) for u in range(5) for i in (4, 3, 2, 1, 0)]
-    reviews = {("u0", "i4"): "nice", ("u9", "i4"): "not kept: u9 is not in the data"}
+    rows = [(f"u{u}", f"i{i}", None, None) for u in range(6) for i in (4, 3, 2, 1, 0)]
+    rows[1 * 5 + 1] = ("u1", "i3", 1.0, None)  # low rating: not an interaction though u1 and i3 both survive
+    reviews = {("u0", "i4"): "nice", ("u9", "i4"): "not kept: u9 is not in the data", ("u1", "i3"): "bad"}
     items = {"i4": ItemMeta(title="Four")}
-    split = build_split(_raw(rows, items=items, reviews=reviews), k_core=5)
-    # no timestamps: file order; user 0 (whoever it is) lists i4 first
-    assert split.item_ids == ["i4", "i3", "i2", "i1", "i0"]
+    split = build_split(_raw(rows, items=items, reviews=reviews), k_core=3)
+    # no timestamps: file order, so every user lists i4 first and i4 gets index 0
+    assert split.item_ids[0] == "i4" and sorted(split.item_ids) == ["i0", "i1", "i2", "i3", "i4"]
     assert split.items[0].title == "Four" and split.items[1] == ItemMeta()
-    u0 = split.user_ids.index("u0")
+    u0, u1 = split.user_ids.index("u0"), split.user_ids.index("u1")
     assert split.reviews == {(u0, 0): "nice"}
-    assert split.manifest["items_with_metadata"] == 1
+    assert split.item_ids.index("i3") not in {int(i) for s in (split.train, split.valid, split.test) for i in s[u1]}
+    assert split.manifest["items_with_metadata"] == 1 and split.manifest["reviews"] == 1
 
 
 def test_too_few_items_is_a_clear_error():
