@@ -241,9 +241,21 @@ class _VAE(nn.Module):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.normal_(m.bias, std=0.001)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.drop(nn.functional.normalize(x, dim=1))
-        mu, logvar = self.enc(h).chunk(2, dim=1)
+    def forward(self, x: sp.csr_matrix) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits over items and the KL term for a CSR batch of users.
+
+        The input is L2-normalised and dropped out on its non-zeros only, and the first layer is a sparse
+        product: the same maths as the dense version, without a (batch, I) x (I, 600) dense matmul.
+        """
+        coo = x.tocoo()
+        rows = torch.from_numpy(coo.row.astype(np.int64))
+        vals = torch.from_numpy(coo.data.astype(np.float32))
+        norm = torch.zeros(x.shape[0]).index_add_(0, rows, vals**2).sqrt().clamp_min(1e-12)
+        vals = self.drop(vals / norm[rows])
+        idx = torch.stack([rows, torch.from_numpy(coo.col.astype(np.int64))])
+        first = self.enc[0]
+        h = torch.sparse.mm(torch.sparse_coo_tensor(idx, vals, x.shape, check_invariants=False), first.weight.T) + first.bias
+        mu, logvar = self.enc[2](torch.tanh(h)).chunk(2, dim=1)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
         kl = 0.5 * torch.mean(torch.sum(-logvar + torch.exp(logvar) + mu**2 - 1, dim=1))
         return self.dec(z), kl
@@ -294,9 +306,10 @@ class MultiVAE(Recommender):
             order = users[torch.randperm(len(users), generator=gen).numpy()]
             total = 0.0
             for start in range(0, len(order), self.batch_size):
-                x = torch.from_numpy(self.train_[order[start : start + self.batch_size]].toarray())
+                batch = self.train_[order[start : start + self.batch_size]]
+                x = torch.from_numpy(batch.toarray())
                 beta = min(self.anneal_cap, step / self.anneal_steps)
-                logits, kl = self.net_(x)
+                logits, kl = self.net_(batch)
                 nll = -(torch.log_softmax(logits, dim=1) * x).sum(dim=1).mean()
                 loss = nll + beta * kl
                 opt.zero_grad()
@@ -321,8 +334,7 @@ class MultiVAE(Recommender):
     def score(self, user_ids):
         self._require_fit()
         self.net_.eval()
-        x = torch.from_numpy(self.train_[user_ids].toarray())
-        logits, _ = self.net_(x)
+        logits, _ = self.net_(self.train_[user_ids])
         return logits.numpy()
 
     def info(self):
