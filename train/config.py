@@ -33,9 +33,9 @@ class DataConfig:
 
     folder: str = "outputs/demo/data"  # dataset folder (DESIGN.md §4); built here when build=True
     build: bool = True  # build the folder first (skipped when it exists and holds a manifest.json)
-    source: str = "synthetic"  # data_builders source: "synthetic" or a reader name such as "amazon2014"
-    raw: Optional[str] = None  # raw data folder for a real source (e.g. ../shared/data/amazon-musical-instruments-2014)
-    tokenizer: str = "bpe"  # "bpe" = train a small byte-level BPE on the corpus; else a folder with vocab.json+merges.txt
+    source: str = "synthetic"  # "synthetic" (embedded default) or a raw data folder (e.g. ../shared/data/amazon-musical-instruments-2014)
+    tokenizer: str = "bpe"  # "bpe" = train a byte-level BPE of bpe_vocab on the corpus; else a folder with vocab.json+merges.txt
+    bpe_vocab: int = 2000
     build_args: list[str] = field(default_factory=list)  # extra CLI args passed verbatim to the builder
     # Which prompt configs feed content pre-training. Ablations are this list:
     # NoGHIP / without 2nd order -> drop "second_order"; without item content -> drop "content".

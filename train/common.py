@@ -1,0 +1,179 @@
+"""Pieces shared by the pre-training and fine-tuning loops: model construction, optimiser, schedule, Accelerator."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from train.config import ModelConfig, RunConfig, StageConfig
+from train.data_adapter import Corpus
+
+# Parameter-name fragments of the ID-embedding tables (trained at lr_id, never weight-decayed, never LoRA'd).
+# (GraphGPT2ForRecommendation: `content_embeddings.{user,item}`, `collab_embeddings.{user,item}`; the item head
+# is tied to the active set's item table.) Graph-bias parameters are new too and train at lr_id.
+ID_PARAM_KEYS = ("content_embeddings.", "collab_embeddings.", ".graph_bias.")
+
+
+def make_accelerator(cfg: RunConfig, project_dir: str | Path):
+    """One Accelerator per stage (each stage registers its own model/optimizer for save_state)."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    return Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        project_config=ProjectConfiguration(project_dir=str(project_dir)),
+    )
+
+
+def model_config_kwargs(m: ModelConfig, corpus: Corpus) -> dict:
+    """GraphGPT2Config kwargs from the run config and the dataset folder's counts."""
+    kw = dict(
+        num_users=corpus.num_users,
+        num_items=corpus.num_items,
+        base_vocab_size=corpus.base_vocab_size,
+        n_layer=m.n_layer,
+        n_embd=m.n_embd,
+        n_head=m.n_head,
+        n_positions=m.n_positions,
+        resid_pdrop=m.dropout,
+        embd_pdrop=m.dropout,
+        attn_pdrop=m.dropout,
+        graph_bias=m.graph_bias,
+        max_hops=m.max_hops,
+        bias_delta=m.bias_delta,
+        mutual_reg_weight=m.mutual_reg_weight,
+        freeze_backbone=m.freeze_backbone,
+    )
+    pad = getattr(corpus.tokenizer, "pad_token_id", None)
+    eos = getattr(corpus.tokenizer, "eos_token_id", None)
+    if eos is not None and eos < corpus.base_vocab_size:
+        kw.update(bos_token_id=eos, eos_token_id=eos)
+    if pad is not None and pad < corpus.base_vocab_size:
+        kw.update(pad_token_id=pad)
+    return kw
+
+
+def build_model(cfg: RunConfig, corpus: Corpus):
+    """A fresh GraphGPT2ForRecommendation sized for ``corpus`` (backbone from ``model.init_from`` when set)."""
+    from modeling_graphgpt2 import GraphGPT2Config, GraphGPT2ForRecommendation
+
+    if cfg.model.init_from:
+        kw = model_config_kwargs(cfg.model, corpus)
+        for key in ("n_layer", "n_embd", "n_head", "n_positions", "base_vocab_size", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
+            kw.pop(key, None)  # the GPT-2 checkpoint's own architecture wins
+        model = GraphGPT2ForRecommendation.from_gpt2_checkpoint(cfg.model.init_from, **kw)
+        if model.config.base_vocab_size != corpus.base_vocab_size:
+            raise ValueError(f"model.init_from={cfg.model.init_from} has a text vocabulary of {model.config.base_vocab_size} "
+                             f"but the dataset folder's tokenizer has {corpus.base_vocab_size}")
+    else:
+        model = GraphGPT2ForRecommendation(GraphGPT2Config(**model_config_kwargs(cfg.model, corpus)))
+    # fingerprints of the data the ID rows belong to; checked when the model meets a dataset folder again
+    model.config.tokenizer_sha256 = corpus.tokenizer_sha256
+    model.config.graph_sha256 = corpus.graph_sha256
+    return model
+
+
+def is_id_param(name: str) -> bool:
+    return any(k in name for k in ID_PARAM_KEYS)
+
+
+def param_groups(model: torch.nn.Module, stage: StageConfig) -> list[dict]:
+    """AdamW groups: ID embeddings at lr_id (no decay); backbone matrices at lr_backbone with weight decay;
+    backbone biases/LayerNorm/position+text embeddings at lr_backbone without decay."""
+    ids, decay, no_decay = [], [], []
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:  # tied weights appear once
+            continue
+        seen.add(id(p))
+        if is_id_param(name):
+            ids.append(p)
+        elif p.ndim >= 2 and "wte" not in name and "wpe" not in name:
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    groups = [
+        {"params": ids, "lr": stage.lr_id, "weight_decay": 0.0, "name": "id_embeddings"},
+        {"params": decay, "lr": stage.lr_backbone, "weight_decay": stage.weight_decay, "name": "backbone_decay"},
+        {"params": no_decay, "lr": stage.lr_backbone, "weight_decay": 0.0, "name": "backbone_no_decay"},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def make_optimizer(model: torch.nn.Module, stage: StageConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, stage)
+    if not groups:
+        raise ValueError("no trainable parameters (freeze_backbone with no ID embeddings?)")
+    return torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
+
+
+def warmup_linear(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float):
+    """Linear warm-up over ``warmup_ratio * total_steps`` steps, then linear decay to 0 at ``total_steps``."""
+    total = max(1, total_steps)
+    warm = int(math.ceil(warmup_ratio * total)) if warmup_ratio > 0 else 0
+
+    def factor(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total - step) / max(1, total - warm))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def steps_per_epoch(num_rows: int, batch_size: int, num_processes: int) -> int:
+    """Optimizer steps per process for one pass (accelerate pads the last batch so every rank has as many)."""
+    batches = math.ceil(num_rows / batch_size)
+    return math.ceil(batches / num_processes)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def mean_loss_across(accelerator: Any, loss: torch.Tensor) -> float:
+    return accelerator.gather(loss.detach().float().reshape(1)).mean().item()
+
+
+def apply_lora(model: torch.nn.Module, r: int, alpha: int):
+    """Wrap the backbone's c_attn/c_proj/c_fc in LoRA adapters; ID embeddings stay fully trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        target_modules=["c_attn", "c_proj", "c_fc"],
+        fan_in_fan_out=True,
+        lora_dropout=0.0,
+        bias="none",
+        task_type=None,
+        # ID embeddings (and graph-bias params) are new: trained in full and saved with the adapter
+        modules_to_save=model.peft_modules_to_save(),
+    )
+    peft_model = get_peft_model(model, config)
+    return peft_model
+
+
+def unwrap_lora(model: torch.nn.Module) -> torch.nn.Module:
+    """Merge LoRA adapters into the base weights (a no-op for a plain model)."""
+    if hasattr(model, "merge_and_unload"):
+        return model.merge_and_unload()
+    return model
+
+
+def seed_everything(seed: int) -> None:
+    from accelerate.utils import set_seed
+
+    set_seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+
+
+def freeze_backbone(model: torch.nn.Module) -> None:
+    """CLLM4Rec mode: only ID embeddings (and graph-bias parameters) train."""
+    model.set_backbone_trainable(False)
+
+
+def count_params(params: Iterable[torch.nn.Parameter]) -> int:
+    return sum(p.numel() for p in params)

@@ -1,0 +1,158 @@
+"""The main job: build data -> pre-train -> fine-tune -> evaluate -> Hub-ready folder, in one command.
+
+    graphgpt2-rec demo                                 # embedded synthetic default, a few minutes on 2 CPU cores
+    graphgpt2-rec run --config quick [key=value ...]   # any preset / YAML, e.g. real Musical Instruments data
+    accelerate launch -m train.main run --config ...   # the same, multi-process
+
+``run_pipeline(cfg) -> dict`` is the Python entry point (the benchmark harness calls it per ablation variant).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from train.config import ConfigError, RunConfig, load_config
+
+
+def build_data(cfg: RunConfig) -> Path:
+    """Build the dataset folder with ``python -m data_builders build`` unless it already exists."""
+    folder = Path(cfg.data.folder)
+    if (folder / "manifest.json").is_file() or not cfg.data.build:
+        if not (folder / "manifest.json").is_file():
+            raise FileNotFoundError(f"data.folder={folder} has no manifest.json and data.build=false")
+        return folder
+    from data_builders.__main__ import main as build_main
+
+    argv = ["build", "--source", cfg.data.source, "--out", str(folder), "--max-hops", str(cfg.model.max_hops),
+            "--max-length", str(cfg.data.max_length), "--seed", str(cfg.seed)]
+    if cfg.data.tokenizer == "bpe":
+        argv += ["--train-bpe", str(cfg.data.bpe_vocab)]
+    else:
+        argv += ["--tokenizer", cfg.data.tokenizer]
+    argv += list(cfg.data.build_args)
+    rc = build_main(argv)
+    if rc not in (0, None):
+        raise RuntimeError(f"data build failed (exit {rc}): python -m data_builders {' '.join(argv)}")
+    return folder
+
+
+def run_pipeline(cfg: RunConfig, resume: bool = False, command: str | None = None) -> dict:
+    """Everything for one config. Returns val/test metrics, popularity, wall times and output paths."""
+    from train.data_adapter import Corpus
+    from train.evaluate import popularity_metrics, write_metrics
+    from train.finetune import finetune
+    from train.metrics import metric_names
+    from train.pretrain import pretrain
+    from train.publish import publish
+
+    out = Path(cfg.output.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    walls: dict[str, float] = {}
+    t = time.time()
+    build_data(cfg)
+    walls["build_s"] = time.time() - t
+    cfg.save(out / "run_config.yaml")
+    corpus = Corpus(cfg.data.folder)
+
+    pre = None
+    if cfg.pretrain.do_pretrain:
+        t = time.time()
+        pre = pretrain(cfg, resume=resume, corpus=corpus)
+        walls["pretrain_s"] = time.time() - t
+    t = time.time()
+    fin = finetune(cfg, resume=resume, corpus=corpus)
+    walls["finetune_s"] = time.time() - t
+
+    from accelerate import PartialState
+
+    state = PartialState()
+    result = {
+        "validation": fin["validation"],
+        "test": fin["test"],
+        "best_epoch": fin["best_epoch"],
+        "selection_metric": fin["selection_metric"],
+        "wall": walls,
+        "paths": {"output": str(out), "data": str(cfg.data.folder), "best_model": fin["model_dir"]},
+        "pretrain": {k: v for k, v in (pre or {}).items() if k != "plan"},
+    }
+    if state.is_main_process:
+        names = metric_names(cfg.eval.recall_ks, cfg.eval.ndcg_ks)
+        pop = popularity_metrics(corpus, "test", cfg)
+        result["popularity_test"] = pop
+        write_metrics(out, "metrics_test", {**fin["test"], "split": "test"}, names, {"Popularity (test)": pop})
+        t = time.time()
+        folder = publish(cfg, corpus, Path(fin["model_dir"]), out / "hub_model", result, command=command)
+        walls["publish_s"] = time.time() - t
+        result["paths"]["hub_model"] = str(folder)
+        if cfg.output.push_to_hub:
+            from train.publish import push_folder
+
+            result["paths"]["hub_url"] = push_folder(folder, cfg.output.push_to_hub)
+        if cfg.output.push_dataset_to_hub:
+            from train.publish import push_folder
+
+            result["paths"]["dataset_url"] = push_folder(cfg.data.folder, cfg.output.push_dataset_to_hub, repo_type="dataset")
+        from train.io_utils import atomic_write_json
+
+        atomic_write_json(out / "pipeline_result.json", result)
+    state.wait_for_everyone()
+    return result
+
+
+def print_summary(cfg: RunConfig, result: dict) -> None:
+    from train.evaluate import metrics_table
+    from train.metrics import metric_names
+    from train.recommend import Recommender
+
+    names = metric_names(cfg.eval.recall_ks, cfg.eval.ndcg_ks)
+    print("\nTest metrics (model selected on validation " + result["selection_metric"] + f", epoch {result['best_epoch']}):")
+    print(metrics_table({"GraphGPT2": result["test"], "Popularity": result["popularity_test"]}, names))
+    print("wall time: " + ", ".join(f"{k} {v:.1f}s" for k, v in result["wall"].items()))
+    print(f"Hub-ready model folder: {result['paths']['hub_model']}")
+    rec = Recommender.from_folder(result["paths"]["hub_model"])
+    titles = rec.item_titles
+    for user in range(min(cfg.eval.num_examples, rec.num_users)):
+        hist = rec.train_items[user]
+        top = rec.recommend_users([user], k=5)[0]
+        print(f"\nuser {user} bought: " + "; ".join(titles[j] for j in hist[:5]) + (" ..." if len(hist) > 5 else ""))
+        print("  recommended: " + "; ".join(f"{titles[j]} ({s:.2f})" for j, s in top))
+
+
+def cli(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from train.cli_args import config_from_args, stage_parser
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("demo", "run"):
+        print("usage: graphgpt2-rec {demo,run} [--config PRESET|YAML] [--resume] [--lora-r N] [--push-to-hub ORG/NAME] [key=value ...]",
+              file=sys.stderr)
+        return 2
+    mode, rest = argv[0], argv[1:]
+    parser = stage_parser(f"graphgpt2-rec {mode}")
+    args = parser.parse_args(rest)
+    if mode == "demo" and args.config != "demo":
+        print("error: `graphgpt2-rec demo` always uses the demo preset; use `run --config` for others", file=sys.stderr)
+        return 2
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    command = "graphgpt2-rec " + " ".join(argv)
+    result = run_pipeline(cfg, resume=args.resume, command=command)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print_summary(cfg, result)
+        print(json.dumps({"test": result["test"]}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())

@@ -1,0 +1,24 @@
+"""Loading a saved GraphGPT2 model folder (plain ``save_pretrained`` output, or a LoRA adapter folder)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def load_model(folder: str | Path, merge_lora: bool = True):
+    """A GraphGPT2ForRecommendation from ``folder``; a PEFT adapter folder is loaded onto its base and merged."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder not found: {folder}")
+    from modeling_graphgpt2 import GraphGPT2ForRecommendation
+
+    if (folder / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base_path = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        base = GraphGPT2ForRecommendation.from_pretrained(base_path)
+        model = PeftModel.from_pretrained(base, str(folder))
+        return model.merge_and_unload() if merge_lora else model
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder}: no config.json (not a save_pretrained folder)")
+    return GraphGPT2ForRecommendation.from_pretrained(str(folder))

@@ -1,0 +1,196 @@
+"""The Hub-ready model folder and its upload.
+
+    python -m train.publish --config demo [--model-dir outputs/demo/best] [--push-to-hub org/name]
+
+Folder layout (one ``upload_folder`` commit; everything ``Recommender.from_folder`` and a remote-code user need)::
+
+    config.json (auto_map), model.safetensors, configuration_graphgpt2.py, modeling_graphgpt2.py
+    tokenizer.json, tokenizer_config.json, ...      the dataset folder's tokenizer (GPT-2 BPE or trained BPE + ID tokens)
+    graph/ train_edges.npy, hops.npy, graph.json    train-only graph and capped hop table (attention bias at inference)
+    maps/ users.json, items.json, item_titles.json  raw ids <-> indices, titles
+    data_manifest.json, graphgpt2_rec.json          dataset manifest; hashes and prompt length used at inference
+    metrics.json, run_config.yaml, train_log.jsonl, training_curve.png, README.md (model card with model-index)
+
+LoRA adapters are merged before saving. The folder is written to a temp sibling and renamed into place.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from train.io_utils import atomic_write_json, replace_dir
+
+TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "graphgpt2_rec.md"
+METRIC_LABELS = {"recall": "Recall", "ndcg": "NDCG"}
+
+
+def eval_results(metrics: dict, dataset_name: str, dataset_type: str, split: str = "test") -> list:
+    """huggingface_hub EvalResult entries (the card's ``model-index``) for every reported metric."""
+    from huggingface_hub import EvalResult
+
+    out = []
+    for key, value in metrics.items():
+        if not (key.startswith("recall@") or key.startswith("ndcg@")) or not isinstance(value, float):
+            continue
+        kind, k = key.split("@")
+        paper = k.endswith("_paper")
+        k = k.replace("_paper", "")
+        name = f"{METRIC_LABELS[kind]}@{k}" + (" (|rel| denominator, paper Eq. 8)" if paper else "")
+        out.append(EvalResult(task_type="recommendation", task_name="Top-k recommendation", dataset_type=dataset_type,
+                              dataset_name=dataset_name, dataset_split=split, metric_type=kind, metric_name=name,
+                              metric_value=round(value, 6)))
+    return out
+
+
+def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None) -> str:
+    """README.md text: model-index metadata + the template in model_cards/."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from train.evaluate import metrics_table
+    from train.metrics import metric_names
+    from train.pretrain import pretrain_plan
+
+    m = corpus.manifest
+    names = metric_names(cfg.eval.recall_ks, cfg.eval.ndcg_ks)
+    data_name = m.get("name", Path(cfg.data.folder).name)
+    card_data = ModelCardData(
+        language="en",
+        license="apache-2.0",
+        library_name="transformers",
+        pipeline_tag=None,
+        tags=["recommendation", "graph", "gpt2", "graphgpt2", "custom_code"],
+        model_name=cfg.output.model_name,
+        eval_results=eval_results(result["test"], data_name, f"graphgpt2-rec/{data_name}"),
+    )
+    rows = {"GraphGPT2 (test)": result["test"]}
+    if result.get("popularity_test"):
+        rows["Popularity (test)"] = result["popularity_test"]
+    rows["GraphGPT2 (validation)"] = result["validation"]
+    plan = pretrain_plan(cfg.pretrain) if cfg.pretrain.do_pretrain else []
+    plan_text = (f"{plan.count('content')} content epochs and {plan.count('collab')} collaborative epochs "
+                 f"(order: {' '.join(plan[:12])}{' ...' if len(plan) > 12 else ''})") if plan else "none (NoPretrain)"
+    split = m.get("split", {})
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE),
+        model_name=cfg.output.model_name,
+        selection_metric=result.get("selection_metric", cfg.finetune.selection_metric),
+        best_epoch=result.get("best_epoch"),
+        metrics_table=metrics_table(rows, names),
+        data_source=cfg.data.source,
+        data_name=data_name,
+        num_users=m["num_users"],
+        num_items=m["num_items"],
+        split_recipe=json.dumps(split.get("recipe", split.get("filters", "see data_manifest.json")))[:300],
+        num_edges=m["graph"]["num_edges"],
+        max_hops=m["max_hops"],
+        tokenizer_source=m["tokenizer"]["source"],
+        tokenizer_sha256=corpus.tokenizer_sha256[:16],
+        graph_sha256=corpus.graph_sha256[:16],
+        n_layer=cfg.model.n_layer,
+        n_embd=cfg.model.n_embd,
+        n_head=cfg.model.n_head,
+        graph_bias=cfg.model.graph_bias,
+        mutual_reg_weight=cfg.model.mutual_reg_weight,
+        command=command or f"graphgpt2-rec run --config {cfg.preset}",
+        pretrain_plan=plan_text,
+        finetune_epochs=cfg.finetune.epochs if cfg.finetune.do_finetune else 0,
+        mask_fraction=cfg.finetune.mask_fraction,
+        wall=", ".join(f"{k} {v:.0f}s" for k, v in result.get("wall", {}).items()),
+        repo_id=repo_id,
+    )
+    return str(card)
+
+
+def publish(cfg, corpus, model_dir: Path, out_folder: Path, result: dict, command: str | None = None,
+            repo_id: str | None = None) -> Path:
+    """Assemble the Hub-ready folder ``out_folder`` from the selected model and the dataset folder."""
+    from train.logging_utils import plot_training_curves
+    from train.modeling_io import load_model
+
+    out_folder = Path(out_folder)
+    run_dir = Path(cfg.output.dir)
+    model = load_model(model_dir, merge_lora=True)
+    corpus.check_model(model.config)
+    tmp = out_folder.with_name(f".tmp-{out_folder.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        model.save_pretrained(str(tmp))  # config.json with auto_map + remote-code files + safetensors
+        corpus.tokenizer.save_pretrained(str(tmp))
+        shutil.copy2(corpus.folder / "tokenizer" / "tokenizer.json", tmp / "tokenizer.json")  # byte-identical: same sha
+        shutil.copytree(corpus.folder / "graph", tmp / "graph")
+        shutil.copytree(corpus.folder / "maps", tmp / "maps")
+        shutil.copy2(corpus.folder / "manifest.json", tmp / "data_manifest.json")
+        atomic_write_json(tmp / "graphgpt2_rec.json", {
+            "tokenizer_sha256": corpus.tokenizer_sha256,
+            "graph_sha256": corpus.graph_sha256,
+            "max_length": cfg.data.max_length,
+            "prompt_template": "user_i has interacted with item_a item_b ..., user_i will interact with",
+            "new_user_template": "A new user has interacted with item_a ..., the user will interact with",
+        })
+        atomic_write_json(tmp / "metrics.json", {k: v for k, v in result.items() if k in
+                                                ("validation", "test", "popularity_test", "best_epoch", "selection_metric", "wall")})
+        cfg.save(tmp / "run_config.yaml")
+        log = run_dir / "logs" / "train_log.jsonl"
+        if log.is_file():
+            shutil.copy2(log, tmp / "train_log.jsonl")
+        plot_training_curves(log, tmp / "training_curve.png", cfg.finetune.selection_metric)
+        (tmp / "README.md").write_text(render_card(cfg, corpus, result, repo_id or cfg.output.push_to_hub or f"<org>/{cfg.output.model_name}", command))
+        replace_dir(tmp, out_folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_folder
+
+
+def push_folder(folder: str | Path, repo_id: str, repo_type: str = "model", private: bool | None = None,
+                commit_message: str | None = None) -> str:
+    """Create the repo (if needed) and upload ``folder`` in one commit; returns the repo URL."""
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"nothing to push: {folder} is not a folder")
+    api = HfApi()
+    url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+    api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type=repo_type,
+                      commit_message=commit_message or f"Upload GraphGPT2-Rec {repo_type} folder",
+                      ignore_patterns=[".tmp-*", "**/.tmp-*"])
+    return str(url)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from train.cli_args import config_from_args, stage_parser
+    from train.data_adapter import Corpus
+
+    ap = stage_parser("publish")
+    ap.add_argument("--model-dir", default=None, help="selected model folder (default <output.dir>/best)")
+    ap.add_argument("--out", default=None, help="folder to write (default <output.dir>/hub_model)")
+    ap.add_argument("--push-dataset-to-hub", default=None, metavar="ORG/NAME", help="also upload the dataset folder")
+    args = ap.parse_args(argv)
+    cfg = config_from_args(args)
+    run = Path(cfg.output.dir)
+    result_file = run / "pipeline_result.json"
+    if not result_file.is_file():
+        result_file = run / "finetune_result.json"
+    result: dict[str, Any] = json.loads(result_file.read_text())
+    corpus = Corpus(cfg.data.folder)
+    folder = publish(cfg, corpus, Path(args.model_dir or run / "best"), Path(args.out or run / "hub_model"), result,
+                     command="python -m train.publish " + " ".join(argv or sys.argv[1:]), repo_id=cfg.output.push_to_hub)
+    print(f"wrote {folder}")
+    if cfg.output.push_to_hub:
+        print(push_folder(folder, cfg.output.push_to_hub))
+    if args.push_dataset_to_hub:
+        print(push_folder(cfg.data.folder, args.push_dataset_to_hub, repo_type="dataset"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

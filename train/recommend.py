@@ -1,0 +1,182 @@
+"""Top-k recommendations from a trained GraphGPT2 (the paper's deployment step and offline batch pipeline).
+
+    python -m train.recommend --model outputs/demo/hub_model --users 0 5 17 --k 10
+    python -m train.recommend --model outputs/demo/hub_model --history 3 8 12 --k 10   # a user the model never saw
+    python -m train.recommend --model outputs/demo/hub_model --all --out recs.jsonl     # every user, JSON lines
+
+A known user is scored from "user_u has interacted with <all train items>, user_u will interact with" and their
+train items are excluded. An unseen user has no ID token, so the prompt is the builders' anonymous template
+"A new user has interacted with <items>, the user will interact with": the items' collab embeddings and their
+train-graph hop distances (item-item via the known users) carry all the information; the given items are excluded.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+
+
+class Recommender:
+    """A model plus what it needs at inference: tokenizer, train graph (hops), ID maps, titles, train items."""
+
+    def __init__(self, model, tokenizer, hops, train_items: list[list[int]], item_titles: list[str],
+                 user_ids: list[str] | None = None, item_ids: list[str] | None = None, max_length: int = 1024):
+        from data_builders.collate import GraphCollator
+        from data_builders.prompts import RecPromptEncoder
+
+        self.model = model.eval()
+        cfg = model.config
+        self.num_users, self.num_items = cfg.num_users, cfg.num_items
+        self.train_items = train_items
+        self.item_titles = item_titles
+        self.user_ids = user_ids
+        self.item_ids = item_ids
+        self.max_length = min(max_length, cfg.n_positions)
+        self.encoder = RecPromptEncoder(tokenizer, cfg.base_vocab_size, cfg.num_users, cfg.num_items, self.max_length)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.collate = GraphCollator(hops if cfg.graph_bias != "none" else None, pad, max_length=self.max_length)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> "Recommender":
+        """Load a published folder (train.publish): model, tokenizer, graph/, maps/."""
+        from data_builders.graph import HopDistances
+        from data_builders.tokenization import load_tokenizer
+
+        from train.modeling_io import load_model
+
+        folder = Path(folder)
+        meta = json.loads((folder / "graphgpt2_rec.json").read_text())
+        model = load_model(folder)
+        tokenizer = load_tokenizer(folder, meta["tokenizer_sha256"])
+        hops = HopDistances.load(folder / "graph", meta["graph_sha256"])
+        edges = np.load(folder / "graph" / "train_edges.npy")
+        train_items: list[list[int]] = [[] for _ in range(model.config.num_users)]
+        for u, j in edges.tolist():
+            train_items[u].append(j)
+        maps = folder / "maps"
+        titles = json.loads((maps / "item_titles.json").read_text())
+        return cls(model, tokenizer, hops, train_items, [t or f"item_{j}" for j, t in enumerate(titles)],
+                   json.loads((maps / "users.json").read_text()), json.loads((maps / "items.json").read_text()),
+                   max_length=meta.get("max_length", 1024))
+
+    @classmethod
+    def from_corpus(cls, model, corpus, max_length: int = 1024) -> "Recommender":
+        """From an in-memory model and the dataset folder it was trained on."""
+        corpus.check_model(model.config)
+        return cls(model, corpus.tokenizer, corpus.hops, corpus.train_items(), corpus.item_titles(),
+                   corpus._c.user_ids, corpus._c.item_ids, max_length)
+
+    # ------------------------------------------------------------------ scoring
+    def _run(self, prompts: list[tuple[list[int], list[int]]], exclude: list[list[int]], k: int, batch_size: int):
+        device = next(self.model.parameters()).device
+        out: list[list[tuple[int, float]]] = []
+        for start in range(0, len(prompts), batch_size):
+            rows = [{"input_ids": ids, "node_positions": pos} for ids, pos in prompts[start:start + batch_size]]
+            batch = {key: v.to(device) for key, v in self.collate(rows).items()}
+            rec = self.model.recommend(batch["input_ids"], attention_mask=batch["attention_mask"],
+                                       hop_distances=batch.get("hop_distances"), k=k, exclude_items=exclude[start:start + batch_size])
+            for items, scores in zip(rec.items.tolist(), rec.scores.tolist()):
+                out.append([(i, s) for i, s in zip(items, scores) if s != float("-inf")])
+        return out
+
+    def _check_k(self, k: int, n_excluded: int = 0) -> int:
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        return min(k, self.num_items)
+
+    @torch.no_grad()
+    def recommend_users(self, users: Sequence[int], k: int = 20, batch_size: int = 64) -> list[list[tuple[int, float]]]:
+        """Top-k (item index, score) per known user index, train items excluded."""
+        prompts, exclude = [], []
+        for u in users:
+            if isinstance(u, bool) or not isinstance(u, (int, np.integer)) or not 0 <= int(u) < self.num_users:
+                raise ValueError(f"unknown user index {u!r}: the model knows users 0..{self.num_users - 1} "
+                                 "(use recommend_history for a new user)")
+            hist = self.train_items[int(u)]
+            prompts.append(self.encoder_encode(int(u), hist))
+            exclude.append(hist)
+        return self._run(prompts, exclude, self._check_k(k), batch_size)
+
+    def user_index(self, raw_user_id: str) -> int:
+        """Index of a raw user id (e.g. an Amazon reviewerID); ValueError naming it when unknown."""
+        if self.user_ids is None or raw_user_id not in self.user_ids:
+            raise ValueError(f"unknown user id {raw_user_id!r} (not in maps/users.json)")
+        return self.user_ids.index(raw_user_id)
+
+    @torch.no_grad()
+    def recommend_history(self, items: Sequence[int], k: int = 20) -> list[tuple[int, float]]:
+        """Top-k for a user the model has never seen, from a raw item history (indices); the items are excluded."""
+        items = [int(j) for j in items]
+        if not items:
+            raise ValueError("empty history: a new user needs at least one item index to be recommended for")
+        bad = [j for j in items if not 0 <= j < self.num_items]
+        if bad:
+            raise ValueError(f"unknown item indices {bad[:5]}: the model knows items 0..{self.num_items - 1}")
+        return self._run([self.encoder_encode(None, items)], [items], self._check_k(k), 1)[0]
+
+    def encoder_encode(self, user: int | None, items: Sequence[int]) -> tuple[list[int], list[int]]:
+        enc = self.encoder.encode(user, list(items))
+        return enc["input_ids"].tolist(), enc["node_positions"].tolist()
+
+    def write_all(self, path: str | Path, k: int = 20, batch_size: int = 64) -> Path:
+        """Recommendations for every user as JSON lines (user, user_id, items, titles, scores); atomic."""
+        from train.io_utils import atomic_write_text
+
+        lines = []
+        for start in range(0, self.num_users, batch_size):
+            users = list(range(start, min(self.num_users, start + batch_size)))
+            for u, recs in zip(users, self.recommend_users(users, k, batch_size)):
+                lines.append(json.dumps({
+                    "user": u,
+                    "user_id": self.user_ids[u] if self.user_ids else None,
+                    "items": [j for j, _ in recs],
+                    "item_ids": [self.item_ids[j] for j, _ in recs] if self.item_ids else None,
+                    "titles": [self.item_titles[j] for j, _ in recs],
+                    "scores": [round(s, 5) for _, s in recs],
+                }))
+        atomic_write_text(path, "\n".join(lines) + "\n")
+        return Path(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m train.recommend", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True, help="published model folder (train.publish output)")
+    g = ap.add_mutually_exclusive_group(required=True)
+    g.add_argument("--users", nargs="+", help="user indices (or raw user ids with --raw-ids)")
+    g.add_argument("--history", nargs="+", type=int, help="item indices of a new user's history")
+    g.add_argument("--all", action="store_true", help="every user, written to --out as JSON lines")
+    ap.add_argument("--raw-ids", action="store_true", help="--users are raw ids from maps/users.json")
+    ap.add_argument("--k", type=int, default=20)
+    ap.add_argument("--out", default="recommendations.jsonl")
+    args = ap.parse_args(argv)
+    rec = Recommender.from_folder(args.model)
+    try:
+        if args.all:
+            print(rec.write_all(args.out, args.k))
+            return 0
+        if args.history:
+            results = {"new_user": rec.recommend_history(args.history, args.k)}
+        else:
+            users = [rec.user_index(u) if args.raw_ids else int(u) for u in args.users]
+            results = dict(zip(args.users, rec.recommend_users(users, args.k)))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for who, recs in results.items():
+        print(f"{who}:")
+        for j, s in recs:
+            print(f"  {j:>6}  {s:8.3f}  {rec.item_titles[j]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
