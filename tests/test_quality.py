@@ -124,3 +124,23 @@ def test_musical_instruments_split_matches_calibration_counts(shared_data):
     data = quality.load_split(shared_data / "amazon-musical-instruments-2014")
     assert (data.num_users, data.num_items) == (526, 347)  # calibration.md
     assert (data.train.nnz, data.valid.nnz, data.test.nnz) == (2551, 532, 532)
+
+
+def test_variant_run_goes_through_run_pipeline(tmp_path, monkeypatch):
+    """The harness passes the variant's config to train.main.run_pipeline and reads back its metrics."""
+    import train.main
+
+    folder = write_dataset_folder(tmp_path / "ds", [[0, 1], [2]], [[2], [0]], [[3], [1]], num_items=4)
+    data = load_split_from_folder(folder)
+    seen = []
+
+    def fake_run_pipeline(cfg, **kwargs):
+        seen.append(cfg)
+        metrics = {m: 0.5 for m in quality.REPORT_METRICS}
+        return {"validation": dict(metrics), "test": dict(metrics, **{"recall@20": 0.25}), "best_epoch": 1}
+
+    monkeypatch.setattr(train.main, "run_pipeline", fake_run_pipeline)
+    row = quality.run_variant("constant", data, 2, "quick", tmp_path / "runs")
+    assert seen[0].model.graph_bias == "constant" and seen[0].seed == 2
+    assert seen[0].output.dir.endswith("constant/seed2")
+    assert row["model"] == "graphgpt2-constant" and row["test"]["recall@20"] == 0.25 and row["valid"]["ndcg@100"] == 0.5
