@@ -474,12 +474,13 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
                 f"(expected {first}..{first + count - 1} or -100)"
             )
         mapped = torch.where(valid, labels - first, -100)
-        return mapped[:, 1:]
+        # position t predicts labels[t + 1]; the last position predicts nothing
+        return F.pad(mapped[:, 1:], (0, 1), value=-100)
 
     @staticmethod
     def _shifted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean CE of logits[:, :-1] against the shifted targets; 0 (with grad) if no target is set."""
-        flat = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+        """Mean CE of the logits against the already shifted targets; 0 (with grad) if no target is set."""
+        flat = logits.reshape(-1, logits.shape[-1]).float()  # shifting the labels avoids copying the logits
         total = F.cross_entropy(flat, targets.reshape(-1), ignore_index=-100, reduction="sum")
         return total / (targets != -100).sum().clamp(min=1)
 
