@@ -174,6 +174,11 @@ def _check_value(key: str, value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: key '{key}' expects an integer, got {type(value).__name__} {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: key '{key}' expects a number, got {type(value).__name__} {value!r}")
         return float(value)

@@ -1,0 +1,42 @@
+"""Helpers for the training tests: a tiny synthetic dataset folder and a tiny run config (seconds on a CPU)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def build_tiny_data(folder: str | Path, users: int = 41, items: int = 30, seed: int = 0, max_length: int = 96) -> Path:
+    """A synthetic dataset folder with a trained BPE (no download), built with the data builders' CLI code."""
+    from data_builders.__main__ import main as build_main
+
+    folder = Path(folder)
+    if not (folder / "manifest.json").is_file():
+        rc = build_main(["build", "--source", "synthetic", "--out", str(folder), "--train-bpe", "600",
+                         "--synthetic-users", str(users), "--synthetic-items", str(items), "--seed", str(seed),
+                         "--max-length", str(max_length), "--quiet"])
+        assert rc in (0, None), f"tiny data build failed ({rc})"
+    return folder
+
+
+def tiny_overrides(data_folder: str | Path, out_dir: str | Path, *extra: str) -> list[str]:
+    """Dotted overrides that shrink the demo preset to a few seconds per stage."""
+    return [
+        f"data.folder={data_folder}",
+        "data.build=false",
+        "data.max_length=96",
+        "data.pretrain_configs=[content, second_order]",
+        f"output.dir={out_dir}",
+        "model.n_layer=1",
+        "model.n_embd=32",
+        "model.n_head=2",
+        "model.n_positions=128",
+        "pretrain.content_epochs=1",
+        "pretrain.rounds=1",
+        "pretrain.content_every=0",
+        "pretrain.batch_size=16",
+        "pretrain.collab_batch_size=8",
+        "finetune.epochs=2",
+        "finetune.batch_size=8",
+        "eval.batch_size=16",
+        "output.log_every=1",
+        *extra,
+    ]
