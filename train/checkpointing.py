@@ -79,13 +79,17 @@ def load_checkpoint(accelerator: Any, path: str | Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Fault injection for the kill/resume tests: GRAPHGPT2_KILL_AFTER_STEP=N SIGKILLs the process right after global
-# step N (no cleanup, like a pre-empted job); GRAPHGPT2_FAIL_AT=checkpoint raises inside a checkpoint write.
+# Fault injection for the kill/resume tests: GRAPHGPT2_KILL_AFTER_STEP=<stage>:<N> (e.g. "finetune:5") SIGKILLs
+# the process right after optimizer step N of that stage (no cleanup, like a pre-empted job);
+# GRAPHGPT2_FAIL_AT=checkpoint raises inside a checkpoint write, after save_state and before the rename.
 
 
-def maybe_kill(global_step: int) -> None:
+def maybe_kill(stage: str, global_step: int) -> None:
     at = os.environ.get("GRAPHGPT2_KILL_AFTER_STEP")
-    if at is not None and global_step == int(at):
+    if at is None:
+        return
+    want_stage, _, step = at.rpartition(":")
+    if want_stage in ("", stage) and global_step == int(step):
         import signal
 
         os.kill(os.getpid(), signal.SIGKILL)

@@ -130,7 +130,7 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
                 loss = mean_loss_across(accelerator, outputs.loss)
                 logger.log({"stage": "finetune", "task": "rec", "epoch": epoch, "step": global_step, "loss": loss})
                 bar.set_postfix(loss=f"{loss:.4f}")
-            maybe_kill(global_step)
+            maybe_kill("finetune", global_step)
 
         val = evaluate_model(accelerator, model, corpus, "validation", cfg)
         val_short = {n: val[n] for n in names}
@@ -166,6 +166,7 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
         "best_epoch": best["epoch"],
         "validation": {k: v for k, v in val.items() if k != "users"},
         "test": {k: v for k, v in test.items() if k != "users"},
+        "test_users": sorted(test["users"]),  # gathered across processes: each user exactly once
         "history": history,
         "train_wall_s": train_wall,
         "model_dir": str(best_dir),

@@ -111,7 +111,7 @@ def pretrain(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None)
         start_epoch, global_step = state["epoch"] + 1, state["global_step"]
         logger.truncate_after("pretrain", global_step)
         accelerator.print(f"resumed pre-training from {last} (epoch {start_epoch}/{len(plan)}, step {global_step})")
-    elif not resume:
+    else:
         logger.truncate_after("pretrain", -1)
 
     t0 = time.time()
@@ -142,7 +142,7 @@ def pretrain(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None)
                     rec["reg_loss"] = float(reg_loss.detach())
                 logger.log(rec)
                 bar.set_postfix(loss=f"{last_loss:.4f}")
-            maybe_kill(global_step)
+            maybe_kill("pretrain", global_step)
         save_checkpoint(accelerator, ckpt_root, epoch, {"epoch": epoch, "global_step": global_step, "task": task},
                         keep=cfg.output.save_total_limit)
 
@@ -154,16 +154,22 @@ def pretrain(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None)
 
 
 def save_model(accelerator, model, model_dir: Path) -> None:
-    """save_pretrained into a temp folder, then rename (LoRA adapters are saved as is; merged at publish time)."""
+    """save_pretrained into a temp folder, then rename. A LoRA model is saved merged (the folder fine-tuning
+    starts from) with its adapter beside it in ``adapter/`` (PeftModel.from_pretrained(base, model_dir/"adapter"))."""
+    import copy
+    import shutil
+
     from train.io_utils import replace_dir
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         tmp = model_dir.with_name(f".tmp-{model_dir.name}")
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.unwrap_model(model).save_pretrained(str(tmp))
+        net = accelerator.unwrap_model(model)
+        if hasattr(net, "merge_and_unload"):
+            net.save_pretrained(str(tmp / "adapter"))
+            net = copy.deepcopy(net).merge_and_unload()
+        net.save_pretrained(str(tmp))
         replace_dir(tmp, model_dir)
     accelerator.wait_for_everyone()
 
