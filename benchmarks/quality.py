@@ -55,8 +55,8 @@ VARIANTS: dict[str, list[str]] = {
 
 # --preset picks sizes: the train.config preset for variants and the Multi-VAE budget for baselines.
 PRESETS = {
-    "cpu": {"train_config": "quick", "multivae": {"epochs": 100, "eval_every": 5}},
-    "gpu": {"train_config": "paper", "multivae": {"epochs": 200, "eval_every": 1}},
+    "cpu": {"train_config": "quick", "multivae": {"epochs": 100, "eval_every": 5}, "lightgcn": {"epochs": 300, "eval_every": 10}},
+    "gpu": {"train_config": "paper", "multivae": {"epochs": 200, "eval_every": 1}, "lightgcn": {"epochs": 1000, "eval_every": 10}},
 }
 
 
@@ -395,6 +395,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ease-lambdas", nargs="+", type=float, default=[10, 50, 100, 250, 500, 1000, 2000])
     p.add_argument("--itemknn-topk", type=int, default=None, help="neighbours per item (default: all)")
     p.add_argument("--multivae-epochs", type=int, default=None)
+    p.add_argument("--lightgcn-epochs", type=int, default=None)
     p.add_argument("--rating-threshold", type=float, default=3.0, help="raw data only: keep rating > this")
     p.add_argument("--k-core", type=int, default=5, help="raw data only")
     p.add_argument("--split-seed", type=int, default=98765, help="raw data only")
@@ -415,6 +416,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         "ease": {"lambdas": args.ease_lambdas},
         "itemknn": {"topk": args.itemknn_topk},
         "multivae": dict(preset["multivae"], **({"epochs": args.multivae_epochs} if args.multivae_epochs else {})),
+        "lightgcn": dict(preset["lightgcn"], **({"epochs": args.lightgcn_epochs} if args.lightgcn_epochs else {})),
     }
     rows = []
     for name in args.baselines:

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from benchmarks.baselines import EASE, ItemKNN, MultiVAE, Popularity, evaluate_recommender, make_baseline, to_csr
+from benchmarks.baselines import EASE, ItemKNN, LightGCN, MultiVAE, Popularity, evaluate_recommender, make_baseline, to_csr
 
 
 def planted_split(seed: int = 0, num_users: int = 240, clusters: int = 6, per_cluster: int = 10):
@@ -43,8 +43,9 @@ def pop_result(data):
         ItemKNN(topk=5),
         EASE(lambdas=(1.0, 10.0, 100.0)),
         MultiVAE(epochs=40, batch_size=64, eval_every=5, seed=0),
+        LightGCN(epochs=20, batch_size=256, lr=5e-3, eval_every=5, seed=0),
     ],
-    ids=["itemknn", "itemknn-top5", "ease", "multivae"],
+    ids=["itemknn", "itemknn-top5", "ease", "multivae", "lightgcn"],
 )
 def test_each_baseline_beats_popularity(data, pop_result, model):
     train, valid, test = data
@@ -104,6 +105,13 @@ def test_multivae_same_seed_same_scores(data):
     c = MultiVAE(epochs=2, batch_size=64, seed=4).fit(train).score(np.arange(5))
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
+
+
+def test_lightgcn_same_seed_same_scores(data):
+    train, _, _ = data
+    a = LightGCN(epochs=2, batch_size=256, seed=3).fit(train).score(np.arange(5))
+    b = LightGCN(epochs=2, batch_size=256, seed=3).fit(train).score(np.arange(5))
+    np.testing.assert_array_equal(a, b)
 
 
 def test_errors_are_clear(data):
