@@ -173,6 +173,13 @@ def test_gradients_reach_learned_bias_and_head_scale():
             for block in model.transformer.h:
                 grad = getattr(block.attn.graph_bias, name).grad
                 assert grad is not None and grad.abs().sum() > 0, (overrides, impl)
+        # the bias kwargs also survive gradient checkpointing (same gradient)
+        reference = model.transformer.h[0].attn.graph_bias.get_parameter(name).grad.clone()
+        model.train()
+        model.gradient_checkpointing_enable()
+        model.zero_grad()
+        model(ids, attention_mask=mask, hop_distances=hop, target_items=targets).loss.backward()
+        assert torch.allclose(model.transformer.h[0].attn.graph_bias.get_parameter(name).grad, reference, atol=1e-6)
 
 
 def test_bias_changes_id_prompts_but_not_text_only():
