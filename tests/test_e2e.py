@@ -117,12 +117,16 @@ def test_remote_code_load_without_package_same_recommendations(uninterrupted, tm
 
 
 def test_killed_and_resumed_run_matches_uninterrupted(uninterrupted, tiny_data, tmp_path):
-    """SIGKILL in the 2nd pre-training epoch (content epoch = 11 steps), resume; SIGKILL in the 2nd fine-tuning epoch (6 steps each), resume: same weights and metrics (same seed)."""
+    """SIGKILL inside the 2nd pre-training epoch, resume; SIGKILL inside the 2nd fine-tuning epoch, resume:
+    the same weights and metrics as the uninterrupted run with the same seed."""
+    log_a = [json.loads(l) for l in (uninterrupted / "logs" / "train_log.jsonl").read_text().splitlines()]
+    kill_pre = min(r["step"] for r in log_a if r["stage"] == "pretrain" and r.get("task") == "collab") + 1
+    kill_fin = min(r["step"] for r in log_a if r["stage"] == "finetune" and r.get("epoch") == 1 and "loss" in r) + 1
     out = tmp_path / "run_b"
-    first = _run_cli(out, tiny_data, env=_env(GRAPHGPT2_KILL_AFTER_STEP="pretrain:14"), check=False)
+    first = _run_cli(out, tiny_data, env=_env(GRAPHGPT2_KILL_AFTER_STEP=f"pretrain:{kill_pre}"), check=False)
     assert first.returncode == -9, first.stderr[-2000:]
     assert not (out / "pretrained").exists()
-    second = _run_cli(out, tiny_data, "--resume", env=_env(GRAPHGPT2_KILL_AFTER_STEP="finetune:7"), check=False)
+    second = _run_cli(out, tiny_data, "--resume", env=_env(GRAPHGPT2_KILL_AFTER_STEP=f"finetune:{kill_fin}"), check=False)
     assert second.returncode == -9, second.stderr[-2000:]
     assert "resumed pre-training" in second.stdout + second.stderr
     third = _run_cli(out, tiny_data, "--resume")

@@ -20,11 +20,13 @@ ID_PARAM_KEYS = ("content_embeddings.", "collab_embeddings.", ".graph_bias.")
 def make_accelerator(cfg: RunConfig, project_dir: str | Path):
     """One Accelerator per stage (each stage registers its own model/optimizer for save_state)."""
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
     return Accelerator(
         mixed_precision=cfg.mixed_precision,
         project_config=ProjectConfiguration(project_dir=str(project_dir)),
+        # each task uses one ID-embedding set only (content or collab), so DDP must allow unused parameters
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
 
 

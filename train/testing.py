@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def build_tiny_data(folder: str | Path, users: int = 41, items: int = 30, seed: int = 0, max_length: int = 96) -> Path:
+def build_tiny_data(folder: str | Path, users: int = 41, items: int = 60, seed: int = 0, max_length: int = 96) -> Path:
     """A synthetic dataset folder with a trained BPE (no download), built with the data builders' CLI code."""
     from data_builders.__main__ import main as build_main
 
@@ -23,7 +23,7 @@ def tiny_overrides(data_folder: str | Path, out_dir: str | Path, *extra: str) ->
         f"data.folder={data_folder}",
         "data.build=false",
         "data.max_length=96",
-        "data.pretrain_configs=[content, second_order]",
+        "data.pretrain_configs=[content,second_order]",
         f"output.dir={out_dir}",
         "model.n_layer=1",
         "model.n_embd=32",
