@@ -1,0 +1,139 @@
+"""Publishing: the Hub-ready folder pushed to a FAKED Hub (create_repo / upload_folder write a hub-cache snapshot),
+then loaded by repo id with HF_HUB_OFFLINE=1 through remote code; the dataset folder goes the same way."""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from train.testing import build_tiny_data, tiny_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, tmp_path):
+    """Stand-ins for HfApi.create_repo / create_commit / upload_folder that write the hub-cache layout
+    ``$HF_HUB_CACHE/<type>s--org--name/snapshots/<sha>/`` + ``refs/main`` (hf-stack-notes §3)."""
+    from huggingface_hub import CommitInfo, HfApi, RepoUrl
+
+    cache = Path(os.environ["HF_HUB_CACHE"])
+    calls = {"create_repo": [], "upload_folder": []}
+
+    def repo_dir(repo_id, repo_type):
+        return cache / f"{(repo_type or 'model')}s--{repo_id.replace('/', '--')}"
+
+    def create_repo(self, repo_id, *, repo_type=None, exist_ok=False, private=None, **kw):
+        d = repo_dir(repo_id, repo_type)
+        if d.exists() and not exist_ok:
+            raise FileExistsError(repo_id)
+        (d / "refs").mkdir(parents=True, exist_ok=True)
+        calls["create_repo"].append((repo_id, repo_type))
+        return RepoUrl(f"https://huggingface.co/{'datasets/' if repo_type == 'dataset' else ''}{repo_id}")
+
+    def upload_folder(self, *, folder_path, repo_id, repo_type=None, commit_message=None, ignore_patterns=None, **kw):
+        d = repo_dir(repo_id, repo_type)
+        if not (d / "refs").is_dir():
+            raise FileNotFoundError(f"repo {repo_id} was not created")
+        files = sorted(p for p in Path(folder_path).rglob("*") if p.is_file() and not p.name.startswith(".tmp-"))
+        sha = hashlib.sha1(b"".join(p.read_bytes() for p in files)).hexdigest()
+        snap = d / "snapshots" / sha
+        for p in files:
+            target = snap / p.relative_to(folder_path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(p, target)
+        (d / "refs" / "main").write_text(sha)
+        calls["upload_folder"].append((repo_id, repo_type, commit_message, [str(p.relative_to(folder_path)) for p in files]))
+        return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/{sha}", commit_message=commit_message or "",
+                          commit_description="", oid=sha)
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    monkeypatch.setattr(HfApi, "create_commit", lambda self, *a, **k: pytest.fail("unexpected create_commit"))
+    return calls
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """A tiny pipeline run (in process, no pre-training to stay fast) with its Hub-ready folder."""
+    from train.config import load_config
+    from train.main import run_pipeline
+
+    data = build_tiny_data(tmp_path_factory.mktemp("pubdata") / "tiny")
+    out = tmp_path_factory.mktemp("pubrun")
+    cfg = load_config("demo", tiny_overrides(data, out, "pretrain.do_pretrain=false", "finetune.epochs=1"))
+    result = run_pipeline(cfg, command="pytest tiny run")
+    return cfg, result, Path(result["paths"]["hub_model"])
+
+
+def test_model_card_has_model_index_and_curve(published):
+    from huggingface_hub import ModelCard
+
+    cfg, result, folder = published
+    card = ModelCard.load(folder / "README.md")
+    names = {r.metric_name for r in card.data.eval_results}
+    assert {"Recall@20", "Recall@40", "NDCG@100", "Recall@20 (|rel| denominator, paper Eq. 8)"} <= names
+    assert all(r.dataset_split == "test" for r in card.data.eval_results)
+    assert card.data.library_name == "transformers"
+    assert "pytest tiny run" in card.text and "Popularity (test)" in card.text
+    assert (folder / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_push_to_fake_hub_and_load_by_repo_id(published, fake_hub, tmp_path):
+    from train.publish import push_folder
+
+    cfg, result, folder = published
+    url = push_folder(folder, "org/graphgpt2-tiny")
+    assert url.endswith("org/graphgpt2-tiny")
+    (repo_id, repo_type, _, files) = fake_hub["upload_folder"][0]
+    assert repo_type == "model" and {"config.json", "model.safetensors", "modeling_graphgpt2.py", "README.md",
+                                     "graph/train_edges.npy", "maps/item_titles.json", "tokenizer.json"} <= set(files)
+    # the dataset folder the same way
+    push_folder(cfg.data.folder, "org/graphgpt2-tiny-data", repo_type="dataset")
+    assert fake_hub["upload_folder"][1][1] == "dataset"
+    assert "manifest.json" in fake_hub["upload_folder"][1][3]
+    # load by repo id, offline, through remote code, in a process that cannot import this package
+    script = textwrap.dedent(f"""
+        import sys, torch
+        sys.path = [p for p in sys.path if p not in ("", {str(ROOT)!r})]
+        from transformers import AutoModel, AutoTokenizer
+        from huggingface_hub import hf_hub_download
+        model = AutoModel.from_pretrained("org/graphgpt2-tiny", trust_remote_code=True)
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        tok = AutoTokenizer.from_pretrained("org/graphgpt2-tiny")
+        edges = hf_hub_download("org/graphgpt2-tiny", "graph/train_edges.npy")
+        print(model.config.num_users, model.config.num_items, len(tok), sum(p.sum().item() for p in model.parameters()))
+    """)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    users, items, vocab, total = proc.stdout.split()[-4:]
+    from train.modeling_io import load_model
+
+    local = load_model(folder)
+    assert (int(users), int(items)) == (local.config.num_users, local.config.num_items)
+    assert float(total) == pytest.approx(sum(p.sum().item() for p in local.parameters()), rel=1e-6)
+
+
+def test_publish_refuses_foreign_dataset_folder(published, tmp_path):
+    from train.data_adapter import Corpus, DataFolderError
+    from train.publish import publish
+
+    cfg, result, folder = published
+    other = build_tiny_data(tmp_path / "other", users=43, items=60, seed=1)
+    with pytest.raises(DataFolderError, match="num_users=43"):
+        publish(cfg, Corpus(other), Path(result["paths"]["best_model"]), tmp_path / "out", result)
+    assert not (tmp_path / "out").exists()
+
+
+def test_push_requires_folder(fake_hub, tmp_path):
+    from train.publish import push_folder
+
+    with pytest.raises(FileNotFoundError, match="nothing to push"):
+        push_folder(tmp_path / "missing", "org/x")
