@@ -139,10 +139,15 @@ def mean_loss_across(accelerator: Any, loss: torch.Tensor) -> float:
     return accelerator.gather(loss.detach().float().reshape(1)).mean().item()
 
 
-def apply_lora(model: torch.nn.Module, r: int, alpha: int):
-    """Wrap the backbone's c_attn/c_proj/c_fc in LoRA adapters; ID embeddings stay fully trainable."""
+def apply_lora(model: torch.nn.Module, r: int, alpha: int, base_dir: str | Path, is_main_process: bool = True):
+    """Wrap the backbone's c_attn/c_proj/c_fc in LoRA adapters; ID embeddings (and graph-bias parameters) are
+    trained in full (``modules_to_save``). The un-adapted model is saved to ``base_dir`` first (unless it is
+    already a saved folder) and recorded as the adapter's base, so ``PeftModel.from_pretrained`` can reload it."""
     from peft import LoraConfig, get_peft_model
 
+    base_dir = Path(base_dir)
+    if is_main_process and not (base_dir / "config.json").is_file():
+        model.save_pretrained(str(base_dir))
     config = LoraConfig(
         r=r,
         lora_alpha=alpha,
@@ -151,10 +156,10 @@ def apply_lora(model: torch.nn.Module, r: int, alpha: int):
         lora_dropout=0.0,
         bias="none",
         task_type=None,
-        # ID embeddings (and graph-bias params) are new: trained in full and saved with the adapter
         modules_to_save=model.peft_modules_to_save(),
     )
     peft_model = get_peft_model(model, config)
+    peft_model.peft_config["default"].base_model_name_or_path = str(base_dir.resolve())
     return peft_model
 
 

@@ -77,12 +77,14 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
     if cfg.pretrain.do_pretrain and init_dir.is_dir():
         model = load_model(init_dir, merge_lora=True)
         corpus.check_model(model.config)
+        lora_base = init_dir
     else:
         model = build_model(cfg, corpus)
+        lora_base = out / "lora_base_finetune"
     if cfg.model.freeze_backbone:
         freeze_backbone(model)
     if cfg.model.lora_r > 0:
-        model = apply_lora(model, cfg.model.lora_r, cfg.model.lora_alpha)
+        model = apply_lora(model, cfg.model.lora_r, cfg.model.lora_alpha, lora_base, accelerator.is_main_process)
     train_examples = corpus.rec_examples("train")
     collate = corpus.collator(cfg.data.max_length)
 
@@ -179,7 +181,8 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
 
 
 def save_selected(accelerator, model, best_dir: Path) -> None:
-    """Save the selected model (LoRA merged into a copy) atomically as a plain save_pretrained folder."""
+    """Save the selected model atomically as a plain save_pretrained folder; a LoRA model is saved merged, with
+    its adapter in ``adapter/`` (reload: ``train.modeling_io.load_model(best_dir / "adapter", merge_lora=False)``)."""
     import copy
 
     from train.io_utils import replace_dir
@@ -187,10 +190,11 @@ def save_selected(accelerator, model, best_dir: Path) -> None:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         net = accelerator.unwrap_model(model)
-        if hasattr(net, "merge_and_unload"):
-            net = copy.deepcopy(net).merge_and_unload()
         tmp = best_dir.with_name(f".tmp-{best_dir.name}")
         shutil.rmtree(tmp, ignore_errors=True)
+        if hasattr(net, "merge_and_unload"):
+            net.save_pretrained(str(tmp / "adapter"))
+            net = copy.deepcopy(net).merge_and_unload()
         net.save_pretrained(str(tmp))
         replace_dir(tmp, best_dir)
     accelerator.wait_for_everyone()

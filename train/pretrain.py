@@ -84,7 +84,7 @@ def pretrain(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None)
     if cfg.model.freeze_backbone:
         freeze_backbone(model)
     if cfg.model.lora_r > 0:
-        model = apply_lora(model, cfg.model.lora_r, cfg.model.lora_alpha)
+        model = apply_lora(model, cfg.model.lora_r, cfg.model.lora_alpha, out / "lora_base_pretrain", accelerator.is_main_process)
     p = cfg.pretrain
     plan = pretrain_plan(p)
     rows = {
