@@ -86,3 +86,17 @@ def test_cli_reports_config_errors(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "train.main", "run", "--config", "demo", "pretrain.roundz=2"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "unknown key 'pretrain.roundz'" in proc.stderr
+
+
+def test_batch_mode_writes_every_user(setup, tmp_path):
+    import json
+
+    *_, rec = setup
+    path = rec.write_all(tmp_path / "recs.jsonl", k=5, batch_size=16)
+    rows = [json.loads(l) for l in path.read_text().splitlines()]
+    assert [r["user"] for r in rows] == list(range(rec.num_users))
+    for r in rows:
+        assert len(r["items"]) == len(r["titles"]) == len(r["scores"]) == 5
+        assert r["titles"] == [rec.item_titles[j] for j in r["items"]]
+        assert not set(r["items"]) & set(rec.train_items[r["user"]])
+        assert r["scores"] == sorted(r["scores"], reverse=True)
