@@ -108,8 +108,12 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
         start_epoch, global_step, best, history = state["epoch"] + 1, state["global_step"], state["best"], state["history"]
         logger.truncate_after("finetune", global_step)
         accelerator.print(f"resumed fine-tuning from {last} (epoch {start_epoch}/{f.epochs}, step {global_step})")
-    else:
+    else:  # a fresh run in a used output dir: forget the old run's checkpoints and selected model
         logger.truncate_after("finetune", -1)
+        if accelerator.is_main_process:
+            shutil.rmtree(ckpt_root, ignore_errors=True)
+            shutil.rmtree(best_dir, ignore_errors=True)
+        accelerator.wait_for_everyone()
 
     t0 = time.time()
     bad_epochs = 0

@@ -111,8 +111,13 @@ def pretrain(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None)
         start_epoch, global_step = state["epoch"] + 1, state["global_step"]
         logger.truncate_after("pretrain", global_step)
         accelerator.print(f"resumed pre-training from {last} (epoch {start_epoch}/{len(plan)}, step {global_step})")
-    else:
+    else:  # a fresh run in a used output dir: forget the old run's checkpoints
         logger.truncate_after("pretrain", -1)
+        if accelerator.is_main_process:
+            import shutil
+
+            shutil.rmtree(ckpt_root, ignore_errors=True)
+        accelerator.wait_for_everyone()
 
     t0 = time.time()
     last_loss = float("nan")
