@@ -70,15 +70,20 @@ def plot_training_curves(log_path: str | Path, png_path: str | Path, selection_m
 
     records = read_log(log_path)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    series: dict[str, tuple[list, list]] = {}
+    # one line segment per (stage, task, epoch) so alternating content/collab epochs are not joined
+    segments: dict[tuple, tuple[list, list]] = {}
     for r in records:
         if "loss" in r and "step" in r:
-            key = f"{r.get('stage')}:{r.get('task', '')}"
-            xs, ys = series.setdefault(key, ([], []))
+            xs, ys = segments.setdefault((r.get("stage"), r.get("task", ""), r.get("epoch")), ([], []))
             xs.append(r["step"])
             ys.append(r["loss"])
-    for key, (xs, ys) in series.items():
-        axes[0].plot(xs, ys, label=key, lw=1)
+    colors: dict[str, str] = {}
+    for (stage, task, _), (xs, ys) in segments.items():
+        label = f"{stage}:{task}"
+        first = label not in colors
+        color = colors.setdefault(label, f"C{len(colors)}")
+        axes[0].plot(xs, ys, color=color, lw=1, marker="." if len(xs) < 3 else None, label=label if first else None)
+    series = colors
     axes[0].set_xlabel("optimizer step (per stage)")
     axes[0].set_ylabel("training loss")
     axes[0].set_yscale("log")
