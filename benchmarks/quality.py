@@ -123,13 +123,21 @@ def load_split_from_folder(folder: str | Path) -> SplitData:
         lists[split + "_history"] = hist
     # Train items: train-split targets plus every history (histories are train items by contract).
     train = [lists["train"][u] | lists["train_history"][u] | lists["validation_history"][u] | lists["test_history"][u] for u in range(U)]
+    split_info = manifest.get("split") if isinstance(manifest.get("split"), dict) else manifest
+    mats = {k: to_csr([sorted(s) for s in v], I) for k, v in (("train", train), ("valid", lists["validation"]), ("test", lists["test"]))}
+    # The folder's split must be the one its manifest recorded (same hash recipe as data_builders.preprocess).
+    recorded = split_info.get("split_hashes") or {}
+    for key, mat in mats.items():
+        if key in recorded and _pairs_hash(mat) != recorded[key]:
+            raise ValueError(f"{manifest_path}: the {key} pairs read from {folder}/recommendation do not match the "
+                             f"manifest's split_hashes.{key}")
     data = SplitData(
-        name=str(manifest.get("name") or folder.name),
-        train=to_csr([sorted(s) for s in train], I),
-        valid=to_csr([sorted(s) for s in lists["validation"]], I),
-        test=to_csr([sorted(s) for s in lists["test"]], I),
-        split_hash=str(manifest.get("split_hash") or _hash_csrs(*[to_csr([sorted(s) for s in lists[k]], I) for k in ("train", "validation", "test")])),
-        source={"folder": str(folder), "split_hashes": manifest.get("split_hashes"), "manifest_source": manifest.get("source")},
+        name=str(manifest.get("name") or split_info.get("name") or folder.name),
+        train=mats["train"],
+        valid=mats["valid"],
+        test=mats["test"],
+        split_hash=str(split_info.get("split_hash") or _hash_csrs(mats["train"], mats["valid"], mats["test"])),
+        source={"folder": str(folder), "split_hashes": recorded or None, "manifest_source": split_info.get("source")},
         folder=str(folder),
     )
     data.check_disjoint()
@@ -162,6 +170,13 @@ def load_split_from_raw(
 def load_split(data: str | Path, **raw_kwargs) -> SplitData:
     """A dataset folder (has manifest.json) or a raw data folder."""
     return load_split_from_folder(data) if (Path(data) / "manifest.json").is_file() else load_split_from_raw(data, **raw_kwargs)
+
+
+def _pairs_hash(mat: sp.csr_matrix) -> str:
+    """sha256 of the sorted (user, item) pairs as little-endian int32, as data_builders.preprocess.split_hash."""
+    coo = mat.tocoo()
+    order = np.lexsort((coo.col, coo.row))
+    return hashlib.sha256(np.stack([coo.row[order], coo.col[order]], 1).astype("<i4").tobytes()).hexdigest()
 
 
 def _hash_csrs(*mats: sp.csr_matrix) -> str:

@@ -144,3 +144,26 @@ def test_variant_run_goes_through_run_pipeline(tmp_path, monkeypatch):
     assert seen[0].model.graph_bias == "constant" and seen[0].seed == 2
     assert seen[0].output.dir.endswith("constant/seed2")
     assert row["model"] == "graphgpt2-constant" and row["test"]["recall@20"] == 0.25 and row["valid"]["ndcg@100"] == 0.5
+
+
+def test_real_builder_folder_loads_and_matches_its_split_hashes(tmp_path):
+    """A folder written by `python -m data_builders build` (synthetic source) reads back to the recorded split."""
+    from data_builders.__main__ import main as build_main
+
+    folder = tmp_path / "syn"
+    build_main(["build", "--source", "synthetic", "--out", str(folder), "--train-bpe", "300",
+                "--synthetic-users", "60", "--synthetic-items", "40", "--quiet"])
+    data = load_split(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert data.split_hash == manifest["split"]["split_hash"]
+    sizes = manifest["split"]["split_sizes"]
+    assert (data.train.nnz, data.valid.nnz, data.test.nnz) == (sizes["train"], sizes["valid"], sizes["test"])
+
+
+def test_folder_whose_pairs_disagree_with_manifest_hash_is_refused(tmp_path):
+    folder = write_dataset_folder(tmp_path / "ds", [[0, 1], [2]], [[2], [0]], [[3], [1]], num_items=4)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["split_hashes"] = {"test": "0" * 64}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="do not match the manifest's split_hashes.test"):
+        load_split_from_folder(folder)
