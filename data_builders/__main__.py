@@ -67,6 +67,8 @@ def stats_table(manifest: dict, split) -> str:
             lines.append(f"| {config} | {kind} | {count:,} |")
     content_total = sum(sum(manifest["row_kinds"].get(c, {}).values()) for c in ("content", "review", "second_order"))
     lines.append(f"| content (all text prompts) | total | {content_total:,} |")
+    for config, why in manifest.get("skipped_configs", {}).items():
+        lines.append(f"| {config} | (not written) | 0 |  {why}")
     if manifest.get("prompt_stats"):
         lines.append(f"notes: {manifest['prompt_stats']}")
     return "\n".join(lines)

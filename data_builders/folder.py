@@ -208,7 +208,7 @@ def build_dataset_folder(
         log(f"graph: {graph.num_nodes:,} nodes, {len(graph.edges):,} train edges, hop table {'dense' if hops.is_dense else 'on demand'}")
 
         stats: dict = {}
-        files, rows_count, kinds = {}, {}, {}
+        files, rows_count, kinds, skipped = {}, {}, {}, {}
         configs = list(prompt_config.configs)
         it = configs
         if progress:
@@ -218,6 +218,11 @@ def build_dataset_folder(
         for config in it:
             t = time.perf_counter()
             splits = build_config_rows(config, split, tok, base, prompt_config, stats)
+            if not any(splits.values()):
+                # an empty Parquet shard cannot be loaded by datasets; leave the config out, say why
+                skipped[config] = "0 rows (e.g. the source has no review text or no shared brands/categories)"
+                log(f"{config}: 0 rows, config not written")
+                continue
             files[config] = write_config(tmp, config, splits, rows_per_shard)
             rows_count[config] = {s: len(r) for s, r in splits.items()}
             kinds[config] = row_kinds([r for rows in splits.values() for r in rows])
@@ -249,7 +254,8 @@ def build_dataset_folder(
                 "edges_from": "train split only",
             },
             "prompts": prompt_config.to_dict(),
-            "configs": configs,
+            "configs": [c for c in configs if c in files],
+            "skipped_configs": skipped,
             "data_files": files,
             "rows": rows_count,
             "row_kinds": kinds,
@@ -257,7 +263,9 @@ def build_dataset_folder(
             "build_seconds": {k: round(v, 3) for k, v in seconds.items()},
         }
         _write_json(tmp / "manifest.json", manifest)
-        _atomic_write_text(tmp / "README.md", dataset_card(manifest, configs))
+        if not files:
+            raise ValueError(f"no prompt config produced any row ({skipped}); nothing to write")
+        _atomic_write_text(tmp / "README.md", dataset_card(manifest, manifest["configs"]))
         if out.exists():
             trash = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
             os.replace(out, trash / "old")
@@ -313,7 +321,8 @@ class Corpus:
         import datasets
 
         if config not in self.manifest["configs"]:
-            raise KeyError(f"{self.folder}: config {config!r} was not built; built: {self.manifest['configs']}")
+            why = self.manifest.get("skipped_configs", {}).get(config, "not requested at build time")
+            raise KeyError(f"{self.folder}: config {config!r} was not built ({why}); built: {self.manifest['configs']}")
         if split not in self.manifest["rows"][config]:
             raise KeyError(f"{self.folder}: config {config!r} has no split {split!r}; has {list(self.manifest['rows'][config])}")
         return datasets.load_dataset(str(self.folder), config, split=split)

@@ -106,3 +106,14 @@ def test_cli_build_trained_bpe(tmp_path):
     assert c.tokenizer(row["prompt"] + row["main"], add_special_tokens=False)["input_ids"] == row["input_ids"]
     bad = subprocess.run(cmd[:-1] + ["--prompts", "content,nope"], capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "unknown" in bad.stderr
+
+
+def test_empty_config_is_left_out_with_a_reason(tmp_path, gpt2_tokenizer_dir):
+    split = build_split(make_synthetic(**SMALL))
+    split.reviews.clear()  # like Beauty: no review text
+    res = build_dataset_folder(split, tmp_path / "norev", tokenizer_source=gpt2_tokenizer_dir, prompt_config=PromptConfig(configs=("interactions", "review")))
+    assert res.manifest["configs"] == ["interactions"] and "review" in res.manifest["skipped_configs"]
+    c = load_corpus(res.folder)
+    assert len(c.dataset("interactions")) == split.num_users
+    with pytest.raises(KeyError, match="0 rows"):
+        c.dataset("review")
