@@ -101,6 +101,11 @@ def test_push_to_fake_hub_and_load_by_repo_id(published, fake_hub, tmp_path):
     script = textwrap.dedent(f"""
         import sys, torch
         sys.path = [p for p in sys.path if p not in ("", {str(ROOT)!r})]
+        class _Block:  # this package must not be importable here, even if pip-installed (editable or not)
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("train", "modeling_graphgpt2", "data_builders"):
+                    raise ImportError(f"{{name}} is blocked: remote-code load must not need the package")
+        sys.meta_path.insert(0, _Block())
         from transformers import AutoModel, AutoTokenizer
         from huggingface_hub import hf_hub_download
         model = AutoModel.from_pretrained("org/graphgpt2-tiny", trust_remote_code=True)
