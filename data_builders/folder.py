@@ -317,15 +317,28 @@ class Corpus:
         return int(self.tokenizer.pad_token_id)
 
     def dataset(self, config: str, split: str = "train"):
-        """``datasets.load_dataset(folder, config, split=split)`` (a ``datasets.Dataset``)."""
+        """The ``datasets.Dataset`` of one config/split: the same rows ``datasets.load_dataset(folder, config)`` gives.
+
+        Read from the manifest's Parquet files rather than through ``load_dataset``: the datasets cache keys a
+        local folder by its base name and config, so two folders both called ``data`` served each other's rows
+        (seen with datasets 5.2).
+        """
         import datasets
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
         if config not in self.manifest["configs"]:
             why = self.manifest.get("skipped_configs", {}).get(config, "not requested at build time")
             raise KeyError(f"{self.folder}: config {config!r} was not built ({why}); built: {self.manifest['configs']}")
         if split not in self.manifest["rows"][config]:
             raise KeyError(f"{self.folder}: config {config!r} has no split {split!r}; has {list(self.manifest['rows'][config])}")
-        return datasets.load_dataset(str(self.folder), config, split=split)
+        tables = []
+        for rel in self.manifest["data_files"][config][split]:
+            path = self.folder / rel
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: listed in {self.folder / 'manifest.json'} but missing")
+            tables.append(pq.read_table(path))
+        return datasets.Dataset(pa.concat_tables(tables))
 
     def rec_encoder(self, max_length: int | None = None) -> RecPromptEncoder:
         L = max_length or int(self.manifest["prompts"]["max_length"])

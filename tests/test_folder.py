@@ -117,3 +117,19 @@ def test_empty_config_is_left_out_with_a_reason(tmp_path, gpt2_tokenizer_dir):
     assert len(c.dataset("interactions")) == split.num_users
     with pytest.raises(KeyError, match="0 rows"):
         c.dataset("review")
+
+
+def test_corpus_rows_come_from_their_own_folder(tmp_path, gpt2_tokenizer_dir):
+    # Two folders with the same base name but different data: each Corpus must serve its own rows
+    # (datasets' cache keys a local folder by base name + config, which mixed them up).
+    rows = []
+    for seed in (1, 2):
+        split = build_split(make_synthetic(num_users=40, num_items=30, seed=seed))
+        res = build_dataset_folder(split, tmp_path / f"run{seed}" / "data", tokenizer_source=gpt2_tokenizer_dir)
+        corpus = load_corpus(res.folder)
+        ds = corpus.dataset("recommendation", "test")
+        assert len(ds) == split.num_users
+        by_user = {u: sorted(t) for u, t in zip(ds["user"], ds["targets"])}
+        assert by_user == {u: sorted(map(int, a)) for u, a in enumerate(split.test)}
+        rows.append(ds["prompt"])
+    assert rows[0] != rows[1]

@@ -36,6 +36,7 @@ class DataConfig:
     source: str = "synthetic"  # "synthetic" (embedded default) or a raw data folder (e.g. ../shared/data/amazon-musical-instruments-2014)
     tokenizer: str = "bpe"  # "bpe" = train a byte-level BPE of bpe_vocab on the corpus; else a folder with vocab.json+merges.txt
     bpe_vocab: int = 2000
+    split_seed: int = 98765  # the data split's seed (authors' 98765); independent of the training seed
     build_args: list[str] = field(default_factory=list)  # extra CLI args passed verbatim to the builder
     # Which prompt configs feed content pre-training. Ablations are this list:
     # NoGHIP / without 2nd order -> drop "second_order"; without item content -> drop "content".

@@ -29,7 +29,7 @@ def build_data(cfg: RunConfig) -> Path:
     from data_builders.__main__ import main as build_main
 
     argv = ["build", "--source", cfg.data.source, "--out", str(folder), "--max-hops", str(cfg.model.max_hops),
-            "--max-length", str(cfg.data.max_length), "--seed", str(cfg.seed)]
+            "--max-length", str(cfg.data.max_length), "--seed", str(cfg.data.split_seed)]
     if cfg.data.tokenizer == "bpe":
         argv += ["--train-bpe", str(cfg.data.bpe_vocab)]
     else:
