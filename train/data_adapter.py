@@ -55,29 +55,11 @@ class Corpus:
 
     # ---------------------------------------------------------------- rows
     def dataset(self, config: str, split: str = "train"):
-        """The ``datasets.Dataset`` of one prompt config/split (DESIGN.md §4 columns), read from its Parquet files.
-
-        Read directly (in memory) rather than through ``load_dataset(folder, config)``: the datasets cache keys
-        a local folder by its base name and config, so two folders both called ``data`` served each other's
-        rows (seen with datasets 5.2). Reading the manifest's files is exact and cheap at these sizes.
-        """
-        import datasets
-        import pyarrow.parquet as pq
-
-        files = self.manifest.get("data_files", {}).get(config)
-        if files is None:
-            raise DataFolderError(f"{self.folder}: config {config!r} was not built; built: {sorted(self.manifest.get('data_files', {}))}")
-        if split not in files:
-            raise DataFolderError(f"{self.folder}: config {config!r} has no split {split!r}; has {sorted(files)}")
-        tables = []
-        for rel in files[split]:
-            path = self.folder / rel
-            if not path.is_file():
-                raise DataFolderError(f"{path}: listed in manifest.json but missing")
-            tables.append(pq.read_table(path))
-        import pyarrow as pa
-
-        return datasets.Dataset(pa.concat_tables(tables) if len(tables) > 1 else tables[0])
+        """The ``datasets.Dataset`` of one prompt config/split (DESIGN.md §4 columns)."""
+        try:
+            return self._c.dataset(config, split)
+        except KeyError as err:
+            raise DataFolderError(err.args[0]) from err
 
     def rec_examples(self, split: str) -> list[RecExample]:
         """The stored personalized predictive prompts of ``split`` (train/validation/test)."""
