@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from train.testing import build_tiny_data, tiny_overrides
+from isolation import BLOCK_PACKAGE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,11 +94,6 @@ def test_remote_code_load_without_package_same_recommendations(uninterrupted, tm
     script = textwrap.dedent(f"""
         import json, sys, torch
         sys.path = [p for p in sys.path if p not in ("", {str(ROOT)!r})]
-        class _Block:  # this package must not be importable here, even if pip-installed (editable or not)
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("train", "modeling_graphgpt2", "data_builders"):
-                    raise ImportError(f"{{name}} is blocked: remote-code load must not need the package")
-        sys.meta_path.insert(0, _Block())
         from transformers import AutoModel
         model = AutoModel.from_pretrained({str(out / 'hub_model')!r}, trust_remote_code=True)
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
@@ -109,7 +105,7 @@ def test_remote_code_load_without_package_same_recommendations(uninterrupted, tm
     """)
     env = _env()
     env.pop("PYTHONPATH")
-    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", BLOCK_PACKAGE + script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     remote = json.loads(proc.stdout.strip().splitlines()[-1])
     assert remote["items"] == [[j for j, _ in row] for row in expected]

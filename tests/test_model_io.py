@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel, GPT2Config, GPT2LMHeadModel, GPT2Model
 
 from modeling_graphgpt2 import GraphGPT2ForRecommendation
+from isolation import BLOCK_PACKAGE
 
 try:  # tests/ is on sys.path under pytest's default import mode
     from test_model_core import BASE, ITEMS, USERS, make_batch, tiny_model
@@ -41,7 +42,7 @@ def test_save_and_load_in_process(tmp_path):
     assert torch.equal(loaded(ids, attention_mask=mask, hop_distances=hop).scores, expected)
 
 
-REMOTE_SCRIPT = textwrap.dedent("""
+REMOTE_SCRIPT = BLOCK_PACKAGE + textwrap.dedent("""
     import sys, torch
     try:
         import modeling_graphgpt2  # must not be importable here

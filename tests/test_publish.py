@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from train.testing import build_tiny_data, tiny_overrides
+from isolation import BLOCK_PACKAGE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,11 +102,6 @@ def test_push_to_fake_hub_and_load_by_repo_id(published, fake_hub, tmp_path):
     script = textwrap.dedent(f"""
         import sys, torch
         sys.path = [p for p in sys.path if p not in ("", {str(ROOT)!r})]
-        class _Block:  # this package must not be importable here, even if pip-installed (editable or not)
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("train", "modeling_graphgpt2", "data_builders"):
-                    raise ImportError(f"{{name}} is blocked: remote-code load must not need the package")
-        sys.meta_path.insert(0, _Block())
         from transformers import AutoModel, AutoTokenizer
         from huggingface_hub import hf_hub_download
         model = AutoModel.from_pretrained("org/graphgpt2-tiny", trust_remote_code=True)
@@ -116,7 +112,7 @@ def test_push_to_fake_hub_and_load_by_repo_id(published, fake_hub, tmp_path):
     """)
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     env.pop("PYTHONPATH", None)
-    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", BLOCK_PACKAGE + script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     users, items, vocab, total = proc.stdout.split()[-4:]
     from train.modeling_io import load_model
