@@ -1,0 +1,50 @@
+"""The CPU benchmark presets (train/configs/mi_cpu.yaml, beauty_cpu.yaml) load, share the data builders'
+default split, never rebuild the folder under a training seed, and take every quality-harness variant."""
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+from benchmarks.quality import VARIANTS, SplitData, variant_config
+from data_builders.preprocess import build_split
+from train.config import CONFIG_DIR, load_config
+
+PRESETS = ("mi_cpu", "beauty_cpu")
+
+
+def _default_split_seed() -> int:
+    return inspect.signature(build_split).parameters["seed"].default
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_uses_default_split_and_a_prebuilt_folder(name):
+    cfg = load_config(name)
+    assert cfg.data.split_seed == _default_split_seed() == 98765
+    assert cfg.data.build is False  # the benchmark folder is built once; a training seed never re-splits it
+    assert cfg.data.tokenizer == "bpe" and 1000 <= cfg.data.bpe_vocab <= 8000  # no 50,257-way softmax on CPU
+    # the build command in the header comment writes exactly the folder the preset reads, with the default seed
+    text = (CONFIG_DIR / f"{name}.yaml").read_text()
+    header = "\n".join(line.lstrip("# ") for line in text.splitlines() if line.startswith("#"))
+    out = re.search(r"--out\s+(\S+)", header)
+    assert out and out.group(1) == cfg.data.folder
+    assert f"--seed {cfg.data.split_seed}" in header and f"--train-bpe {cfg.data.bpe_vocab}" in header
+    assert f"--max-length {cfg.data.max_length}" in header
+    assert cfg.model.n_positions >= cfg.data.max_length
+
+
+@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_variant_applies_to_preset(name, variant, tmp_path):
+    data = SplitData(name="x", train=None, valid=None, test=None, split_hash="h", folder=str(tmp_path / "folder"))
+    cfg, overrides = variant_config(variant, data, seed=1, train_config=name, out_dir=tmp_path)
+    assert cfg.seed == 1 and cfg.data.folder == data.folder and cfg.data.build is False
+    assert cfg.data.split_seed == _default_split_seed()  # the training seed never touches the split
+    assert Path(cfg.output.dir) == tmp_path / variant / "seed1"
+    base = load_config(name)
+    if variant == "nogkia":
+        assert cfg.model.graph_bias == "none" != base.model.graph_bias
+    if variant == "nopretrain":
+        assert cfg.pretrain.do_pretrain is False
