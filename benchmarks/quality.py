@@ -24,7 +24,6 @@ import os
 import platform
 import shlex
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ import scipy.sparse as sp
 
 from benchmarks.baselines import BASELINES, evaluate_recommender, make_baseline, to_csr
 from train.metrics import metric_names
+from data_builders.atomic import atomic_write
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPORT_METRICS = metric_names((20, 40), (100,))  # recall@20, recall@20_paper, recall@40, recall@40_paper, ndcg@100
@@ -311,25 +311,12 @@ def bar_chart(summary: Sequence[dict], path: Path, title: str) -> None:
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def machine_info() -> dict:

@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .atomic import atomic_write_text
 from .graph import DEFAULT_MAX_HOPS, DEFAULT_TABLE_BUDGET_BYTES, HopDistances, InteractionGraph
 from .prompts import CONFIG_SPLITS, PromptConfig, RecPromptEncoder, build_config_rows, row_kinds
 from .tokenization import build_tokenizer, check_id_layout, corpus_texts, load_tokenizer, save_tokenizer, tokenizer_sha256
@@ -35,18 +36,6 @@ FORMAT_VERSION = 1
 DEFAULT_ROWS_PER_SHARD = 100_000
 INT_LIST_COLUMNS = ("input_ids", "node_positions", "labels")
 REC_LIST_COLUMNS = ("history", "targets")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _json_default(o):
@@ -62,7 +51,7 @@ def _json_default(o):
 
 
 def _write_json(path: Path, obj) -> None:
-    _atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n")
 
 
 # --------------------------------------------------------------------------------------------- parquet
@@ -265,7 +254,7 @@ def build_dataset_folder(
         _write_json(tmp / "manifest.json", manifest)
         if not files:
             raise ValueError(f"no prompt config produced any row ({skipped}); nothing to write")
-        _atomic_write_text(tmp / "README.md", dataset_card(manifest, manifest["configs"]))
+        atomic_write_text(tmp / "README.md", dataset_card(manifest, manifest["configs"]))
         if out.exists():
             trash = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
             os.replace(out, trash / "old")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable
@@ -24,37 +23,13 @@ from typing import Iterable
 import numpy as np
 import scipy.sparse as sp
 
+from .atomic import atomic_save_npy, atomic_write_text
+
 DEFAULT_MAX_HOPS = 6
 DEFAULT_TABLE_BUDGET_BYTES = 2 * 1024**3  # a 34k-node graph (Beauty) takes 1.19 GB
 EDGES_FILE = "train_edges.npy"
 HOPS_FILE = "hops.npy"
 GRAPH_META_FILE = "graph.json"
-
-
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def train_edges(train: list[np.ndarray]) -> np.ndarray:
@@ -247,10 +222,10 @@ class HopDistances:
         """Write train edges (+ the hop table if dense and ``save_table``) into ``directory``; returns the graph sha256."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        _atomic_save_npy(d / EDGES_FILE, self.graph.edges)
+        atomic_save_npy(d / EDGES_FILE, self.graph.edges)
         wrote_table = bool(save_table and self.table is not None)
         if wrote_table:
-            _atomic_save_npy(d / HOPS_FILE, np.ascontiguousarray(self.table))
+            atomic_save_npy(d / HOPS_FILE, np.ascontiguousarray(self.table))
         meta = {
             "num_users": self.graph.num_users,
             "num_items": self.graph.num_items,
@@ -260,7 +235,7 @@ class HopDistances:
             "sha256": self.graph.sha256,
             "node_layout": "users 0..U-1, items U..U+I-1; edges are (user index, item index) train pairs",
         }
-        _atomic_write_text(d / GRAPH_META_FILE, json.dumps(meta, indent=2) + "\n")
+        atomic_write_text(d / GRAPH_META_FILE, json.dumps(meta, indent=2) + "\n")
         return meta["sha256"]
 
     @classmethod
