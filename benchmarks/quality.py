@@ -51,6 +51,10 @@ VARIANTS: dict[str, list[str]] = {
     "nofinetune": ["finetune.do_finetune=false"],
     "no2order": ["data.pretrain_configs=[content, review]"],  # without second-order (shared brand) prompts
     "noitem": ["data.pretrain_configs=[review, second_order]"],  # without item content prompts
+    # not in the paper: item-item hops measured without the prompt's own user, so the bias of a personalized
+    # prompt tells which of the user's items other users also combine (HopDistances.leave_user_out)
+    "leaveout": ["data.leave_user_out_hops=true"],
+    "leaveout_learned": ["data.leave_user_out_hops=true", "model.graph_bias=learned"],
 }
 
 # --preset picks sizes: the train.config preset for variants and the Multi-VAE budget for baselines.

@@ -35,6 +35,8 @@ class GraphCollator:
         num_items: width of ``target_items``.
         max_length: rows longer than this are cut from the LEFT (the trigger phrase and last tokens survive).
         pad_to_multiple_of: round L up (e.g. 8) for tensor-core friendly shapes.
+        leave_user_out: item-item hops of each prompt measured without the prompt's user
+            (``HopDistances.leave_user_out``), so the bias of a personalized prompt carries graph information.
     """
 
     def __init__(
@@ -44,12 +46,14 @@ class GraphCollator:
         num_items: int | None = None,
         max_length: int | None = None,
         pad_to_multiple_of: int | None = None,
+        leave_user_out: bool = False,
     ):
         self.hops = hops
         self.pad_token_id = int(pad_token_id)
         self.num_items = num_items
         self.max_length = max_length
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.leave_user_out = leave_user_out
 
     def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
         if not rows:
@@ -78,7 +82,10 @@ class GraphCollator:
         if labels is not None:
             batch["labels"] = torch.from_numpy(_pad(labels, L, IGNORE_INDEX))
         if self.hops is not None:
-            batch["hop_distances"] = torch.from_numpy(self.hops.pairwise(node_pos).astype(np.int64))
+            hops = self.hops.pairwise(node_pos)
+            if self.leave_user_out:
+                hops = self.hops.leave_user_out(hops, node_pos)
+            batch["hop_distances"] = torch.from_numpy(hops.astype(np.int64))
         if all(r.get("targets") is not None for r in rows):
             if self.num_items is None:
                 raise ValueError("rows carry targets but GraphCollator was built without num_items")

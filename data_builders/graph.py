@@ -217,6 +217,43 @@ class HopDistances:
         hops[~(is_node[:, :, None] & is_node[:, None, :])] = -1
         return hops
 
+    def leave_user_out(self, hops: np.ndarray, node_positions: np.ndarray) -> np.ndarray:
+        """Re-measure item-item hops of a prompt as if the prompt's own user were not in the graph.
+
+        In a personalized prompt ("user_i has interacted with item_a item_b ...") every item is one of user_i's
+        train items, so on the full graph every item pair is 2 hops apart through user_i and the bias carries no
+        information. Here a pair of the user's items is 2 hops apart only if ANOTHER train user interacted with
+        both; otherwise it gets 4, a lower bound of the detour (the exact distance is not searched for).
+        The user of a row is its first user node; rows without one, and all other pairs, are unchanged.
+        """
+        pos = np.asarray(node_positions)
+        out = np.array(hops, copy=True)
+        U = self.graph.num_users
+        far = min(4, self.max_hops + 1)
+        co = self._co_counts()
+        for b in range(pos.shape[0]):  # one row at a time; pairs are handled by array ops
+            row = pos[b]
+            users = row[(row >= 0) & (row < U)]
+            if not len(users):
+                continue
+            own = self.graph.ui[int(users[0])].indices  # the user's train items
+            item_tok = np.flatnonzero((row >= U) & np.isin(row - U, own))
+            if len(item_tok) < 2:
+                continue
+            items = row[item_tok] - U
+            uniq, inv = np.unique(items, return_inverse=True)
+            others = co[uniq][:, uniq].toarray() - 1  # co-interactions by users other than this one
+            new = np.where(others >= 1, 2, far).astype(out.dtype)
+            new[np.arange(len(uniq)), np.arange(len(uniq))] = 0  # the same item twice stays 0 hops
+            out[b, item_tok[:, None], item_tok[None, :]] = new[inv[:, None], inv[None, :]]
+        return out
+
+    def _co_counts(self) -> sp.csr_matrix:
+        """(I, I) number of train users who interacted with both items (computed once)."""
+        if getattr(self, "_co", None) is None:
+            self._co = (self.graph.iu @ self.graph.ui).tocsr()
+        return self._co
+
     # ---------------------------------------------------------------- save / load
     def save(self, directory: str | os.PathLike, save_table: bool = True) -> str:
         """Write train edges (+ the hop table if dense and ``save_table``) into ``directory``; returns the graph sha256."""

@@ -82,3 +82,37 @@ def test_train_edges_only_from_train_arrays():
     assert e.tolist() == [[0, 0], [0, 2], [1, 1]]
     with pytest.raises(ValueError, match="out of range"):
         InteractionGraph(np.array([[0, 5]]), 1, 3)
+
+
+def test_leave_user_out_hops_match_networkx_without_the_user():
+    """For pairs of the prompt user's own items: 2 iff 2 hops apart once the user is removed, else a lower bound."""
+    import networkx as nx
+
+    from data_builders.graph import HopDistances, InteractionGraph
+
+    rng = np.random.default_rng(7)
+    U, I = 30, 25
+    edges = np.array([(u, j) for u in range(U) for j in rng.choice(I, size=rng.integers(2, 6), replace=False)])
+    hd = HopDistances(InteractionGraph(edges, U, I), max_hops=6)
+    G = nx.Graph()
+    G.add_edges_from((int(u), U + int(j)) for u, j in edges)
+    checked = changed = 0
+    for u in range(U):
+        own = U + np.unique(edges[edges[:, 0] == u, 1])
+        row = np.concatenate([[u, -1, -1], own, [-1, u]])[None, :]  # user, text, items, text, user again
+        full = hd.pairwise(row)
+        out = hd.leave_user_out(full, row)
+        changed += int((out != full).sum())
+        H = G.copy()
+        H.remove_node(u)
+        for a in range(row.shape[1]):
+            for b in range(row.shape[1]):
+                na, nb = row[0, a], row[0, b]
+                if na >= U and nb >= U:
+                    true = nx.shortest_path_length(H, na, nb) if nx.has_path(H, na, nb) else 99
+                    assert (out[0, a, b] == 2) == (true == 2) or na == nb
+                    assert out[0, a, b] <= true
+                    checked += 1
+                else:  # pairs with the user or text are untouched
+                    assert out[0, a, b] == full[0, a, b]
+    assert checked > 100 and changed > 0  # some item pairs were linked only through their own user

@@ -37,6 +37,9 @@ class DataConfig:
     tokenizer: str = "bpe"  # "bpe" = train a byte-level BPE of bpe_vocab on the corpus; else a folder with vocab.json+merges.txt
     bpe_vocab: int = 2000
     split_seed: int = 98765  # the data split's seed (authors' 98765); independent of the training seed
+    # Item-item hops of each prompt measured without the prompt's own user (data_builders HopDistances.leave_user_out):
+    # on the full graph a personalized prompt's bias is a fixed pattern (all items 2 hops apart via the user).
+    leave_user_out_hops: bool = False
     build_args: list[str] = field(default_factory=list)  # extra CLI args passed verbatim to the builder
     # Which prompt configs feed content pre-training. Ablations are this list:
     # NoGHIP / without 2nd order -> drop "second_order"; without item content -> drop "content".

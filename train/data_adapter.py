@@ -31,8 +31,9 @@ class RecExample:
 class Corpus:
     """A loaded dataset folder (a thin view over ``data_builders.load_corpus``) with the calls the loops need."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, leave_user_out: bool = False):
         self.folder = Path(folder)
+        self.leave_user_out = leave_user_out
         if not (self.folder / "manifest.json").is_file():
             raise DataFolderError(f"{self.folder}: not a dataset folder (no manifest.json); build it with `python -m data_builders build`")
         from data_builders import load_corpus
@@ -98,7 +99,7 @@ class Corpus:
     # ---------------------------------------------------------------- batches
     def collator(self, max_length: int):
         """Pads right, cuts rows longer than ``max_length`` from the left, adds hop_distances / target_items."""
-        return self._c.collator(max_length=max_length)
+        return self._c.collator(max_length=max_length, leave_user_out=self.leave_user_out)
 
     def check_model(self, model_config: Any) -> None:
         """Refuse a model whose ID space, text vocabulary, tokenizer or graph differs from this folder's."""

@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(cfg.output.dir)
     model_dir = Path(args.model_dir) if args.model_dir else next(p for p in (out / "best", out / "pretrained") if p.is_dir())
     accelerator = make_accelerator(cfg, out)
-    corpus = Corpus(cfg.data.folder)
+    corpus = Corpus(cfg.data.folder, cfg.data.leave_user_out_hops)
     model = load_model(model_dir)
     corpus.check_model(model.config)
     model = accelerator.prepare(model)

@@ -72,7 +72,7 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
     f = cfg.finetune
     accelerator = make_accelerator(cfg, out)
     seed_everything(cfg.seed)
-    corpus = corpus or Corpus(cfg.data.folder)
+    corpus = corpus or Corpus(cfg.data.folder, cfg.data.leave_user_out_hops)
     init_dir = Path(init_dir) if init_dir else out / "pretrained"
     if cfg.pretrain.do_pretrain and init_dir.is_dir():
         model = load_model(init_dir, merge_lora=True)

@@ -57,7 +57,7 @@ def run_pipeline(cfg: RunConfig, resume: bool = False, command: str | None = Non
     build_data(cfg)
     walls["build_s"] = time.time() - t
     cfg.save(out / "run_config.yaml")
-    corpus = Corpus(cfg.data.folder)
+    corpus = Corpus(cfg.data.folder, cfg.data.leave_user_out_hops)
 
     pre = None
     if cfg.pretrain.do_pretrain:

@@ -79,7 +79,7 @@ def pretrain(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None)
     out = Path(cfg.output.dir)
     accelerator = make_accelerator(cfg, out)
     seed_everything(cfg.seed)
-    corpus = corpus or Corpus(cfg.data.folder)
+    corpus = corpus or Corpus(cfg.data.folder, cfg.data.leave_user_out_hops)
     model = build_model(cfg, corpus)
     if cfg.model.freeze_backbone:
         freeze_backbone(model)

@@ -132,6 +132,7 @@ def publish(cfg, corpus, model_dir: Path, out_folder: Path, result: dict, comman
             "tokenizer_sha256": corpus.tokenizer_sha256,
             "graph_sha256": corpus.graph_sha256,
             "max_length": cfg.data.max_length,
+            "leave_user_out_hops": cfg.data.leave_user_out_hops,
             "prompt_template": "user_i has interacted with item_a item_b ..., user_i will interact with",
             "new_user_template": "A new user has interacted with item_a ..., the user will interact with",
         })
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     if not result_file.is_file():
         result_file = run / "finetune_result.json"
     result: dict[str, Any] = json.loads(result_file.read_text())
-    corpus = Corpus(cfg.data.folder)
+    corpus = Corpus(cfg.data.folder, cfg.data.leave_user_out_hops)
     folder = publish(cfg, corpus, Path(args.model_dir or run / "best"), Path(args.out or run / "hub_model"), result,
                      command="python -m train.publish " + " ".join(argv or sys.argv[1:]), repo_id=cfg.output.push_to_hub)
     print(f"wrote {folder}")

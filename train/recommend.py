@@ -28,7 +28,8 @@ class Recommender:
     """A model plus what it needs at inference: tokenizer, train graph (hops), ID maps, titles, train items."""
 
     def __init__(self, model, tokenizer, hops, train_items: list[list[int]], item_titles: list[str],
-                 user_ids: list[str] | None = None, item_ids: list[str] | None = None, max_length: int = 1024):
+                 user_ids: list[str] | None = None, item_ids: list[str] | None = None, max_length: int = 1024,
+                 leave_user_out: bool = False):
         from data_builders.collate import GraphCollator
         from data_builders.prompts import RecPromptEncoder
 
@@ -42,7 +43,8 @@ class Recommender:
         self.max_length = min(max_length, cfg.n_positions)
         self.encoder = RecPromptEncoder(tokenizer, cfg.base_vocab_size, cfg.num_users, cfg.num_items, self.max_length)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.collate = GraphCollator(hops if cfg.graph_bias != "none" else None, pad, max_length=self.max_length)
+        self.collate = GraphCollator(hops if cfg.graph_bias != "none" else None, pad, max_length=self.max_length,
+                                     leave_user_out=leave_user_out)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -66,14 +68,14 @@ class Recommender:
         titles = json.loads((maps / "item_titles.json").read_text())
         return cls(model, tokenizer, hops, train_items, [t or f"item_{j}" for j, t in enumerate(titles)],
                    json.loads((maps / "users.json").read_text()), json.loads((maps / "items.json").read_text()),
-                   max_length=meta.get("max_length", 1024))
+                   max_length=meta.get("max_length", 1024), leave_user_out=meta.get("leave_user_out_hops", False))
 
     @classmethod
     def from_corpus(cls, model, corpus, max_length: int = 1024) -> "Recommender":
         """From an in-memory model and the dataset folder it was trained on."""
         corpus.check_model(model.config)
         return cls(model, corpus.tokenizer, corpus.hops, corpus.train_items(), corpus.item_titles(),
-                   corpus._c.user_ids, corpus._c.item_ids, max_length)
+                   corpus._c.user_ids, corpus._c.item_ids, max_length, corpus.leave_user_out)
 
     # ------------------------------------------------------------------ scoring
     def _run(self, prompts: list[tuple[list[int], list[int]]], exclude: list[list[int]], k: int, batch_size: int):
