@@ -84,6 +84,27 @@ def load_checkpoint(accelerator: Any, path: str | Path) -> dict:
 # GRAPHGPT2_FAIL_AT=checkpoint raises inside a checkpoint write, after save_state and before the rename.
 
 
+def resume_or_reset(accelerator: Any, logger: Any, stage: str, ckpt_root: Path, resume: bool,
+                    also_clear: tuple[Path, ...] = ()) -> dict | None:
+    """Load the newest checkpoint of ``stage`` when resuming (returns its state), else start clean (returns None).
+
+    A fresh run in a used output dir forgets the old run's checkpoints (and ``also_clear``) and log lines, so
+    the log and the curve describe one run.
+    """
+    if resume and (last := latest_checkpoint(ckpt_root)) is not None:
+        state = load_checkpoint(accelerator, last)
+        logger.truncate_after(stage, state["global_step"])
+        name = {"pretrain": "pre-training", "finetune": "fine-tuning"}.get(stage, stage)
+        accelerator.print(f"resumed {name} from {last} (epoch {state['epoch'] + 1}, step {state['global_step']})")
+        return state
+    logger.truncate_after(stage, -1)
+    if accelerator.is_main_process:
+        for folder in (ckpt_root, *also_clear):
+            shutil.rmtree(folder, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return None
+
+
 def maybe_kill(stage: str, global_step: int) -> None:
     at = os.environ.get("GRAPHGPT2_KILL_AFTER_STEP")
     if at is None:

@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from train.checkpointing import latest_checkpoint, load_checkpoint, maybe_kill, save_checkpoint
+from train.checkpointing import maybe_kill, resume_or_reset, save_checkpoint
 from train.common import (
     apply_lora,
     build_model,
@@ -103,17 +103,8 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
     start_epoch, global_step = 0, 0
     best = {"epoch": -1, "value": -float("inf"), "metrics": None}
     history: list[dict] = []
-    if resume and (last := latest_checkpoint(ckpt_root)) is not None:
-        state = load_checkpoint(accelerator, last)
+    if (state := resume_or_reset(accelerator, logger, "finetune", ckpt_root, resume, also_clear=(best_dir,))) is not None:
         start_epoch, global_step, best, history = state["epoch"] + 1, state["global_step"], state["best"], state["history"]
-        logger.truncate_after("finetune", global_step)
-        accelerator.print(f"resumed fine-tuning from {last} (epoch {start_epoch}/{f.epochs}, step {global_step})")
-    else:  # a fresh run in a used output dir: forget the old run's checkpoints and selected model
-        logger.truncate_after("finetune", -1)
-        if accelerator.is_main_process:
-            shutil.rmtree(ckpt_root, ignore_errors=True)
-            shutil.rmtree(best_dir, ignore_errors=True)
-        accelerator.wait_for_everyone()
 
     t0 = time.time()
     bad_epochs = 0

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from train.checkpointing import latest_checkpoint, load_checkpoint, maybe_kill, save_checkpoint
+from train.checkpointing import maybe_kill, resume_or_reset, save_checkpoint
 from train.common import (
     apply_lora,
     build_model,
@@ -106,18 +106,8 @@ def pretrain(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None)
     ckpt_root = out / "checkpoints" / "pretrain"
     logger = RunLogger(out / "logs" / "train_log.jsonl", enabled=accelerator.is_main_process, tensorboard_dir=out / "tensorboard")
     start_epoch, global_step = 0, 0
-    if resume and (last := latest_checkpoint(ckpt_root)) is not None:
-        state = load_checkpoint(accelerator, last)
+    if (state := resume_or_reset(accelerator, logger, "pretrain", ckpt_root, resume)) is not None:
         start_epoch, global_step = state["epoch"] + 1, state["global_step"]
-        logger.truncate_after("pretrain", global_step)
-        accelerator.print(f"resumed pre-training from {last} (epoch {start_epoch}/{len(plan)}, step {global_step})")
-    else:  # a fresh run in a used output dir: forget the old run's checkpoints
-        logger.truncate_after("pretrain", -1)
-        if accelerator.is_main_process:
-            import shutil
-
-            shutil.rmtree(ckpt_root, ignore_errors=True)
-        accelerator.wait_for_everyone()
 
     t0 = time.time()
     last_loss = float("nan")
