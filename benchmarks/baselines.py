@@ -22,7 +22,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from train.metrics import merge_per_user, per_user_metrics, summarize
+from train.metrics import item_popularity, merge_per_user, per_user_metrics, summarize
 
 __all__ = [
     "Recommender",
@@ -111,7 +111,7 @@ class Popularity(Recommender):
 
     def fit(self, train, valid=None):
         self.train_ = _check_train(train, valid)
-        self.counts_ = np.asarray(self.train_.sum(axis=0), dtype=np.float32).ravel()
+        self.counts_ = item_popularity(self.train_)
         return self
 
     def score(self, user_ids):

@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from modeling_graphgpt2 import GraphGPT2Config, GraphGPT2ForRecommendation  # noqa: E402
 
 

@@ -3,7 +3,7 @@
     python -m benchmarks.quality --data <dataset folder | raw data folder> \
         --baselines pop itemknn ease multivae --variants full nogkia --seeds 0 1 2 [--preset cpu|gpu]
 
-``--data`` is either a dataset folder written by ``python -m data_builders build`` (it holds manifest.json and
+``--data`` is either a dataset folder written by ``python -m data_builders build`` (it holds a manifest and
 the ``recommendation`` config with train/validation/test) or a raw data folder (e.g.
 ``../shared/data/amazon-beauty-2014``), which is read and split here with the same data_builders code
 (``readers.read_source`` + ``preprocess.build_split``). Either way the split hash goes into every result.
@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import glob
-import hashlib
 import json
 import os
 import platform
@@ -33,8 +31,11 @@ import numpy as np
 import scipy.sparse as sp
 
 from benchmarks.baselines import BASELINES, evaluate_recommender, make_baseline, to_csr
+from data_builders.atomic import atomic_write, json_default
+from data_builders.corpus import Corpus, has_manifest
+from data_builders.preprocess import DEFAULT_K_CORE, DEFAULT_RATING_THRESHOLD, DEFAULT_SPLIT_SEED, build_split
+from data_builders.readers import read_source
 from train.metrics import metric_names
-from data_builders.atomic import atomic_write
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPORT_METRICS = metric_names((20, 40), (100,))  # recall@20, recall@20_paper, recall@40, recall@40_paper, ndcg@100
@@ -92,69 +93,27 @@ class SplitData:
                 raise ValueError(f"{self.name}: {both} (user, item) pairs are in both {a} and {b}")
 
 
-def load_split_from_folder(folder: str | Path) -> SplitData:
-    """Read the ``recommendation`` config (train/validation/test parquet) of a data_builders dataset folder."""
-    import pyarrow.parquet as pq
-
-    folder = Path(folder)
-    manifest_path = folder / "manifest.json"
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"{folder}: no manifest.json; build it with `python -m data_builders build ...`")
-    manifest = json.loads(manifest_path.read_text())
-    for key in ("num_users", "num_items"):
-        if not isinstance(manifest.get(key), int):
-            raise ValueError(f"{manifest_path}: field '{key}' missing or not an integer")
-    U, I = manifest["num_users"], manifest["num_items"]
-    lists: dict[str, list[set]] = {}
-    for split in ("train", "validation", "test"):
-        files = sorted(glob.glob(str(folder / "recommendation" / f"{split}-*.parquet")))
-        if not files:
-            raise FileNotFoundError(f"{folder}/recommendation: no {split}-*.parquet files")
-        per_user: list[set] = [set() for _ in range(U)]
-        hist: list[set] = [set() for _ in range(U)]
-        for path in files:
-            table = pq.read_table(path, columns=["user", "history", "targets"]).to_pydict()
-            for row, (u, h, t) in enumerate(zip(table["user"], table["history"], table["targets"])):
-                if u is None or not 0 <= u < U:
-                    raise ValueError(f"{path}: row {row}: field 'user' = {u} outside [0, {U})")
-                for fld, vals in (("history", h), ("targets", t)):
-                    bad = [v for v in (vals or []) if not 0 <= v < I]
-                    if bad:
-                        raise ValueError(f"{path}: row {row}: field '{fld}' holds item indices {bad[:3]} outside [0, {I})")
-                per_user[u].update(t or [])
-                hist[u].update(h or [])
-        lists[split] = per_user
-        lists[split + "_history"] = hist
-    # Train items: train-split targets plus every history (histories are train items by contract).
-    train = [lists["train"][u] | lists["train_history"][u] | lists["validation_history"][u] | lists["test_history"][u] for u in range(U)]
-    split_info = manifest.get("split") if isinstance(manifest.get("split"), dict) else manifest
-    mats = {k: to_csr([sorted(s) for s in v], I) for k, v in (("train", train), ("valid", lists["validation"]), ("test", lists["test"]))}
-    # The folder's split must be the one its manifest recorded (same hash recipe as data_builders.preprocess).
-    recorded = split_info.get("split_hashes") or {}
-    for key, mat in mats.items():
-        if key in recorded and _pairs_hash(mat) != recorded[key]:
-            raise ValueError(f"{manifest_path}: the {key} pairs read from {folder}/recommendation do not match the "
-                             f"manifest's split_hashes.{key}")
+def split_from_corpus(corpus: Corpus) -> SplitData:
+    """The train/validation/test interaction matrices of a dataset folder (``Corpus`` checks them against the
+    split hashes its build recorded)."""
     data = SplitData(
-        name=str(manifest.get("name") or split_info.get("name") or folder.name),
-        train=mats["train"],
-        valid=mats["valid"],
-        test=mats["test"],
-        split_hash=str(split_info.get("split_hash") or _hash_csrs(mats["train"], mats["valid"], mats["test"])),
-        source={"folder": str(folder), "split_hashes": recorded or None, "manifest_source": split_info.get("source")},
-        folder=str(folder),
+        name=corpus.name,
+        train=corpus.interaction_matrix("train"),
+        valid=corpus.interaction_matrix("validation"),
+        test=corpus.interaction_matrix("test"),
+        split_hash=corpus.split_hash,
+        source={"folder": str(corpus.folder), "split_hashes": corpus.split_hashes, "manifest_source": corpus.split_manifest.get("source")},
+        folder=str(corpus.folder),
     )
     data.check_disjoint()
     return data
 
 
 def load_split_from_raw(
-    raw: str | Path, rating_threshold: float | None = 3.0, k_core: int = 5, seed: int = 98765, name: str | None = None
+    raw: str | Path, rating_threshold: float | None = DEFAULT_RATING_THRESHOLD, k_core: int = DEFAULT_K_CORE,
+    seed: int = DEFAULT_SPLIT_SEED, name: str | None = None
 ) -> SplitData:
     """Read raw files with data_builders and split them with the project's recipe (calibration.md)."""
-    from data_builders.preprocess import build_split
-    from data_builders.readers import read_source
-
     rawds = read_source(raw, name=name)
     split = build_split(rawds, rating_threshold=rating_threshold, k_core=k_core, seed=seed)
     I = split.num_items
@@ -172,24 +131,8 @@ def load_split_from_raw(
 
 
 def load_split(data: str | Path, **raw_kwargs) -> SplitData:
-    """A dataset folder (has manifest.json) or a raw data folder."""
-    return load_split_from_folder(data) if (Path(data) / "manifest.json").is_file() else load_split_from_raw(data, **raw_kwargs)
-
-
-def _pairs_hash(mat: sp.csr_matrix) -> str:
-    """sha256 of the sorted (user, item) pairs as little-endian int32, as data_builders.preprocess.split_hash."""
-    coo = mat.tocoo()
-    order = np.lexsort((coo.col, coo.row))
-    return hashlib.sha256(np.stack([coo.row[order], coo.col[order]], 1).astype("<i4").tobytes()).hexdigest()
-
-
-def _hash_csrs(*mats: sp.csr_matrix) -> str:
-    h = hashlib.sha256()
-    for m in mats:
-        coo = m.tocoo()
-        order = np.lexsort((coo.col, coo.row))
-        h.update(np.stack([coo.row[order], coo.col[order]], 1).astype("<i4").tobytes())
-    return h.hexdigest()
+    """A dataset folder (built by ``python -m data_builders build``) or a raw data folder."""
+    return split_from_corpus(Corpus(data)) if has_manifest(data) else load_split_from_raw(data, **raw_kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -222,7 +165,7 @@ def variant_config(variant: str, data: SplitData, seed: int, train_config: str, 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
     if data.folder is None:
-        raise ValueError("GraphGPT2 variants need a dataset folder (--data <folder with manifest.json>), not raw files")
+        raise ValueError("GraphGPT2 variants need a dataset folder (--data <folder built by python -m data_builders build>), not raw files")
     overrides = [
         f"seed={seed}",
         f"data.folder={data.folder}",
@@ -359,7 +302,7 @@ def write_results(rows: Sequence[dict], data: SplitData, out_dir: Path, command:
         "summary_valid": summarize_runs(rows, "valid") if all(r.get("valid") for r in rows) else None,
     }
     paths = {"json": base / f"{tag}.json", "md": base / f"{tag}.md", "png": base / f"{tag}.png"}
-    _write_text(paths["json"], json.dumps(payload, indent=2, default=_jsonable) + "\n")
+    _write_text(paths["json"], json.dumps(payload, indent=2, default=json_default) + "\n")
     md = (
         f"# {data.name}: test metrics (mean ± std over runs)\n\n"
         f"Split hash `{data.split_hash}`; {data.num_users} users, {data.num_items} items; "
@@ -369,16 +312,6 @@ def write_results(rows: Sequence[dict], data: SplitData, out_dir: Path, command:
     _write_text(paths["md"], md)
     bar_chart(summary, paths["png"], f"{data.name} (test)")
     return paths
-
-
-def _jsonable(o: Any):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def _slug(name: str) -> str:
@@ -391,7 +324,7 @@ def _slug(name: str) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="dataset folder (manifest.json) or raw data folder")
+    p.add_argument("--data", required=True, help="dataset folder (python -m data_builders build) or raw data folder")
     p.add_argument("--baselines", nargs="*", default=["pop", "itemknn", "ease", "multivae"], choices=sorted(BASELINES))
     p.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
@@ -402,9 +335,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--itemknn-topk", type=int, default=None, help="neighbours per item (default: all)")
     p.add_argument("--multivae-epochs", type=int, default=None)
     p.add_argument("--lightgcn-epochs", type=int, default=None)
-    p.add_argument("--rating-threshold", type=float, default=3.0, help="raw data only: keep rating > this")
-    p.add_argument("--k-core", type=int, default=5, help="raw data only")
-    p.add_argument("--split-seed", type=int, default=98765, help="raw data only")
+    p.add_argument("--rating-threshold", type=float, default=DEFAULT_RATING_THRESHOLD, help="raw data only: keep rating > this")
+    p.add_argument("--k-core", type=int, default=DEFAULT_K_CORE, help="raw data only")
+    p.add_argument("--split-seed", type=int, default=DEFAULT_SPLIT_SEED, help="raw data only")
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
     p.add_argument("--tag", default=None, help="file name stem (default: date and time)")
     return p.parse_args(argv)

@@ -4,7 +4,9 @@ Public API (imported lazily so ``import data_builders`` stays cheap):
 
 - ``read_source``, ``make_synthetic``, ``build_split``: raw files / synthetic data -> ``SplitDataset`` (data-1)
 - ``build_dataset_folder(split, out, ...)``: tokenizer + train-only graph + prompt corpora -> dataset folder
-- ``load_corpus(folder) -> Corpus``: manifest, tokenizer, hop distances, ``.dataset(config, split)``, item titles
+- ``build(BuildConfig(...))``: the typed build (``python -m data_builders build`` parses its flags into a BuildConfig)
+- ``Corpus(folder)``: the one owner of a dataset folder or published model folder (sizes, rows, collator, prompt
+  encoder, interaction matrices, ``export_to``)
 - ``GraphCollator``: rows -> padded tensors + (B, L, L) ``hop_distances`` + multi-hot ``target_items``
 - ``RecPromptEncoder``: (user or None, items) -> ``input_ids`` + ``node_positions`` without BPE at call time
 - ``HopDistances`` / ``InteractionGraph``: capped BFS hop distances of the train graph
@@ -22,8 +24,11 @@ _EXPORTS = {
     "ItemMeta": ".records",
     "RawDataset": ".records",
     "build_dataset_folder": ".folder",
-    "load_corpus": ".folder",
-    "Corpus": ".folder",
+    "Corpus": ".corpus",
+    "DataFolderError": ".corpus",
+    "RecExample": ".corpus",
+    "BuildConfig": ".build",
+    "build": ".build",
     "GraphCollator": ".collate",
     "RecPromptEncoder": ".prompts",
     "PromptConfig": ".prompts",

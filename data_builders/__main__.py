@@ -8,43 +8,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-from .prompts import ALL_CONFIGS, PromptConfig
-
-
-def _parse_prompts(value: str) -> tuple[str, ...]:
-    names = tuple(p.strip() for p in value.split(",") if p.strip())
-    unknown = set(names) - set(ALL_CONFIGS)
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"--prompts: unknown {sorted(unknown)}; choose from {','.join(ALL_CONFIGS)}")
-    return names
+from .build import BuildConfig, BuildConfigError, add_build_arguments, build, build_config_from_args
 
 
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m data_builders", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="build a dataset folder")
-    b.add_argument("--source", required=True, help="raw data folder/file (Amazon 2014/2018, RecBole atomic) or 'synthetic'")
-    b.add_argument("--out", required=True, help="dataset folder to write (atomically)")
-    tok = b.add_mutually_exclusive_group()
-    tok.add_argument("--tokenizer", default=None, help="GPT-2 tokenizer folder (vocab.json + merges.txt) or Hub name; default ../shared/tokenizers/gpt2")
-    tok.add_argument("--train-bpe", type=int, default=None, metavar="VOCAB", help="train a byte-level BPE of this size on the corpus instead")
-    b.add_argument("--prompts", type=_parse_prompts, default=ALL_CONFIGS, help=f"comma-separated configs (default {','.join(ALL_CONFIGS)})")
-    b.add_argument("--max-hops", type=int, default=6)
-    b.add_argument("--max-group-items", type=int, default=50, help="second-order chunk size")
-    b.add_argument("--max-length", type=int, default=1024)
-    b.add_argument("--rating-threshold", type=float, default=3.0, help="keep rating > this (ignored when the source has no ratings)")
-    b.add_argument("--k-core", type=int, default=5)
-    b.add_argument("--seed", type=int, default=98765)
-    b.add_argument("--strict", action="store_true", help="stop at the first bad input line (default: count and report skips)")
-    b.add_argument("--format", default="auto", help="source format (default: detect)")
-    b.add_argument("--synthetic-users", type=int, default=300)
-    b.add_argument("--synthetic-items", type=int, default=120)
-    b.add_argument("--hop-table-budget-gb", type=float, default=2.0, help="dense uint8 hop table when N*N bytes fit")
-    b.add_argument("--no-hop-table", action="store_true", help="do not save the hop table (loaders compute it)")
-    b.add_argument("--overwrite", action="store_true")
-    b.add_argument("--quiet", action="store_true")
+    add_build_arguments(sub.add_parser("build", help="build a dataset folder"))
     return p
 
 
@@ -74,37 +45,11 @@ def stats_table(manifest: dict, split) -> str:
     return "\n".join(lines)
 
 
-def cmd_build(args) -> int:
-    from .folder import build_dataset_folder
-    from .preprocess import build_split
-
-    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+def cmd_build(cfg: BuildConfig) -> int:
     t0 = time.perf_counter()
-    if args.source == "synthetic":
-        from .synthetic import make_synthetic
-
-        raw = make_synthetic(num_users=args.synthetic_users, num_items=args.synthetic_items)
-    else:
-        from .readers import read_source
-
-        raw = read_source(args.source, format=args.format, strict=args.strict)
-    log(f"read {args.source}: {len(raw.interactions):,} interactions, {raw.report.total_skipped:,} skipped lines {raw.report.skipped or ''}")
-    split = build_split(raw, rating_threshold=args.rating_threshold, k_core=args.k_core, seed=args.seed)
-    prompt_config = PromptConfig(configs=args.prompts, max_group_items=args.max_group_items, max_length=args.max_length)
-    result = build_dataset_folder(
-        split,
-        args.out,
-        tokenizer_source=args.tokenizer,
-        train_bpe_vocab=args.train_bpe,
-        prompt_config=prompt_config,
-        max_hops=args.max_hops,
-        table_budget_bytes=int(args.hop_table_budget_gb * 1024**3),
-        save_hop_table=not args.no_hop_table,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-        log=log,
-    )
-    print(stats_table(result.manifest, split))
+    splits: list = []
+    result = build(cfg, split_out=splits)
+    print(stats_table(result.manifest, splits[0]))
     print(f"wrote {result.folder} in {time.perf_counter() - t0:.1f} s")
     return 0
 
@@ -112,7 +57,12 @@ def cmd_build(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     if args.command == "build":
-        return cmd_build(args)
+        try:
+            cfg = build_config_from_args(args)
+        except BuildConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return cmd_build(cfg)
     return 2
 
 

@@ -39,3 +39,16 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
             np.save(f, array)
 
     atomic_write(path, write)
+
+
+def json_default(o):
+    """``json.dumps(default=...)`` for numpy scalars/arrays and paths (the project's one JSON fallback)."""
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import datasets
 import numpy as np
 
+from .preprocess import DEFAULT_K_CORE, DEFAULT_RATING_THRESHOLD, DEFAULT_SPLIT_SEED
 from .prompts import ALL_CONFIGS, CONFIG_SPLITS, CONTENT_FIELDS, SECOND_ORDER_FIELDS, PromptConfig, build_config_rows
 
 _STATE_CACHE: dict = {}  # (source options) -> (split, tokenizer, base): shared by the configs of one process
@@ -46,9 +47,9 @@ class GraphGPT2RecPromptsConfig(datasets.BuilderConfig):
     source: str = "synthetic"  # raw data folder/file, or "synthetic"
     tokenizer: str | None = None  # GPT-2 folder / Hub name (default ../shared/tokenizers/gpt2)
     train_bpe: int | None = None  # train a byte-level BPE of this vocabulary size instead
-    rating_threshold: float | None = 3.0
-    k_core: int = 5
-    seed: int = 98765
+    rating_threshold: float | None = DEFAULT_RATING_THRESHOLD
+    k_core: int = DEFAULT_K_CORE
+    seed: int = DEFAULT_SPLIT_SEED
     strict: bool = False
     content_fields: tuple = CONTENT_FIELDS
     second_order_fields: tuple = SECOND_ORDER_FIELDS
@@ -61,7 +62,8 @@ class GraphGPT2RecPromptsConfig(datasets.BuilderConfig):
 def prepare_split_and_tokenizer(cfg: GraphGPT2RecPromptsConfig):
     """(split, tokenizer, base_vocab_size) for the config's source options (cached per process)."""
     from .preprocess import build_split
-    from .tokenization import build_tokenizer, corpus_texts
+    from .prompts import corpus_texts
+    from .tokenization import build_tokenizer
 
     key = (cfg.source, cfg.tokenizer, cfg.train_bpe, cfg.rating_threshold, cfg.k_core, cfg.seed, cfg.strict, cfg.synthetic_users, cfg.synthetic_items)
     if key not in _STATE_CACHE:

@@ -13,6 +13,8 @@ import torch
 from .graph import HopDistances
 
 IGNORE_INDEX = -100
+# the batch keys the model's forward takes as inputs (labels / target_items depend on the task)
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "hop_distances")
 
 
 def _pad(seqs: list[np.ndarray], L: int, value: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The dataset folder (DESIGN.md section 4): writer, one-call builder and ``load_corpus``.
+"""The dataset folder (DESIGN.md section 4): the writer. ``data_builders.corpus.Corpus`` opens what it writes.
 
 ```
 <folder>/README.md              dataset card; YAML ``configs:`` so ``datasets.load_dataset(folder, "<config>")`` works
@@ -26,32 +26,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, json_default
+from .corpus import (EDGES_FILE, FORMAT_NAME, FORMAT_VERSION, GRAPH_DIR, HOP_TABLE_FILE, ITEMS_FILE, MANIFEST_FILE, MAPS_DIR,
+                     README_FILE, TITLES_FILE, TOKENIZER_DIR, USERS_FILE)
 from .graph import DEFAULT_MAX_HOPS, DEFAULT_TABLE_BUDGET_BYTES, HopDistances, InteractionGraph
-from .prompts import CONFIG_SPLITS, PromptConfig, RecPromptEncoder, build_config_rows, row_kinds
-from .tokenization import build_tokenizer, check_id_layout, corpus_texts, load_tokenizer, save_tokenizer, tokenizer_sha256
+from .prompts import CONFIG_SPLITS, PromptConfig, build_config_rows, corpus_texts, row_kinds
+from .tokenization import build_tokenizer, save_tokenizer, tokenizer_sha256
 
-FORMAT_NAME = "graphgpt2-rec-dataset"
-FORMAT_VERSION = 1
 DEFAULT_ROWS_PER_SHARD = 100_000
 INT_LIST_COLUMNS = ("input_ids", "node_positions", "labels")
 REC_LIST_COLUMNS = ("history", "targets")
 
 
-def _json_default(o):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
 def _write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=json_default) + "\n")
 
 
 # --------------------------------------------------------------------------------------------- parquet
@@ -140,7 +128,7 @@ def dataset_card(manifest: dict, configs: list[str]) -> str:
         "Columns: `kind`, `prompt`, `main`, `input_ids`, `node_positions` (-1 = text token, else graph node), "
         "`labels` (-100 on the prompt), `user` (-1 = none); `recommendation` adds `history` and `targets` (item indices).",
         "",
-        "Load with `datasets.load_dataset(folder, \"<config>\")` or `data_builders.load_corpus(folder)`.",
+        "Load with `datasets.load_dataset(folder, \"<config>\")` or `data_builders.Corpus(folder)`.",
         "",
     ]
     return "\n".join(lines)
@@ -185,14 +173,14 @@ def build_dataset_folder(
         else:
             tok, base = build_tokenizer(split.num_users, split.num_items, source=tokenizer_source)
             tok_source = str(tokenizer_source) if tokenizer_source else "gpt2 (../shared/tokenizers/gpt2)"
-        tok_sha = save_tokenizer(tok, tmp / "tokenizer")
+        tok_sha = save_tokenizer(tok, tmp / TOKENIZER_DIR)
         seconds["tokenizer"] = time.perf_counter() - t
         log(f"tokenizer: base vocabulary {base:,} + {split.num_users:,} users + {split.num_items:,} items")
 
         t = time.perf_counter()
         graph = InteractionGraph.from_split(split)
         hops = HopDistances(graph, max_hops, table_budget_bytes=table_budget_bytes, progress=progress)
-        graph_sha = hops.save(tmp / "graph", save_table=save_hop_table)
+        graph_sha = hops.save(tmp / GRAPH_DIR, save_table=save_hop_table)
         seconds["graph"] = time.perf_counter() - t
         log(f"graph: {graph.num_nodes:,} nodes, {len(graph.edges):,} train edges, hop table {'dense' if hops.is_dense else 'on demand'}")
 
@@ -219,10 +207,10 @@ def build_dataset_folder(
             log(f"{config}: " + ", ".join(f"{s} {n:,}" for s, n in rows_count[config].items()))
             del splits
 
-        (tmp / "maps").mkdir()
-        _write_json(tmp / "maps" / "users.json", list(split.user_ids))
-        _write_json(tmp / "maps" / "items.json", list(split.item_ids))
-        _write_json(tmp / "maps" / "item_titles.json", [m.title for m in split.items])
+        (tmp / MAPS_DIR).mkdir()
+        _write_json(tmp / MAPS_DIR / USERS_FILE, list(split.user_ids))
+        _write_json(tmp / MAPS_DIR / ITEMS_FILE, list(split.item_ids))
+        _write_json(tmp / MAPS_DIR / TITLES_FILE, [m.title for m in split.items])
 
         manifest = {
             "format": FORMAT_NAME,
@@ -234,12 +222,12 @@ def build_dataset_folder(
             "base_vocab_size": base,
             "vocab_size": len(tok),
             "max_hops": max_hops,
-            "tokenizer": {"source": tok_source, "sha256": tok_sha, "files": "tokenizer/"},
+            "tokenizer": {"source": tok_source, "sha256": tok_sha, "files": f"{TOKENIZER_DIR}/"},
             "graph": {
                 "sha256": graph_sha,
                 "num_edges": int(len(graph.edges)),
-                "edges": "graph/train_edges.npy",
-                "hop_table": "graph/hops.npy" if (save_hop_table and hops.is_dense) else None,
+                "edges": f"{GRAPH_DIR}/{EDGES_FILE}",
+                "hop_table": f"{GRAPH_DIR}/{HOP_TABLE_FILE}" if (save_hop_table and hops.is_dense) else None,
                 "edges_from": "train split only",
             },
             "prompts": prompt_config.to_dict(),
@@ -251,10 +239,10 @@ def build_dataset_folder(
             "prompt_stats": stats,
             "build_seconds": {k: round(v, 3) for k, v in seconds.items()},
         }
-        _write_json(tmp / "manifest.json", manifest)
+        _write_json(tmp / MANIFEST_FILE, manifest)
         if not files:
             raise ValueError(f"no prompt config produced any row ({skipped}); nothing to write")
-        atomic_write_text(tmp / "README.md", dataset_card(manifest, manifest["configs"]))
+        atomic_write_text(tmp / README_FILE, dataset_card(manifest, manifest["configs"]))
         if out.exists():
             trash = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
             os.replace(out, trash / "old")
@@ -268,98 +256,4 @@ def build_dataset_folder(
     return BuildResult(out, manifest, seconds)
 
 
-# --------------------------------------------------------------------------------------------- load
-@dataclass
-class Corpus:
-    """A loaded dataset folder: manifest, tokenizer, hop distances, per-config datasets, item titles."""
-
-    folder: Path
-    manifest: dict
-    tokenizer: object
-    hops: HopDistances
-    user_ids: list[str]
-    item_ids: list[str]
-    item_titles: list[str | None]
-
-    @property
-    def num_users(self) -> int:
-        return int(self.manifest["num_users"])
-
-    @property
-    def num_items(self) -> int:
-        return int(self.manifest["num_items"])
-
-    @property
-    def base_vocab_size(self) -> int:
-        return int(self.manifest["base_vocab_size"])
-
-    @property
-    def max_hops(self) -> int:
-        return int(self.manifest["max_hops"])
-
-    @property
-    def configs(self) -> list[str]:
-        return list(self.manifest["configs"])
-
-    @property
-    def pad_token_id(self) -> int:
-        return int(self.tokenizer.pad_token_id)
-
-    def dataset(self, config: str, split: str = "train"):
-        """The ``datasets.Dataset`` of one config/split: the same rows ``datasets.load_dataset(folder, config)`` gives.
-
-        Read from the manifest's Parquet files rather than through ``load_dataset``: the datasets cache keys a
-        local folder by its base name and config, so two folders both called ``data`` served each other's rows
-        (seen with datasets 5.2).
-        """
-        import datasets
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        if config not in self.manifest["configs"]:
-            why = self.manifest.get("skipped_configs", {}).get(config, "not requested at build time")
-            raise KeyError(f"{self.folder}: config {config!r} was not built ({why}); built: {self.manifest['configs']}")
-        if split not in self.manifest["rows"][config]:
-            raise KeyError(f"{self.folder}: config {config!r} has no split {split!r}; has {list(self.manifest['rows'][config])}")
-        tables = []
-        for rel in self.manifest["data_files"][config][split]:
-            path = self.folder / rel
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: listed in {self.folder / 'manifest.json'} but missing")
-            tables.append(pq.read_table(path))
-        return datasets.Dataset(pa.concat_tables(tables))
-
-    def rec_encoder(self, max_length: int | None = None) -> RecPromptEncoder:
-        L = max_length or int(self.manifest["prompts"]["max_length"])
-        return RecPromptEncoder(self.tokenizer, self.base_vocab_size, self.num_users, self.num_items, L)
-
-    def collator(self, **kwargs):
-        from .collate import GraphCollator
-
-        return GraphCollator(self.hops, self.pad_token_id, num_items=self.num_items, **kwargs)
-
-
-def load_corpus(folder: str | os.PathLike, table_budget_bytes: int = DEFAULT_TABLE_BUDGET_BYTES, check_hashes: bool = True) -> Corpus:
-    """Open a dataset folder; refuses a tokenizer or graph whose hash differs from the manifest."""
-    d = Path(folder)
-    mpath = d / "manifest.json"
-    if not mpath.is_file():
-        raise FileNotFoundError(f"{mpath}: not a dataset folder (no manifest.json); build one with `python -m data_builders build`")
-    manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    if manifest.get("format") != FORMAT_NAME:
-        raise ValueError(f"{mpath}: format {manifest.get('format')!r} is not {FORMAT_NAME!r}")
-    tok = load_tokenizer(d / "tokenizer", manifest["tokenizer"]["sha256"] if check_hashes else None)
-    check_id_layout(tok, manifest["base_vocab_size"], manifest["num_users"], manifest["num_items"])
-    hops = HopDistances.load(d / "graph", manifest["graph"]["sha256"] if check_hashes else None, table_budget_bytes=table_budget_bytes)
-    if (hops.graph.num_users, hops.graph.num_items, hops.max_hops) != (manifest["num_users"], manifest["num_items"], manifest["max_hops"]):
-        raise ValueError(f"{d / 'graph'}: graph shape/max_hops do not match {mpath}")
-    maps = d / "maps"
-    user_ids = json.loads((maps / "users.json").read_text(encoding="utf-8"))
-    item_ids = json.loads((maps / "items.json").read_text(encoding="utf-8"))
-    titles = json.loads((maps / "item_titles.json").read_text(encoding="utf-8"))
-    if len(user_ids) != manifest["num_users"] or len(item_ids) != manifest["num_items"]:
-        raise ValueError(f"{maps}: id maps do not match the manifest's counts")
-    return Corpus(d, manifest, tok, hops, user_ids, item_ids, titles)
-
-
-__all__ = ["BuildResult", "Corpus", "build_dataset_folder", "load_corpus", "write_config", "dataset_card", "tokenizer_sha256"]
+__all__ = ["BuildResult", "build_dataset_folder", "write_config", "dataset_card", "tokenizer_sha256"]

@@ -25,12 +25,17 @@ import numpy as np
 
 from .records import SPLITS, ItemMeta, RawDataset, SplitDataset
 
+# The one place for the split recipe's defaults (the authors' seed, 5-core, rating > 3).
+DEFAULT_SPLIT_SEED = 98765
+DEFAULT_K_CORE = 5
+DEFAULT_RATING_THRESHOLD = 3.0
+
 
 def build_split(
     raw: RawDataset,
-    rating_threshold: float | None = 3.0,
-    k_core: int = 5,
-    seed: int = 98765,
+    rating_threshold: float | None = DEFAULT_RATING_THRESHOLD,
+    k_core: int = DEFAULT_K_CORE,
+    seed: int = DEFAULT_SPLIT_SEED,
     val_frac: float = 0.1,
     test_frac: float = 0.1,
 ) -> SplitDataset:

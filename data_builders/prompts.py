@@ -36,11 +36,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
-from .tokenization import item_token, user_token
+from .records import item_token, user_token
 
 ALL_CONFIGS = ("content", "review", "second_order", "interactions", "recommendation")
 CONTENT_FIELDS = ("title", "brand", "categories", "description", "price")
@@ -328,3 +328,17 @@ def row_kinds(rows: list[dict]) -> dict[str, int]:
     for r in rows:
         counts[r["kind"]] = counts.get(r["kind"], 0) + 1
     return counts
+
+
+def corpus_texts(split, review_texts: bool = True) -> Iterator[str]:
+    """Texts to train a BPE on: item metadata, train reviews and the fixed template words."""
+    yield from TEMPLATE_TEXTS
+    for meta in split.items:
+        for value in (meta.title, meta.brand, meta.description):
+            if value:
+                yield value
+        if meta.categories:
+            yield ", ".join(meta.categories)
+    if review_texts:
+        for _u, _j, text in train_reviews(split):  # TRAIN pairs only: no held-out text in the vocabulary
+            yield text

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .records import Interaction, ItemMeta, RawDataset, ReadReport
+from .sources import fetch, source_files
 
 FORMATS = ("amazon2014", "amazon2018", "atomic")
 
@@ -68,17 +69,20 @@ def read_source(path: str | Path, format: str = "auto", strict: bool = False, na
     Args:
         path: a folder holding one dataset's files, or the interactions file itself
             (`reviews_<Cat>_5.json.gz`, `<Cat>_5.json.gz` or `<name>.inter`); metadata is looked up beside it.
+            An absent official Amazon reviews file is downloaded first, with its metadata.
         format: "auto" (from file names), "amazon2014", "amazon2018" or "atomic".
         strict: raise on the first bad line instead of counting skips.
         name: dataset name; defaults to the category / file stem.
 
     Raises:
-        FileNotFoundError: `path` does not exist.
+        FileNotFoundError: `path` does not exist and is not an official Amazon reviews file name.
+        sources.DownloadUnavailable: an official reviews file (``reviews_<Cat>_5.json.gz`` / ``<Cat>_5.json.gz``)
+            is absent and could not be downloaded (offline: the message says what to put where).
         DataFormatError: unknown or ambiguous layout, empty file, or (strict) a bad line.
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or folder")
+        _fetch_official_file(path)
     if format not in ("auto", *FORMATS):
         raise ValueError(f"unknown format {format!r}; expected 'auto' or one of {FORMATS}")
     fmt, main, meta, stem = _detect(path, format)
@@ -519,6 +523,18 @@ def _detect(path: Path, format: str) -> tuple[str, Path, Path | None, str]:
         listing = ", ".join(f"{f[1].name} ({f[0]})" for f in found)
         raise DataFormatError(path, None, None, f"several datasets found ({listing}); pass one file as the path")
     return found[0]
+
+
+def _fetch_official_file(path: Path) -> None:
+    """An absent official Amazon reviews file (``reviews_<Cat>_5.json.gz`` 2014, ``<Cat>_5.json.gz`` 2018) is
+    downloaded into its folder with its metadata (``sources.fetch``; offline, the error names each file and
+    where to put it). Any other absent path is a FileNotFoundError."""
+    for release, pattern in (("2014", _RE_2014), ("2018", _RE_2018)):
+        m = pattern.match(path.name)
+        if m and source_files(m.group("cat"), release)["reviews"][0] == path.name:
+            fetch(m.group("cat"), release, path.parent)
+            return
+    raise FileNotFoundError(f"{path}: no such file or folder")
 
 
 def _is_gzip(path: Path) -> bool:

@@ -15,6 +15,16 @@ import numpy as np
 SPLITS = ("train", "valid", "test")
 
 
+def user_token(u: int) -> str:
+    """The atomic ID token of user index ``u`` (DESIGN.md section 1)."""
+    return f"user_{u}"
+
+
+def item_token(j: int) -> str:
+    """The atomic ID token of item index ``j``."""
+    return f"item_{j}"
+
+
 @dataclass
 class ItemMeta:
     """Text side information of one item. Missing or empty fields are None (or an empty list)."""

@@ -19,20 +19,16 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from tokenizers import AddedToken
+
+from .records import item_token, user_token
 
 DEFAULT_GPT2_DIR = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "gpt2"
 EOS_TOKEN = "<|endoftext|>"
 
 
-def user_token(u: int) -> str:
-    return f"user_{u}"
-
-
-def item_token(j: int) -> str:
-    return f"item_{j}"
 
 
 def load_base_tokenizer(source: str | os.PathLike | None = None):
@@ -157,20 +153,3 @@ def load_tokenizer(directory: str | os.PathLike, expected_sha256: str | None = N
         if got != expected_sha256:
             raise ValueError(f"{d / 'tokenizer.json'}: sha256 {got} does not match the manifest's {expected_sha256}: tokenizer from another build")
     return AutoTokenizer.from_pretrained(str(d))
-
-
-def corpus_texts(split, review_texts: bool = True) -> Iterator[str]:
-    """Texts to train a BPE on: item metadata, train reviews and the fixed template words."""
-    from .prompts import TEMPLATE_TEXTS
-    yield from TEMPLATE_TEXTS
-    for meta in split.items:
-        for value in (meta.title, meta.brand, meta.description):
-            if value:
-                yield value
-        if meta.categories:
-            yield ", ".join(meta.categories)
-    if review_texts:
-        from .prompts import train_reviews
-
-        for _u, _j, text in train_reviews(split):  # TRAIN pairs only: no held-out text in the vocabulary
-            yield text

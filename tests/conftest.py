@@ -1,6 +1,5 @@
 """Test-wide settings: no network, a private Hugging Face home, the shared data paths."""
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -16,8 +15,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 SHARED = ROOT.parent / "shared"
 SHARED_DATA = SHARED / "data"

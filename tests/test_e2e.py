@@ -59,7 +59,7 @@ def test_pipeline_outputs(uninterrupted):
     hub = out / "hub_model"
     for name in ("config.json", "model.safetensors", "modeling_graphgpt2.py", "configuration_graphgpt2.py",
                  "tokenizer.json", "graph/train_edges.npy", "maps/item_titles.json", "README.md",
-                 "training_curve.png", "metrics.json", "data_manifest.json"):
+                 "training_curve.png", "metrics.json", "manifest.json", "graphgpt2_rec.json"):
         assert (hub / name).is_file(), name
     config = json.loads((hub / "config.json").read_text())
     assert config["auto_map"]["AutoModel"] == "modeling_graphgpt2.GraphGPT2ForRecommendation"
@@ -75,7 +75,7 @@ def test_pipeline_outputs(uninterrupted):
 
 
 def test_remote_code_load_without_package_same_recommendations(uninterrupted, tmp_path):
-    from train.data_adapter import Corpus
+    from data_builders.corpus import Corpus
     from train.modeling_io import load_model
     from train.recommend import Recommender
 
@@ -88,7 +88,7 @@ def test_remote_code_load_without_package_same_recommendations(uninterrupted, tm
     # the published folder through the package gives the same lists
     assert Recommender.from_folder(out / "hub_model").recommend_users(users, k=10) == expected
     # ... and so does transformers' remote code in a process that cannot import this package
-    prompts = [before.encoder_encode(u, sorted(before.train_items[u])) for u in users]
+    prompts = [before.encode_prompt(u, sorted(before.train_items[u])) for u in users]
     batch = before.collate([{"input_ids": i, "node_positions": p} for i, p in prompts])
     torch.save({"batch": dict(batch), "exclude": [before.train_items[u] for u in users]}, tmp_path / "inputs.pt")
     script = textwrap.dedent(f"""
@@ -150,7 +150,7 @@ def test_two_processes_evaluate_every_user_once(tiny_data, tmp_path):
     ckpts = list((out / "checkpoints" / "finetune").glob("ckpt-*/random_states_1.pkl"))
     assert ckpts, "expected a 2-rank checkpoint (random_states_1.pkl)"
     result = json.loads((out / "finetune_result.json").read_text())
-    from train.data_adapter import Corpus
+    from data_builders.corpus import Corpus
 
     test_users = sorted(e.user for e in Corpus(tiny_data).rec_examples("test"))
     assert result["test_users"] == test_users  # 41 users over 2 ranks: none duplicated, none missing

@@ -1,4 +1,4 @@
-"""Dataset folder: load_dataset per config, load_corpus hash checks, builder == folder, CLI, atomic overwrite."""
+"""Dataset folder: load_dataset per config, Corpus hash checks, builder == folder, CLI, atomic overwrite."""
 import json
 import shutil
 import subprocess
@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from data_builders.folder import build_dataset_folder, load_corpus
+from data_builders.corpus import Corpus, DataFolderError
+from data_builders.folder import build_dataset_folder
 from data_builders.preprocess import build_split
 from data_builders.prompts import PromptConfig
 from data_builders.synthetic import make_synthetic
@@ -41,17 +42,16 @@ def test_layout_manifest_and_load_dataset(folder):
     assert len(datasets.load_dataset(str(d), split="train")) == m["rows"]["content"]["train"]  # content is the default
 
 
-def test_load_corpus_and_hash_checks(folder, tmp_path):
+def test_corpus_and_hash_checks(folder, tmp_path):
     split, res = folder
-    c = load_corpus(res.folder)
+    c = Corpus(res.folder)
     assert (c.num_users, c.num_items, c.base_vocab_size) == (split.num_users, split.num_items, 50257)
-    assert c.item_titles == [m.title for m in split.items] and c.hops.is_dense
+    assert c.item_titles() == [m.title or f"item_{j}" for j, m in enumerate(split.items)] and c.hops.is_dense
     row = c.dataset("recommendation", "validation")[0]
-    enc = c.rec_encoder().encode(row["user"], row["history"])
-    assert enc["input_ids"].tolist() == row["input_ids"] and enc["node_positions"].tolist() == row["node_positions"]
-    batch = c.collator()([c.dataset("recommendation", "test")[k] for k in range(4)])
+    assert c.encode_rec_prompt(row["user"], row["history"]) == (row["input_ids"], row["node_positions"])
+    batch = c.collator(c.prompt_max_length)([c.dataset("recommendation", "test")[k] for k in range(4)])
     assert batch["target_items"].shape == (4, split.num_items) and batch["hop_distances"].ndim == 3
-    with pytest.raises(KeyError, match="no split"):
+    with pytest.raises(DataFolderError, match="no split"):
         c.dataset("content", "test")
     # a tokenizer or graph from another build is refused
     bad = tmp_path / "bad"
@@ -59,20 +59,20 @@ def test_load_corpus_and_hash_checks(folder, tmp_path):
     edges = np.load(bad / "graph" / "train_edges.npy")
     np.save(bad / "graph" / "train_edges.npy", edges[1:])
     with pytest.raises(ValueError, match="sha256"):
-        load_corpus(bad)
+        Corpus(bad)
     bad2 = tmp_path / "bad2"
     shutil.copytree(res.folder, bad2)
     tj = bad2 / "tokenizer" / "tokenizer.json"
     tj.write_text(tj.read_text().replace('"user_0"', '"user_zero"', 1))
     with pytest.raises(ValueError, match="tokenizer"):
-        load_corpus(bad2)
+        Corpus(bad2)
 
 
 def test_builder_equals_folder(folder, tmp_path, gpt2_tokenizer_dir):
     from data_builders.builder import GraphGPT2RecPrompts
 
     _, res = folder
-    c = load_corpus(res.folder)
+    c = Corpus(res.folder)
     for config in ("second_order", "recommendation"):
         b = GraphGPT2RecPrompts(config_name=config, source="synthetic", tokenizer=str(gpt2_tokenizer_dir),
                                 synthetic_users=SMALL["num_users"], synthetic_items=SMALL["num_items"], cache_dir=str(tmp_path / "hf"))
@@ -100,7 +100,7 @@ def test_cli_build_trained_bpe(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr
     assert "| users | items | interactions |" in proc.stdout and "| content | title |" in proc.stdout
-    c = load_corpus(out)
+    c = Corpus(out)
     assert c.base_vocab_size <= 600 and c.configs == ["content", "interactions", "recommendation"]
     row = c.dataset("interactions")[0]
     assert c.tokenizer(row["prompt"] + row["main"], add_special_tokens=False)["input_ids"] == row["input_ids"]
@@ -113,9 +113,9 @@ def test_empty_config_is_left_out_with_a_reason(tmp_path, gpt2_tokenizer_dir):
     split.reviews.clear()  # like Beauty: no review text
     res = build_dataset_folder(split, tmp_path / "norev", tokenizer_source=gpt2_tokenizer_dir, prompt_config=PromptConfig(configs=("interactions", "review")))
     assert res.manifest["configs"] == ["interactions"] and "review" in res.manifest["skipped_configs"]
-    c = load_corpus(res.folder)
+    c = Corpus(res.folder)
     assert len(c.dataset("interactions")) == split.num_users
-    with pytest.raises(KeyError, match="0 rows"):
+    with pytest.raises(DataFolderError, match="0 rows"):
         c.dataset("review")
 
 
@@ -126,7 +126,7 @@ def test_corpus_rows_come_from_their_own_folder(tmp_path, gpt2_tokenizer_dir):
     for seed in (1, 2):
         split = build_split(make_synthetic(num_users=40, num_items=30, seed=seed))
         res = build_dataset_folder(split, tmp_path / f"run{seed}" / "data", tokenizer_source=gpt2_tokenizer_dir)
-        corpus = load_corpus(res.folder)
+        corpus = Corpus(res.folder)
         ds = corpus.dataset("recommendation", "test")
         assert len(ds) == split.num_users
         by_user = {u: sorted(t) for u, t in zip(ds["user"], ds["targets"])}

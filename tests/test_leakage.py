@@ -3,7 +3,8 @@ any pre-training or fine-tuning input, in any review prompt, or as a graph edge.
 import numpy as np
 import pytest
 
-from data_builders.folder import build_dataset_folder, load_corpus
+from data_builders.corpus import Corpus
+from data_builders.folder import build_dataset_folder
 from data_builders.preprocess import build_split
 from data_builders.readers import read_source
 
@@ -15,7 +16,7 @@ def mi(shared_data, gpt2_tokenizer_dir, tmp_path_factory):
     split = build_split(read_source(shared_data / "amazon-musical-instruments-2014"))
     out = tmp_path_factory.mktemp("mi") / "mi"
     build_dataset_folder(split, out, tokenizer_source=gpt2_tokenizer_dir)
-    return split, load_corpus(out)
+    return split, Corpus(out)
 
 
 def held_out(split) -> set[tuple[int, int]]:

@@ -123,7 +123,7 @@ def test_push_to_fake_hub_and_load_by_repo_id(published, fake_hub, tmp_path):
 
 
 def test_publish_refuses_foreign_dataset_folder(published, tmp_path):
-    from train.data_adapter import Corpus, DataFolderError
+    from data_builders.corpus import Corpus, DataFolderError
     from train.publish import publish
 
     cfg, result, folder = published

@@ -1,5 +1,6 @@
 """benchmarks/quality.py: split loading (dataset folder and raw files), runs, summaries and written outputs."""
 import json
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -7,7 +8,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from benchmarks import quality
-from benchmarks.quality import load_split, load_split_from_folder, markdown_table, summarize_runs
+from benchmarks.baselines import to_csr
+from benchmarks.quality import load_split, markdown_table, summarize_runs
+from data_builders.build import BuildConfig, build
+from data_builders.corpus import Corpus, DataFolderError
+from data_builders.preprocess import build_split
+from data_builders.synthetic import make_synthetic
 
 
 def planted_interactions(seed=0, num_users=120, clusters=4, per_cluster=8):
@@ -30,23 +36,18 @@ def raw_folder(tmp_path):
     return folder
 
 
-def write_dataset_folder(path, train, valid, test, num_items, name="tiny"):
-    """A minimal dataset folder with the DESIGN.md §4 `recommendation` columns this harness reads."""
-    (path / "recommendation").mkdir(parents=True)
-    U = len(train)
-    for split, targets in (("train", train), ("validation", valid), ("test", test)):
-        table = pa.table(
-            {
-                "user": pa.array(range(U), pa.int32()),
-                "history": pa.array([list(t) for t in train], pa.list_(pa.int32())),
-                "targets": pa.array([list(t) for t in targets], pa.list_(pa.int32())),
-            }
-        )
-        pq.write_table(table, path / "recommendation" / f"{split}-00000-of-00001.parquet")
-    (path / "manifest.json").write_text(
-        json.dumps({"name": name, "num_users": U, "num_items": num_items, "split_hash": "abc123"})
-    )
-    return path
+@pytest.fixture(scope="module")
+def syn_folder(tmp_path_factory):
+    """A real dataset folder (the builders' synthetic shop, small)."""
+    folder = tmp_path_factory.mktemp("syn") / "syn"
+    build(BuildConfig(source="synthetic", out=str(folder), train_bpe=300, synthetic_users=60, synthetic_items=40, quiet=True))
+    return folder
+
+
+def tiny_split(folder="ds"):
+    """A hand-made 2-user split (no folder needed by the harness functions that take SplitData)."""
+    train, valid, test = [[0, 1], [2]], [[2], [0]], [[3], [1]]
+    return quality.SplitData("tiny", to_csr(train, 4), to_csr(valid, 4), to_csr(test, 4), "abc123", folder=str(folder))
 
 
 def test_raw_folder_run_writes_json_table_and_chart(raw_folder, tmp_path):
@@ -72,25 +73,29 @@ def test_raw_folder_run_writes_json_table_and_chart(raw_folder, tmp_path):
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_folder_and_raw_loading_agree(tmp_path):
-    train, valid, test = [[0, 1], [2]], [[2], [0]], [[3], [1, 3]]
-    data = load_split_from_folder(write_dataset_folder(tmp_path / "ds", train, valid, test, num_items=4))
-    assert data.name == "tiny" and data.split_hash == "abc123" and data.folder
-    assert data.train.toarray().tolist() == [[1, 1, 0, 0], [0, 0, 1, 0]]
-    assert data.valid.toarray().tolist() == [[0, 0, 1, 0], [1, 0, 0, 0]]
-    assert data.test.toarray().tolist() == [[0, 0, 0, 1], [0, 1, 0, 1]]
-    assert load_split(tmp_path / "ds").split_hash == "abc123"
+def test_folder_loading_matches_the_built_split(syn_folder):
+    """Train/validation/test matrices from a dataset folder (through Corpus) equal the split the build made."""
+    data = load_split(syn_folder)
+    split = build_split(make_synthetic(num_users=60, num_items=40))
+    for mat, lists in ((data.train, split.train), (data.valid, split.valid), (data.test, split.test)):
+        assert [sorted(np.flatnonzero(row)) for row in mat.toarray()] == [sorted(map(int, a)) for a in lists]
+    assert data.split_hash == split.manifest["split_hash"] and data.folder == str(syn_folder)
 
 
-def test_folder_errors_name_file_row_and_field(tmp_path):
-    folder = write_dataset_folder(tmp_path / "bad", [[0], [1]], [[5], [0]], [[2], [2]], num_items=4)
-    with pytest.raises(ValueError, match=r"validation-00000-of-00001.parquet: row 0: field 'targets'.*\[5\]"):
-        load_split_from_folder(folder)
-    leak = write_dataset_folder(tmp_path / "leak", [[0], [1]], [[0], [2]], [[2], [3]], num_items=4)
-    with pytest.raises(ValueError, match="both train and valid"):
-        load_split_from_folder(leak)
-    with pytest.raises(FileNotFoundError, match="no manifest.json"):
-        load_split_from_folder(tmp_path)
+def test_folder_errors(syn_folder, tmp_path):
+    with pytest.raises(DataFolderError, match="no manifest.json"):
+        Corpus(tmp_path)
+    with pytest.raises(FileNotFoundError, match="missing"):
+        load_split(tmp_path / "missing")  # neither a dataset folder nor raw files
+    leak = tmp_path / "leak"
+    shutil.copytree(syn_folder, leak)
+    # the test rows now disagree with the split hash the build recorded
+    table = pq.read_table(leak / "recommendation" / "test-00000-of-00001.parquet").to_pydict()
+    table["targets"][0] = table["targets"][0][:-1] + [(table["targets"][0][-1] + 1) % 40]
+    pq.write_table(pa.table(table, schema=pq.read_schema(leak / "recommendation" / "test-00000-of-00001.parquet")),
+                   leak / "recommendation" / "test-00000-of-00001.parquet")
+    with pytest.raises(DataFolderError, match="split_hashes.test"):
+        load_split(leak)
 
 
 def test_summary_mean_and_sample_std():
@@ -108,8 +113,8 @@ def test_summary_mean_and_sample_std():
 
 
 def test_variant_configs_are_valid_overrides(tmp_path):
-    folder = write_dataset_folder(tmp_path / "ds", [[0, 1], [2]], [[2], [0]], [[3], [1]], num_items=4)
-    data = load_split_from_folder(folder)
+    folder = tmp_path / "ds"
+    data = tiny_split(folder)
     for variant, extra in quality.VARIANTS.items():
         cfg, overrides = quality.variant_config(variant, data, 1, "quick", tmp_path / "runs")
         assert cfg.seed == 1 and cfg.data.folder == str(folder) and cfg.data.build is False
@@ -130,8 +135,7 @@ def test_variant_run_goes_through_run_pipeline(tmp_path, monkeypatch):
     """The harness passes the variant's config to train.main.run_pipeline and reads back its metrics."""
     import train.main
 
-    folder = write_dataset_folder(tmp_path / "ds", [[0, 1], [2]], [[2], [0]], [[3], [1]], num_items=4)
-    data = load_split_from_folder(folder)
+    data = tiny_split(tmp_path / "ds")
     seen = []
 
     def fake_run_pipeline(cfg, **kwargs):
@@ -146,24 +150,10 @@ def test_variant_run_goes_through_run_pipeline(tmp_path, monkeypatch):
     assert row["model"] == "graphgpt2-constant" and row["test"]["recall@20"] == 0.25 and row["valid"]["ndcg@100"] == 0.5
 
 
-def test_real_builder_folder_loads_and_matches_its_split_hashes(tmp_path):
-    """A folder written by `python -m data_builders build` (synthetic source) reads back to the recorded split."""
-    from data_builders.__main__ import main as build_main
-
-    folder = tmp_path / "syn"
-    build_main(["build", "--source", "synthetic", "--out", str(folder), "--train-bpe", "300",
-                "--synthetic-users", "60", "--synthetic-items", "40", "--quiet"])
-    data = load_split(folder)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    assert data.split_hash == manifest["split"]["split_hash"]
-    sizes = manifest["split"]["split_sizes"]
+def test_real_builder_folder_loads_and_matches_its_split_hashes(syn_folder):
+    """A folder written by the builders reads back to the recorded split."""
+    data = load_split(syn_folder)
+    corpus = Corpus(syn_folder)
+    assert data.split_hash == corpus.split_hash
+    sizes = corpus.split_manifest["split_sizes"]
     assert (data.train.nnz, data.valid.nnz, data.test.nnz) == (sizes["train"], sizes["valid"], sizes["test"])
-
-
-def test_folder_whose_pairs_disagree_with_manifest_hash_is_refused(tmp_path):
-    folder = write_dataset_folder(tmp_path / "ds", [[0, 1], [2]], [[2], [0]], [[3], [1]], num_items=4)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["split_hashes"] = {"test": "0" * 64}
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match="do not match the manifest's split_hashes.test"):
-        load_split_from_folder(folder)

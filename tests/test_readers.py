@@ -230,3 +230,33 @@ def test_fetch_copies_atomically_from_a_mirror(tmp_path: Path):
     dest = fetch("Gift_Cards", "2018", tmp_path / "out", offline=False, base_url=mirror.as_uri())
     assert sorted(p.name for p in dest.iterdir()) == ["Gift_Cards_5.json.gz", "meta_Gift_Cards.json.gz"]  # no .part left
     assert len(read_source(dest).interactions) == 3
+
+
+def test_read_source_offline_names_the_missing_file(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # conftest sets it too; never the network here
+    target = tmp_path / "mi" / "reviews_Musical_Instruments_5.json.gz"
+    with pytest.raises(DownloadUnavailable) as err:
+        read_source(target)
+    assert f"put it at {target}" in str(err.value) and "offline mode" in str(err.value)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        read_source(tmp_path / "mi" / "not_an_amazon_file.json")  # not an official name: nothing to fetch
+
+
+def test_read_source_fetches_an_absent_official_file(tmp_path: Path, monkeypatch):
+    """A missing reviews file is fetched (here from a local mirror through a stand-in downloader), then read."""
+    import data_builders.readers as readers
+
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    _gz(mirror / "Gift_Cards_5.json.gz", GOOD_2014)
+    _gz(mirror / "meta_Gift_Cards.json.gz", ['{"asin": "I1", "title": "t"}'])
+    calls = []
+
+    def fake_fetch(category, release, dest):
+        calls.append((category, release, Path(dest)))
+        return fetch(category, release, dest, offline=False, base_url=mirror.as_uri())
+
+    monkeypatch.setattr(readers, "fetch", fake_fetch)
+    raw = read_source(tmp_path / "gc" / "Gift_Cards_5.json.gz")
+    assert calls == [("Gift_Cards", "2018", tmp_path / "gc")]
+    assert len(raw.interactions) == 3 and (tmp_path / "gc" / "meta_Gift_Cards.json.gz").is_file()

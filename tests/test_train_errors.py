@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def setup(tmp_path_factory):
     from train.common import build_model
     from train.config import load_config
-    from train.data_adapter import Corpus
+    from data_builders.corpus import Corpus
     from train.recommend import Recommender
 
     data = build_tiny_data(tmp_path_factory.mktemp("errdata") / "tiny")
@@ -53,7 +53,7 @@ def test_new_user_history_excludes_given_items(setup):
 
 
 def test_folder_from_another_graph_or_tokenizer(setup, tmp_path):
-    from train.data_adapter import Corpus, DataFolderError
+    from data_builders.corpus import Corpus, DataFolderError
 
     cfg, corpus, model, _ = setup
     model.config.graph_sha256 = "0" * 64
@@ -71,7 +71,7 @@ def test_folder_from_another_graph_or_tokenizer(setup, tmp_path):
 
 
 def test_missing_folder_and_config(setup, tmp_path):
-    from train.data_adapter import Corpus, DataFolderError
+    from data_builders.corpus import Corpus, DataFolderError
 
     cfg, corpus, *_ = setup
     with pytest.raises(DataFolderError, match="no manifest.json"):

@@ -11,7 +11,7 @@ def test_evaluate_model_matches_one_shot_metrics(tmp_path):
 
     from train.common import build_model
     from train.config import load_config
-    from train.data_adapter import Corpus
+    from data_builders.corpus import Corpus
     from train.evaluate import evaluate_model, metrics_table, popularity_metrics
     from train.metrics import evaluate_scores
 
@@ -39,7 +39,7 @@ def test_evaluate_model_matches_one_shot_metrics(tmp_path):
 
 
 def test_masked_prompts_follow_cllm4rec(tmp_path):
-    from train.data_adapter import Corpus
+    from data_builders.corpus import Corpus
     from train.finetune import masked_prompts
 
     corpus = Corpus(build_tiny_data(tmp_path / "tiny"))

@@ -17,7 +17,7 @@ def lora_run(tmp_path_factory):
 
 
 def test_lora_adapter_reload_and_merge_match(lora_run):
-    from train.data_adapter import Corpus
+    from data_builders.corpus import Corpus
     from train.modeling_io import load_model
 
     cfg, result, out = lora_run

@@ -8,8 +8,8 @@ from typing import Any, Iterable
 
 import torch
 
+from data_builders.corpus import Corpus
 from train.config import ModelConfig, RunConfig, StageConfig
-from train.data_adapter import Corpus
 
 # Parameter-name fragments of the ID-embedding tables (trained at lr_id, never weight-decayed, never LoRA'd).
 # (GraphGPT2ForRecommendation: `content_embeddings.{user,item}`, `collab_embeddings.{user,item}`; the item head
@@ -31,7 +31,8 @@ def make_accelerator(cfg: RunConfig, project_dir: str | Path):
 
 
 def model_config_kwargs(m: ModelConfig, corpus: Corpus) -> dict:
-    """GraphGPT2Config kwargs from the run config and the dataset folder's counts."""
+    """GraphGPT2Config kwargs from the run config and the dataset folder's counts and hop cap."""
+    corpus.check_max_hops(m.max_hops, "model.max_hops")  # fixed when the folder was built: compared, not passed in
     kw = dict(
         num_users=corpus.num_users,
         num_items=corpus.num_items,
@@ -44,7 +45,7 @@ def model_config_kwargs(m: ModelConfig, corpus: Corpus) -> dict:
         embd_pdrop=m.dropout,
         attn_pdrop=m.dropout,
         graph_bias=m.graph_bias,
-        max_hops=m.max_hops,
+        max_hops=corpus.max_hops,
         bias_delta=m.bias_delta,
         mutual_reg_weight=m.mutual_reg_weight,
         freeze_backbone=m.freeze_backbone,

@@ -19,6 +19,8 @@ from typing import Any, Optional
 
 import yaml
 
+from data_builders.preprocess import DEFAULT_SPLIT_SEED
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 PRESETS = ("demo", "quick", "paper", "released")
 
@@ -36,7 +38,7 @@ class DataConfig:
     source: str = "synthetic"  # "synthetic" (embedded default) or a raw data folder (e.g. ../shared/data/amazon-musical-instruments-2014)
     tokenizer: str = "bpe"  # "bpe" = train a byte-level BPE of bpe_vocab on the corpus; else a folder with vocab.json+merges.txt
     bpe_vocab: int = 2000
-    split_seed: int = 98765  # the data split's seed (authors' 98765); independent of the training seed
+    split_seed: int = DEFAULT_SPLIT_SEED  # the data split's seed (authors' 98765); independent of the training seed
     # Item-item hops of each prompt measured without the prompt's own user (data_builders HopDistances.leave_user_out):
     # on the full graph a personalized prompt's bias is a fixed pattern (all items 2 hops apart via the user).
     leave_user_out_hops: bool = False

@@ -14,22 +14,17 @@ are checked to be exactly the split's rows, once each, before averaging.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from data_builders.collate import MODEL_INPUT_KEYS
+from data_builders.corpus import Corpus
 from train.config import RunConfig
-from train.data_adapter import Corpus
 from train.io_utils import atomic_write_json, atomic_write_text
-from train.metrics import metric_names, per_user_metrics, summarize
-
-MODEL_KEYS = ("input_ids", "attention_mask", "hop_distances")
+from train.metrics import evaluate_scores, item_popularity, metric_names, per_user_metrics, summarize
 
 
 def rec_loader(accelerator, corpus: Corpus, examples: list, batch_size: int, max_length: int):
@@ -52,7 +47,7 @@ def rec_loader(accelerator, corpus: Corpus, examples: list, batch_size: int, max
 @torch.no_grad()
 def score_batch(model, batch: dict) -> torch.Tensor:
     """(B, I) item scores from the last non-pad token (task="rec")."""
-    out = model(**{k: v for k, v in batch.items() if k in MODEL_KEYS}, task="rec")
+    out = model(**{k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS}, task="rec")
     return out.scores.float()
 
 
@@ -122,13 +117,9 @@ def write_metrics(out_dir: str | Path, name: str, metrics: dict, names: list[str
 
 def popularity_metrics(corpus: Corpus, split: str, cfg: RunConfig) -> dict:
     """The popularity baseline (train-interaction counts) on the same users, masks and metrics."""
-    from train.metrics import evaluate_scores
-
     examples = corpus.rec_examples(split)
     train_items = corpus.train_items()
-    counts = np.zeros(corpus.num_items)
-    for items in train_items:
-        np.add.at(counts, np.asarray(items, dtype=np.int64), 1)
+    counts = item_popularity(corpus.interaction_matrix("train"))
     scores = np.broadcast_to(counts, (len(examples), corpus.num_items))
     return evaluate_scores(
         scores,

@@ -15,18 +15,16 @@ the NoPretrain ablation).
 from __future__ import annotations
 
 import shutil
-import sys
 import time
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from data_builders.collate import MODEL_INPUT_KEYS
+from data_builders.corpus import Corpus, RecExample
 from train.checkpointing import maybe_kill, resume_or_reset, save_checkpoint
 from train.common import (
     apply_lora,
@@ -40,13 +38,10 @@ from train.common import (
     warmup_linear,
 )
 from train.config import RunConfig
-from train.data_adapter import Corpus, RecExample
 from train.evaluate import evaluate_model
 from train.io_utils import atomic_write_json
 from train.logging_utils import RunLogger
 from train.metrics import metric_names
-
-MODEL_KEYS = ("input_ids", "attention_mask", "hop_distances")
 
 
 def masked_prompts(corpus: Corpus, examples: list[RecExample], fraction: float, seed: int, epoch: int, max_length: int) -> list[dict]:
@@ -114,7 +109,7 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
         model.train()
         bar = tqdm(loader, desc=f"finetune {epoch + 1}/{f.epochs}", disable=not accelerator.is_local_main_process, leave=False)
         for batch in bar:
-            outputs = model(**{k: v for k, v in batch.items() if k in MODEL_KEYS}, target_items=batch["target_items"],
+            outputs = model(**{k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS}, target_items=batch["target_items"],
                             task="rec", reg_weight=cfg.model.mutual_reg_weight)
             accelerator.backward(outputs.loss)
             if f.grad_clip > 0:

@@ -7,11 +7,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from data_builders.atomic import atomic_write_text
+from data_builders.atomic import atomic_write_text, json_default
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n")
 
 
 def replace_dir(tmp_dir: str | Path, final_dir: str | Path) -> None:

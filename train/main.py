@@ -13,37 +13,37 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from data_builders.build import BuildConfig, build, parse_build_config
+from data_builders.corpus import Corpus, has_manifest
 from train.config import ConfigError, RunConfig, load_config
 
 
-def build_data(cfg: RunConfig) -> Path:
-    """Build the dataset folder with ``python -m data_builders build`` unless it already exists."""
-    folder = Path(cfg.data.folder)
-    if (folder / "manifest.json").is_file() or not cfg.data.build:
-        if not (folder / "manifest.json").is_file():
-            raise FileNotFoundError(f"data.folder={folder} has no manifest.json and data.build=false")
-        return folder
-    from data_builders.__main__ import main as build_main
+def build_config(cfg: RunConfig) -> BuildConfig:
+    """The typed build of ``cfg.data.folder``; ``data.build_args`` are ``python -m data_builders build`` flags on top."""
+    tokenizer = {"train_bpe": cfg.data.bpe_vocab} if cfg.data.tokenizer == "bpe" else {"tokenizer": cfg.data.tokenizer}
+    build_cfg = BuildConfig(source=cfg.data.source, out=str(cfg.data.folder), max_hops=cfg.model.max_hops,
+                            max_length=cfg.data.max_length, seed=cfg.data.split_seed, **tokenizer)
+    if cfg.data.build_args:
+        base = ["--source", build_cfg.source, "--out", build_cfg.out, "--max-hops", str(build_cfg.max_hops),
+                "--max-length", str(build_cfg.max_length), "--seed", str(build_cfg.seed)]
+        base += ["--train-bpe", str(cfg.data.bpe_vocab)] if "train_bpe" in tokenizer else ["--tokenizer", cfg.data.tokenizer]
+        build_cfg = parse_build_config(base + list(cfg.data.build_args))
+    return build_cfg
 
-    argv = ["build", "--source", cfg.data.source, "--out", str(folder), "--max-hops", str(cfg.model.max_hops),
-            "--max-length", str(cfg.data.max_length), "--seed", str(cfg.data.split_seed)]
-    if cfg.data.tokenizer == "bpe":
-        argv += ["--train-bpe", str(cfg.data.bpe_vocab)]
-    else:
-        argv += ["--tokenizer", cfg.data.tokenizer]
-    argv += list(cfg.data.build_args)
-    rc = build_main(argv)
-    if rc not in (0, None):
-        raise RuntimeError(f"data build failed (exit {rc}): python -m data_builders {' '.join(argv)}")
+
+def build_data(cfg: RunConfig) -> Path:
+    """Build the dataset folder unless it already exists (then its own max_hops is checked, in ``Corpus``)."""
+    folder = Path(cfg.data.folder)
+    if has_manifest(folder):
+        return folder
+    if not cfg.data.build:
+        raise FileNotFoundError(f"data.folder={folder} is not a dataset folder (no manifest) and data.build=false")
+    build(build_config(cfg))
     return folder
 
 
 def run_pipeline(cfg: RunConfig, resume: bool = False, command: str | None = None) -> dict:
     """Everything for one config. Returns val/test metrics, popularity, wall times and output paths."""
-    from train.data_adapter import Corpus
     from train.evaluate import popularity_metrics, write_metrics
     from train.finetune import finetune
     from train.metrics import metric_names
@@ -58,6 +58,7 @@ def run_pipeline(cfg: RunConfig, resume: bool = False, command: str | None = Non
     walls["build_s"] = time.time() - t
     cfg.save(out / "run_config.yaml")
     corpus = Corpus(cfg.data.folder, cfg.data.leave_user_out_hops)
+    corpus.check_max_hops(cfg.model.max_hops, "model.max_hops")  # before any training: a prebuilt folder may differ
 
     pre = None
     if cfg.pretrain.do_pretrain:

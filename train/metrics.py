@@ -191,6 +191,12 @@ def ndcg_at_k(topk_items: np.ndarray, relevant: ItemSets, k: int) -> np.ndarray:
     return out
 
 
+def item_popularity(train) -> np.ndarray:
+    """(num_items,) float32 train-interaction count per item, from a binary (users, items) scipy matrix: the
+    popularity baseline's score of every item, for every user (one definition for train/ and benchmarks/)."""
+    return np.asarray(train.sum(axis=0), dtype=np.float32).ravel()
+
+
 def metric_names(ks: Sequence[int] = (20, 40), ndcg_ks: Sequence[int] = (100,)) -> list[str]:
     """The keys :func:`per_user_metrics` produces, in report order."""
     names = []

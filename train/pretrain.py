@@ -16,18 +16,16 @@ The result is ``<output.dir>/pretrained`` (save_pretrained).
 """
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
-
-if __package__ in (None, ""):  # `accelerate launch train/pretrain.py` runs this file as a script
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from data_builders.collate import MODEL_INPUT_KEYS
+from data_builders.corpus import Corpus
 from train.checkpointing import maybe_kill, resume_or_reset, save_checkpoint
 from train.common import (
     apply_lora,
@@ -41,10 +39,9 @@ from train.common import (
     warmup_linear,
 )
 from train.config import PretrainConfig, RunConfig
-from train.data_adapter import Corpus
 from train.logging_utils import RunLogger
 
-MODEL_KEYS = ("input_ids", "attention_mask", "hop_distances", "labels")
+MODEL_KEYS = (*MODEL_INPUT_KEYS, "labels")  # content and collab tasks take token labels
 
 
 def pretrain_plan(p: PretrainConfig) -> list[str]:

@@ -5,10 +5,9 @@
 Folder layout (one ``upload_folder`` commit; everything ``Recommender.from_folder`` and a remote-code user need)::
 
     config.json (auto_map), model.safetensors, configuration_graphgpt2.py, modeling_graphgpt2.py
-    tokenizer.json, tokenizer_config.json, ...      the dataset folder's tokenizer (GPT-2 BPE or trained BPE + ID tokens)
-    graph/ train_edges.npy, hops.npy, graph.json    train-only graph and capped hop table (attention bias at inference)
-    maps/ users.json, items.json, item_titles.json  raw ids <-> indices, titles
-    data_manifest.json, graphgpt2_rec.json          dataset manifest; hashes and prompt length used at inference
+    the dataset folder's manifest, tokenizer, train graph and id maps    written by ``Corpus.export_to`` (so
+                                                                        ``Corpus(folder)`` opens it), plus the
+                                                                        inference settings (prompt length, hops)
     metrics.json, run_config.yaml, train_log.jsonl, training_curve.png, README.md (model card with model-index)
 
 LoRA adapters are merged before saving. The folder is written to a temp sibling and renamed into place.
@@ -21,9 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from data_builders.corpus import Corpus
 from train.io_utils import atomic_write_json, replace_dir
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "graphgpt2_rec.md"
@@ -56,9 +53,8 @@ def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None) ->
     from train.metrics import metric_names
     from train.pretrain import pretrain_plan
 
-    m = corpus.manifest
     names = metric_names(cfg.eval.recall_ks, cfg.eval.ndcg_ks)
-    data_name = m.get("name", Path(cfg.data.folder).name)
+    data_name = corpus.name
     card_data = ModelCardData(
         language="en",
         license="apache-2.0",
@@ -75,7 +71,7 @@ def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None) ->
     plan = pretrain_plan(cfg.pretrain) if cfg.pretrain.do_pretrain else []
     plan_text = (f"{plan.count('content')} content epochs and {plan.count('collab')} collaborative epochs "
                  f"(order: {' '.join(plan[:12])}{' ...' if len(plan) > 12 else ''})") if plan else "none (NoPretrain)"
-    split = m.get("split", {})
+    split = corpus.split_manifest
     card = ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE),
@@ -85,12 +81,12 @@ def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None) ->
         metrics_table=metrics_table(rows, names),
         data_source=cfg.data.source,
         data_name=data_name,
-        num_users=m["num_users"],
-        num_items=m["num_items"],
-        split_recipe=json.dumps(split.get("recipe", split.get("filters", "see data_manifest.json")))[:300],
-        num_edges=m["graph"]["num_edges"],
-        max_hops=m["max_hops"],
-        tokenizer_source=m["tokenizer"]["source"],
+        num_users=corpus.num_users,
+        num_items=corpus.num_items,
+        split_recipe=json.dumps(split.get("recipe", split.get("filters", "see the dataset manifest")))[:300],
+        num_edges=corpus.num_edges,
+        max_hops=corpus.max_hops,
+        tokenizer_source=corpus.tokenizer_source,
         tokenizer_sha256=corpus.tokenizer_sha256[:16],
         graph_sha256=corpus.graph_sha256[:16],
         n_layer=cfg.model.n_layer,
@@ -123,16 +119,8 @@ def publish(cfg, corpus, model_dir: Path, out_folder: Path, result: dict, comman
     tmp.mkdir(parents=True)
     try:
         model.save_pretrained(str(tmp))  # config.json with auto_map + remote-code files + safetensors
-        corpus.tokenizer.save_pretrained(str(tmp))
-        shutil.copy2(corpus.folder / "tokenizer" / "tokenizer.json", tmp / "tokenizer.json")  # byte-identical: same sha
-        shutil.copytree(corpus.folder / "graph", tmp / "graph")
-        shutil.copytree(corpus.folder / "maps", tmp / "maps")
-        shutil.copy2(corpus.folder / "manifest.json", tmp / "data_manifest.json")
-        atomic_write_json(tmp / "graphgpt2_rec.json", {
-            "tokenizer_sha256": corpus.tokenizer_sha256,
-            "graph_sha256": corpus.graph_sha256,
+        corpus.export_to(tmp, {
             "max_length": cfg.data.max_length,
-            "leave_user_out_hops": cfg.data.leave_user_out_hops,
             "prompt_template": "user_i has interacted with item_a item_b ..., user_i will interact with",
             "new_user_template": "A new user has interacted with item_a ..., the user will interact with",
         })
@@ -169,7 +157,6 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "model", priv
 
 def main(argv: list[str] | None = None) -> int:
     from train.cli_args import config_from_args, stage_parser
-    from train.data_adapter import Corpus
 
     ap = stage_parser("publish")
     ap.add_argument("--model-dir", default=None, help="selected model folder (default <output.dir>/best)")

@@ -17,65 +17,40 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 import torch
 
+from data_builders.corpus import Corpus
+from train.io_utils import atomic_write_text
+from train.modeling_io import load_model
+
 
 class Recommender:
-    """A model plus what it needs at inference: tokenizer, train graph (hops), ID maps, titles, train items."""
+    """A model plus the folder it was trained on (``Corpus``: tokenizer, train graph, ID maps, titles, train items)."""
 
-    def __init__(self, model, tokenizer, hops, train_items: list[list[int]], item_titles: list[str],
-                 user_ids: list[str] | None = None, item_ids: list[str] | None = None, max_length: int = 1024,
-                 leave_user_out: bool = False):
-        from data_builders.collate import GraphCollator
-        from data_builders.prompts import RecPromptEncoder
-
+    def __init__(self, model, corpus: Corpus, max_length: int = 1024):
+        corpus.check_model(model.config)
         self.model = model.eval()
-        cfg = model.config
-        self.num_users, self.num_items = cfg.num_users, cfg.num_items
-        self.train_items = train_items
-        self.item_titles = item_titles
-        self.user_ids = user_ids
-        self.item_ids = item_ids
-        self.max_length = min(max_length, cfg.n_positions)
-        self.encoder = RecPromptEncoder(tokenizer, cfg.base_vocab_size, cfg.num_users, cfg.num_items, self.max_length)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.collate = GraphCollator(hops if cfg.graph_bias != "none" else None, pad, max_length=self.max_length,
-                                     leave_user_out=leave_user_out)
+        self.corpus = corpus
+        self.num_users, self.num_items = corpus.num_users, corpus.num_items
+        self.train_items = corpus.train_items()
+        self.item_titles = corpus.item_titles()
+        self.user_ids = corpus.user_ids
+        self.item_ids = corpus.item_ids
+        self.max_length = min(max_length, model.config.n_positions)
+        self.collate = corpus.collator(self.max_length, with_hops=model.config.graph_bias != "none")
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_folder(cls, folder: str | Path) -> "Recommender":
-        """Load a published folder (train.publish): model, tokenizer, graph/, maps/."""
-        from data_builders.graph import HopDistances
-        from data_builders.tokenization import load_tokenizer
-
-        from train.modeling_io import load_model
-
-        folder = Path(folder)
-        meta = json.loads((folder / "graphgpt2_rec.json").read_text())
-        model = load_model(folder)
-        tokenizer = load_tokenizer(folder, meta["tokenizer_sha256"])
-        hops = HopDistances.load(folder / "graph", meta["graph_sha256"])
-        edges = np.load(folder / "graph" / "train_edges.npy")
-        train_items: list[list[int]] = [[] for _ in range(model.config.num_users)]
-        for u, j in edges.tolist():
-            train_items[u].append(j)
-        maps = folder / "maps"
-        titles = json.loads((maps / "item_titles.json").read_text())
-        return cls(model, tokenizer, hops, train_items, [t or f"item_{j}" for j, t in enumerate(titles)],
-                   json.loads((maps / "users.json").read_text()), json.loads((maps / "items.json").read_text()),
-                   max_length=meta.get("max_length", 1024), leave_user_out=meta.get("leave_user_out_hops", False))
+        """Load a published folder (train.publish): the model and, through ``Corpus``, everything else."""
+        corpus = Corpus(folder)
+        return cls(load_model(folder), corpus, max_length=corpus.inference_settings.get("max_length", 1024))
 
     @classmethod
-    def from_corpus(cls, model, corpus, max_length: int = 1024) -> "Recommender":
+    def from_corpus(cls, model, corpus: Corpus, max_length: int = 1024) -> "Recommender":
         """From an in-memory model and the dataset folder it was trained on."""
-        corpus.check_model(model.config)
-        return cls(model, corpus.tokenizer, corpus.hops, corpus.train_items(), corpus.item_titles(),
-                   corpus._c.user_ids, corpus._c.item_ids, max_length, corpus.leave_user_out)
+        return cls(model, corpus, max_length)
 
     # ------------------------------------------------------------------ scoring
     def _run(self, prompts: list[tuple[list[int], list[int]]], exclude: list[list[int]], k: int, batch_size: int):
@@ -90,7 +65,7 @@ class Recommender:
                 out.append([(i, s) for i, s in zip(items, scores) if s != float("-inf")])
         return out
 
-    def _check_k(self, k: int, n_excluded: int = 0) -> int:
+    def _check_k(self, k: int) -> int:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         return min(k, self.num_items)
@@ -104,14 +79,14 @@ class Recommender:
                 raise ValueError(f"unknown user index {u!r}: the model knows users 0..{self.num_users - 1} "
                                  "(use recommend_history for a new user)")
             hist = sorted(self.train_items[int(u)])  # canonical order: same prompt from any source of the history
-            prompts.append(self.encoder_encode(int(u), hist))
+            prompts.append(self.encode_prompt(int(u), hist))
             exclude.append(hist)
         return self._run(prompts, exclude, self._check_k(k), batch_size)
 
     def user_index(self, raw_user_id: str) -> int:
         """Index of a raw user id (e.g. an Amazon reviewerID); ValueError naming it when unknown."""
         if self.user_ids is None or raw_user_id not in self.user_ids:
-            raise ValueError(f"unknown user id {raw_user_id!r} (not in maps/users.json)")
+            raise ValueError(f"unknown user id {raw_user_id!r} (not among the folder's raw user ids)")
         return self.user_ids.index(raw_user_id)
 
     @torch.no_grad()
@@ -123,16 +98,14 @@ class Recommender:
         bad = [j for j in items if not 0 <= j < self.num_items]
         if bad:
             raise ValueError(f"unknown item indices {bad[:5]}: the model knows items 0..{self.num_items - 1}")
-        return self._run([self.encoder_encode(None, items)], [items], self._check_k(k), 1)[0]
+        return self._run([self.encode_prompt(None, items)], [items], self._check_k(k), 1)[0]
 
-    def encoder_encode(self, user: int | None, items: Sequence[int]) -> tuple[list[int], list[int]]:
-        enc = self.encoder.encode(user, list(items))
-        return enc["input_ids"].tolist(), enc["node_positions"].tolist()
+    def encode_prompt(self, user: int | None, items: Sequence[int]) -> tuple[list[int], list[int]]:
+        """(input_ids, node_positions) of the recommendation prompt of ``user`` (None: a new user) and ``items``."""
+        return self.corpus.encode_rec_prompt(user, items, self.max_length)
 
     def write_all(self, path: str | Path, k: int = 20, batch_size: int = 64) -> Path:
         """Recommendations for every user as JSON lines (user, user_id, items, titles, scores); atomic."""
-        from train.io_utils import atomic_write_text
-
         lines = []
         for start in range(0, self.num_users, batch_size):
             users = list(range(start, min(self.num_users, start + batch_size)))
@@ -156,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--users", nargs="+", help="user indices (or raw user ids with --raw-ids)")
     g.add_argument("--history", nargs="+", type=int, help="item indices of a new user's history")
     g.add_argument("--all", action="store_true", help="every user, written to --out as JSON lines")
-    ap.add_argument("--raw-ids", action="store_true", help="--users are raw ids from maps/users.json")
+    ap.add_argument("--raw-ids", action="store_true", help="--users are raw user ids (e.g. Amazon reviewerIDs)")
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--out", default="recommendations.jsonl")
     args = ap.parse_args(argv)

@@ -3,17 +3,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from data_builders.build import BuildConfig, build
+from data_builders.corpus import has_manifest
+
+
+def tiny_build_config(folder: str | Path, users: int = 41, items: int = 60, seed: int = 0, max_length: int = 96) -> BuildConfig:
+    """A synthetic dataset with a trained BPE (no download)."""
+    return BuildConfig(source="synthetic", out=str(folder), train_bpe=600, synthetic_users=users, synthetic_items=items,
+                       seed=seed, max_length=max_length, quiet=True)
+
 
 def build_tiny_data(folder: str | Path, users: int = 41, items: int = 60, seed: int = 0, max_length: int = 96) -> Path:
-    """A synthetic dataset folder with a trained BPE (no download), built with the data builders' CLI code."""
-    from data_builders.__main__ import main as build_main
-
+    """Build :func:`tiny_build_config`'s folder unless it exists."""
     folder = Path(folder)
-    if not (folder / "manifest.json").is_file():
-        rc = build_main(["build", "--source", "synthetic", "--out", str(folder), "--train-bpe", "600",
-                         "--synthetic-users", str(users), "--synthetic-items", str(items), "--seed", str(seed),
-                         "--max-length", str(max_length), "--quiet"])
-        assert rc in (0, None), f"tiny data build failed ({rc})"
+    if not has_manifest(folder):
+        build(tiny_build_config(folder, users, items, seed, max_length))
     return folder
 
 

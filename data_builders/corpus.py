@@ -1,0 +1,350 @@
+"""``Corpus``: the one owner of the dataset folder (DESIGN.md section 4).
+
+It is the only code that knows the folder's file names and manifest keys. It opens either
+
+- a dataset folder written by ``python -m data_builders build`` (manifest, tokenizer, graph, maps, prompt rows), or
+- a published model folder (``train.publish``): the same files minus the prompt rows, plus the weights and
+  ``graphgpt2_rec.json`` (inference settings),
+
+and hands every consumer what it needs: the model's sizes, prompt rows, a collator, a prompt encoder, the
+interaction matrices for baselines, and ``export_to(dir)`` for publishing. Graph settings fixed at build time
+(``max_hops``) are read from here; a run or model config is compared against them, never passed into them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from .atomic import atomic_write_text
+from .collate import GraphCollator
+from .graph import DEFAULT_TABLE_BUDGET_BYTES, HopDistances
+from .preprocess import split_hash
+from .prompts import RecPromptEncoder
+from .tokenization import check_id_layout, load_tokenizer
+
+# The folder layout: every file name lives here.
+FORMAT_NAME = "graphgpt2-rec-dataset"
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+README_FILE = "README.md"
+TOKENIZER_DIR = "tokenizer"
+TOKENIZER_FILE = "tokenizer.json"
+GRAPH_DIR = "graph"
+EDGES_FILE = "train_edges.npy"
+HOP_TABLE_FILE = "hops.npy"
+MAPS_DIR = "maps"
+USERS_FILE = "users.json"
+ITEMS_FILE = "items.json"
+TITLES_FILE = "item_titles.json"
+INFERENCE_FILE = "graphgpt2_rec.json"  # published folders only: settings used at inference
+
+REC_SPLITS = ("train", "validation", "test")
+# the split manifest (data_builders.preprocess) names its splits train/valid/test
+_SPLIT_HASH_KEYS = {"train": "train", "validation": "valid", "test": "test"}
+
+
+class DataFolderError(ValueError):
+    """The dataset folder is missing, incomplete, or does not match the model/tokenizer/config it is used with."""
+
+
+@dataclass
+class RecExample:
+    """One personalized predictive prompt: tokens, node positions, the user and the items it is scored against."""
+
+    user: int
+    input_ids: list[int]
+    node_positions: list[int]
+    history: list[int]  # items shown / excluded from ranking
+    targets: list[int]  # items to predict (multi-hot target or relevant set)
+
+
+def read_manifest(folder: str | os.PathLike) -> dict:
+    """The folder's manifest; DataFolderError when there is none or it is not this project's format."""
+    path = Path(folder) / MANIFEST_FILE
+    if not path.is_file():
+        raise DataFolderError(f"{folder}: not a dataset folder (no {MANIFEST_FILE}); build it with `python -m data_builders build`")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if manifest.get("format") != FORMAT_NAME:
+        raise DataFolderError(f"{path}: format {manifest.get('format')!r} is not {FORMAT_NAME!r}")
+    return manifest
+
+
+def has_manifest(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` looks built (holds a manifest); ``Corpus(folder)`` does the full checks."""
+    return (Path(folder) / MANIFEST_FILE).is_file()
+
+
+def _read_json(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+class Corpus:
+    """A dataset folder or published model folder, opened and checked (tokenizer and graph hashes, ID layout).
+
+    Args:
+        folder: the folder to open.
+        leave_user_out: item-item hops of each prompt measured without the prompt's user (a run-time collator
+            option); ``None`` takes the published folder's setting, else False.
+        table_budget_bytes: largest dense hop table kept in memory.
+    """
+
+    def __init__(self, folder: str | os.PathLike, leave_user_out: bool | None = None,
+                 table_budget_bytes: int = DEFAULT_TABLE_BUDGET_BYTES):
+        self.folder = Path(folder)
+        self.manifest: dict = read_manifest(self.folder)
+        inference = self.folder / INFERENCE_FILE
+        self.inference_settings: dict = _read_json(inference) if inference.is_file() else {}
+        if leave_user_out is None:
+            leave_user_out = bool(self.inference_settings.get("leave_user_out_hops", False))
+        self.leave_user_out = leave_user_out
+        try:
+            self.tokenizer = load_tokenizer(self.folder / TOKENIZER_DIR, self.tokenizer_sha256)
+            check_id_layout(self.tokenizer, self.base_vocab_size, self.num_users, self.num_items)
+            self.hops = HopDistances.load(self.folder / GRAPH_DIR, self.graph_sha256, table_budget_bytes=table_budget_bytes)
+        except (OSError, ValueError, KeyError) as err:
+            raise DataFolderError(f"{self.folder}: {err}") from err
+        graph = self.hops.graph
+        if (graph.num_users, graph.num_items, self.hops.max_hops) != (self.num_users, self.num_items, self.max_hops):
+            raise DataFolderError(f"{self.folder / GRAPH_DIR}: graph shape/max_hops do not match {self.folder / MANIFEST_FILE}")
+        maps = self.folder / MAPS_DIR
+        self.user_ids: list[str] = _read_json(maps / USERS_FILE)
+        self.item_ids: list[str] = _read_json(maps / ITEMS_FILE)
+        self._titles: list[str | None] = _read_json(maps / TITLES_FILE)
+        if len(self.user_ids) != self.num_users or len(self.item_ids) != self.num_items:
+            raise DataFolderError(f"{maps}: id maps do not match the manifest's counts")
+        self._encoders: dict[int, RecPromptEncoder] = {}
+        self._train_items: list[list[int]] | None = None
+
+    # ---------------------------------------------------------------- sizes and fingerprints
+    @property
+    def name(self) -> str:
+        return str(self.manifest.get("name") or self.folder.name)
+
+    @property
+    def num_users(self) -> int:
+        return int(self.manifest["num_users"])
+
+    @property
+    def num_items(self) -> int:
+        return int(self.manifest["num_items"])
+
+    @property
+    def base_vocab_size(self) -> int:
+        return int(self.manifest["base_vocab_size"])
+
+    @property
+    def max_hops(self) -> int:
+        """Hop cap fixed when the graph was built; models and run configs must agree with it."""
+        return int(self.manifest["max_hops"])
+
+    @property
+    def num_edges(self) -> int:
+        return int(self.manifest["graph"]["num_edges"])
+
+    @property
+    def tokenizer_source(self) -> str:
+        return str(self.manifest["tokenizer"]["source"])
+
+    @property
+    def tokenizer_sha256(self) -> str:
+        return str(self.manifest["tokenizer"]["sha256"])
+
+    @property
+    def graph_sha256(self) -> str:
+        return str(self.manifest["graph"]["sha256"])
+
+    @property
+    def split_manifest(self) -> dict:
+        """The split's own manifest (seed, filters, counts, source files, hashes)."""
+        return dict(self.manifest.get("split") or {})
+
+    @property
+    def split_hash(self) -> str:
+        return str(self.split_manifest.get("split_hash", ""))
+
+    @property
+    def split_hashes(self) -> dict[str, str]:
+        """sha256 of the sorted (user, item) pairs per split (keys train / valid / test)."""
+        return dict(self.split_manifest.get("split_hashes") or {})
+
+    @property
+    def configs(self) -> list[str]:
+        return list(self.manifest["configs"])
+
+    @property
+    def prompt_max_length(self) -> int:
+        return int(self.manifest["prompts"]["max_length"])
+
+    @property
+    def pad_token_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def has_rows(self) -> bool:
+        """True for a dataset folder (prompt rows on disk), False for a published model folder."""
+        files = self.manifest.get("data_files", {}).get("recommendation", {}).get("train", [])
+        return bool(files) and all((self.folder / rel).is_file() for rel in files)
+
+    # ---------------------------------------------------------------- rows
+    def dataset(self, config: str, split: str = "train"):
+        """The ``datasets.Dataset`` of one config/split: the same rows ``datasets.load_dataset(folder, config)`` gives.
+
+        Read from the manifest's Parquet files rather than through ``load_dataset``: the datasets cache keys a
+        local folder by its base name and config, so two folders both called ``data`` served each other's rows
+        (seen with datasets 5.2).
+        """
+        import datasets
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if config not in self.manifest["configs"]:
+            why = self.manifest.get("skipped_configs", {}).get(config, "not requested at build time")
+            raise DataFolderError(f"{self.folder}: config {config!r} was not built ({why}); built: {self.manifest['configs']}")
+        if split not in self.manifest["rows"][config]:
+            raise DataFolderError(f"{self.folder}: config {config!r} has no split {split!r}; has {list(self.manifest['rows'][config])}")
+        tables = []
+        for rel in self.manifest["data_files"][config][split]:
+            path = self.folder / rel
+            if not path.is_file():
+                raise DataFolderError(f"{path}: listed in {self.folder / MANIFEST_FILE} but missing "
+                                      "(a published model folder holds no prompt rows)")
+            tables.append(pq.read_table(path))
+        return datasets.Dataset(pa.concat_tables(tables))
+
+    def rec_examples(self, split: str) -> list[RecExample]:
+        """The stored personalized predictive prompts of ``split`` (train/validation/test)."""
+        cols = self.dataset("recommendation", split).select_columns(["user", "input_ids", "node_positions", "history", "targets"]).to_dict()
+        return [
+            RecExample(int(u), list(ids), list(pos), list(h), list(t))
+            for u, ids, pos, h, t in zip(cols["user"], cols["input_ids"], cols["node_positions"], cols["history"], cols["targets"])
+        ]
+
+    def train_items(self) -> list[list[int]]:
+        """Every user's train item list (masked out of the ranking).
+
+        From the train recommendation rows (the split's order, which fine-tuning's masking depends on) in a
+        dataset folder; from the train graph's edges in a published folder (same sets).
+        """
+        if self._train_items is None:
+            items: list[list[int]] = [[] for _ in range(self.num_users)]
+            if self.has_rows:
+                cols = self.dataset("recommendation", "train").select_columns(["user", "targets"]).to_dict()
+                for u, t in zip(cols["user"], cols["targets"]):
+                    items[int(u)] = [int(x) for x in t]
+            else:
+                for u, j in self.hops.graph.edges.tolist():
+                    items[u].append(j)
+            self._train_items = items
+        return self._train_items
+
+    def item_titles(self) -> list[str]:
+        """Display title per item index (``item_<j>`` when the metadata had none)."""
+        return [t or f"item_{j}" for j, t in enumerate(self._titles)]
+
+    def interaction_matrix(self, split: str = "train") -> sp.csr_matrix:
+        """Binary (num_users, num_items) float32 CSR of one split's interactions, for baselines and popularity.
+
+        Train comes from the train graph (train edges only); validation/test from the recommendation rows'
+        targets. Each is checked against the split hash the build recorded.
+        """
+        if split not in REC_SPLITS:
+            raise DataFolderError(f"split must be one of {REC_SPLITS}, got {split!r}")
+        if split == "train":
+            pairs = np.asarray(self.hops.graph.edges, dtype=np.int64).reshape(-1, 2)
+        else:
+            cols = self.dataset("recommendation", split).select_columns(["user", "targets"]).to_dict()
+            pairs = np.asarray([(int(u), int(j)) for u, t in zip(cols["user"], cols["targets"]) for j in t], dtype=np.int64).reshape(-1, 2)
+        if len(pairs) and (pairs[:, 0].min() < 0 or pairs[:, 0].max() >= self.num_users
+                           or pairs[:, 1].min() < 0 or pairs[:, 1].max() >= self.num_items):
+            raise DataFolderError(f"{self.folder}: {split} pairs hold indices outside {self.num_users} users x {self.num_items} items")
+        recorded = self.split_hashes.get(_SPLIT_HASH_KEYS[split])
+        if recorded is not None and split_hash(pairs) != recorded:
+            raise DataFolderError(f"{self.folder}: the {split} pairs do not match the manifest's split_hashes.{_SPLIT_HASH_KEYS[split]}")
+        mat = sp.csr_matrix((np.ones(len(pairs), np.float32), (pairs[:, 0], pairs[:, 1])), shape=(self.num_users, self.num_items))
+        mat.data[:] = 1.0  # duplicates were summed
+        return mat
+
+    # ---------------------------------------------------------------- prompts and batches
+    def encode_rec_prompt(self, user: int | None, items: Sequence[int], max_length: int | None = None) -> tuple[list[int], list[int]]:
+        """(input_ids, node_positions) of "user_u has interacted with <items>, user_u will interact with".
+
+        ``user=None`` gives the unseen-user prompt "A new user has interacted with <items>, the user will
+        interact with". Long histories are cut from the left so the trigger phrase is never truncated.
+        """
+        max_length = max_length or self.prompt_max_length
+        enc = self._encoders.get(max_length)
+        if enc is None:
+            enc = self._encoders[max_length] = RecPromptEncoder(self.tokenizer, self.base_vocab_size, self.num_users,
+                                                                self.num_items, max_length)
+        out = enc.encode(user, list(items))
+        return out["input_ids"].tolist(), out["node_positions"].tolist()
+
+    def collator(self, max_length: int, with_hops: bool = True) -> GraphCollator:
+        """Pads right, cuts rows longer than ``max_length`` from the left, adds hop_distances / target_items.
+
+        ``with_hops=False`` leaves ``hop_distances`` out (a model without graph bias).
+        """
+        return GraphCollator(self.hops if with_hops else None, self.pad_token_id, num_items=self.num_items,
+                             max_length=max_length, leave_user_out=self.leave_user_out)
+
+    # ---------------------------------------------------------------- checks against configs and models
+    def check_max_hops(self, max_hops: int, key: str = "model.max_hops") -> None:
+        """Refuse a config whose hop cap differs from the one the folder's graph was built with."""
+        if int(max_hops) != self.max_hops:
+            raise DataFolderError(
+                f"{key}={max_hops} but the dataset folder {self.folder} was built with max_hops={self.max_hops}: "
+                f"set {key}={self.max_hops} or rebuild the folder with --max-hops {max_hops}"
+            )
+
+    def check_model(self, model_config: Any) -> None:
+        """Refuse a model whose ID space, text vocabulary, hop cap, tokenizer or graph differs from this folder's."""
+        for name in ("num_users", "num_items", "base_vocab_size"):
+            a, b = getattr(model_config, name), getattr(self, name)
+            if a != b:
+                raise DataFolderError(
+                    f"{self.folder}: dataset folder has {name}={b} but the model was built for {name}={a} "
+                    "(a folder from another tokenizer or graph)"
+                )
+        if getattr(model_config, "max_hops", None) is not None:
+            self.check_max_hops(model_config.max_hops, "the model's max_hops")
+        for key in ("tokenizer_sha256", "graph_sha256"):
+            want, have = getattr(model_config, key, None), getattr(self, key)
+            if want and want != have:
+                raise DataFolderError(
+                    f"{self.folder}: {key.split('_')[0]} hash {have[:12]}... differs from the one the model was trained "
+                    f"on ({want[:12]}...): a dataset folder from another tokenizer or graph"
+                )
+
+    # ---------------------------------------------------------------- publishing
+    def export_to(self, folder: str | os.PathLike, inference_settings: dict | None = None) -> Path:
+        """Copy what a published model folder needs: manifest, tokenizer (also at the root, for
+        ``AutoTokenizer.from_pretrained(folder)``), graph and maps; plus the inference settings.
+
+        ``Corpus(folder)`` opens the result (without prompt rows).
+        """
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(self.folder / MANIFEST_FILE, out / MANIFEST_FILE)
+        for sub in (TOKENIZER_DIR, GRAPH_DIR, MAPS_DIR):
+            if (out / sub).exists():
+                shutil.rmtree(out / sub)
+            shutil.copytree(self.folder / sub, out / sub)
+        self.tokenizer.save_pretrained(str(out))
+        shutil.copy2(self.folder / TOKENIZER_DIR / TOKENIZER_FILE, out / TOKENIZER_FILE)  # byte-identical: same sha
+        settings = {"leave_user_out_hops": self.leave_user_out, **(inference_settings or {})}
+        atomic_write_text(out / INFERENCE_FILE, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+        return out
+
+
+__all__ = ["Corpus", "RecExample", "DataFolderError", "read_manifest", "has_manifest", "FORMAT_NAME", "FORMAT_VERSION"]
