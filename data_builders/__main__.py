@@ -19,9 +19,9 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
-def stats_table(manifest: dict, split) -> str:
+def stats_table(manifest: dict) -> str:
     """The paper's Table 1 columns plus rows per prompt kind."""
-    n_train, n_valid, n_test = (int(sum(len(a) for a in getattr(split, s))) for s in ("train", "valid", "test"))
+    n_train, n_valid, n_test = (int(manifest["split"]["split_sizes"][s]) for s in ("train", "valid", "test"))
     n = n_train + n_valid + n_test
     U, I = manifest["num_users"], manifest["num_items"]
     lines = [
@@ -47,9 +47,8 @@ def stats_table(manifest: dict, split) -> str:
 
 def cmd_build(cfg: BuildConfig) -> int:
     t0 = time.perf_counter()
-    splits: list = []
-    result = build(cfg, split_out=splits)
-    print(stats_table(result.manifest, splits[0]))
+    result = build(cfg)
+    print(stats_table(result.manifest))
     print(f"wrote {result.folder} in {time.perf_counter() - t0:.1f} s")
     return 0
 

@@ -74,17 +74,12 @@ def read_raw(cfg: BuildConfig):
     return read_source(cfg.source, format=cfg.format, strict=cfg.strict)
 
 
-def build(cfg: BuildConfig, split_out: list | None = None) -> BuildResult:
-    """Read, filter and split the source, then write the dataset folder ``cfg.out``.
-
-    ``split_out``, when given, receives the ``SplitDataset`` (the CLI prints its statistics).
-    """
+def build(cfg: BuildConfig) -> BuildResult:
+    """Read, filter and split the source, then write the dataset folder ``cfg.out``."""
     log = (lambda m: None) if cfg.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     raw = read_raw(cfg)
     log(f"read {cfg.source}: {len(raw.interactions):,} interactions, {raw.report.total_skipped:,} skipped lines {raw.report.skipped or ''}")
     split = build_split(raw, rating_threshold=cfg.rating_threshold, k_core=cfg.k_core, seed=cfg.seed)
-    if split_out is not None:
-        split_out.append(split)
     return build_dataset_folder(
         split,
         Path(cfg.out),
@@ -111,28 +106,29 @@ def _parse_prompts(value: str) -> tuple[str, ...]:
 _DEFAULTS = BuildConfig(source="synthetic", out="")  # the parser's defaults are BuildConfig's
 
 
-def add_build_arguments(b: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The flags of ``python -m data_builders build`` (defaults: BuildConfig's)."""
-    b.add_argument("--source", required=True, help="raw data folder/file (Amazon 2014/2018, RecBole atomic) or 'synthetic'")
-    b.add_argument("--out", required=True, help="dataset folder to write (atomically)")
+def add_build_arguments(b: argparse.ArgumentParser, base: BuildConfig | None = None) -> argparse.ArgumentParser:
+    """The flags of ``python -m data_builders build``; defaults are BuildConfig's, or ``base``'s when given."""
+    d = base or _DEFAULTS
+    b.add_argument("--source", required=base is None, default=d.source, help="raw data folder/file (Amazon 2014/2018, RecBole atomic) or 'synthetic'")
+    b.add_argument("--out", required=base is None, default=d.out, help="dataset folder to write (atomically)")
     tok = b.add_mutually_exclusive_group()
-    tok.add_argument("--tokenizer", default=None, help="GPT-2 tokenizer folder (vocab.json + merges.txt) or Hub name; default ../shared/tokenizers/gpt2")
-    tok.add_argument("--train-bpe", type=int, default=None, metavar="VOCAB", help="train a byte-level BPE of this size on the corpus instead")
-    b.add_argument("--prompts", type=_parse_prompts, default=ALL_CONFIGS, help=f"comma-separated configs (default {','.join(ALL_CONFIGS)})")
-    b.add_argument("--max-hops", type=int, default=_DEFAULTS.max_hops)
-    b.add_argument("--max-group-items", type=int, default=_DEFAULTS.max_group_items, help="second-order chunk size")
-    b.add_argument("--max-length", type=int, default=_DEFAULTS.max_length)
-    b.add_argument("--rating-threshold", type=float, default=_DEFAULTS.rating_threshold, help="keep rating > this (ignored when the source has no ratings)")
-    b.add_argument("--k-core", type=int, default=_DEFAULTS.k_core)
-    b.add_argument("--seed", type=int, default=_DEFAULTS.seed, help="split seed")
-    b.add_argument("--strict", action="store_true", help="stop at the first bad input line (default: count and report skips)")
-    b.add_argument("--format", default=_DEFAULTS.format, help="source format (default: detect)")
-    b.add_argument("--synthetic-users", type=int, default=_DEFAULTS.synthetic_users)
-    b.add_argument("--synthetic-items", type=int, default=_DEFAULTS.synthetic_items)
-    b.add_argument("--hop-table-budget-gb", type=float, default=_DEFAULTS.hop_table_budget_gb, help="dense uint8 hop table when N*N bytes fit")
-    b.add_argument("--no-hop-table", action="store_true", help="do not save the hop table (loaders compute it)")
-    b.add_argument("--overwrite", action="store_true")
-    b.add_argument("--quiet", action="store_true")
+    tok.add_argument("--tokenizer", default=d.tokenizer, help="GPT-2 tokenizer folder (vocab.json + merges.txt) or Hub name; default ../shared/tokenizers/gpt2")
+    tok.add_argument("--train-bpe", type=int, default=d.train_bpe, metavar="VOCAB", help="train a byte-level BPE of this size on the corpus instead")
+    b.add_argument("--prompts", type=_parse_prompts, default=d.prompts, help=f"comma-separated configs (default {','.join(ALL_CONFIGS)})")
+    b.add_argument("--max-hops", type=int, default=d.max_hops)
+    b.add_argument("--max-group-items", type=int, default=d.max_group_items, help="second-order chunk size")
+    b.add_argument("--max-length", type=int, default=d.max_length)
+    b.add_argument("--rating-threshold", type=float, default=d.rating_threshold, help="keep rating > this (ignored when the source has no ratings)")
+    b.add_argument("--k-core", type=int, default=d.k_core)
+    b.add_argument("--seed", type=int, default=d.seed, help="split seed")
+    b.add_argument("--strict", action="store_true", default=d.strict, help="stop at the first bad input line (default: count and report skips)")
+    b.add_argument("--format", default=d.format, help="source format (default: detect)")
+    b.add_argument("--synthetic-users", type=int, default=d.synthetic_users)
+    b.add_argument("--synthetic-items", type=int, default=d.synthetic_items)
+    b.add_argument("--hop-table-budget-gb", type=float, default=d.hop_table_budget_gb, help="dense uint8 hop table when N*N bytes fit")
+    b.add_argument("--no-hop-table", action="store_true", default=not d.save_hop_table, help="do not save the hop table (loaders compute it)")
+    b.add_argument("--overwrite", action="store_true", default=d.overwrite)
+    b.add_argument("--quiet", action="store_true", default=d.quiet)
     return b
 
 
@@ -148,9 +144,9 @@ def build_config_from_args(args: argparse.Namespace) -> BuildConfig:
     )
 
 
-def parse_build_config(argv: list[str]) -> BuildConfig:
-    """``["--source", ..., "--out", ...]`` (the ``build`` subcommand's flags) -> BuildConfig."""
-    parser = add_build_arguments(argparse.ArgumentParser(prog="python -m data_builders build"))
+def parse_build_config(argv: list[str], base: BuildConfig | None = None) -> BuildConfig:
+    """``python -m data_builders build`` flags -> BuildConfig; with ``base``, the flags change ``base``'s fields."""
+    parser = add_build_arguments(argparse.ArgumentParser(prog="python -m data_builders build"), base)
     return build_config_from_args(parser.parse_args(argv))
 
 

@@ -133,6 +133,7 @@ def test_build_config_equals_cli_build(tmp_path):
     argv = ["--source", "synthetic", "--out", str(tmp_path / "cli"), "--train-bpe", "600", "--synthetic-users", "30",
             "--synthetic-items", "30", "--seed", "4", "--max-length", "96", "--quiet"]
     assert parse_build_config(argv) == typed.replace(out=str(tmp_path / "cli"))
+    assert parse_build_config(["--k-core", "3"], base=typed) == typed.replace(k_core=3)  # flags on top of a config
     build(typed)
     assert cli_main(["build", *argv]) == 0
     a, b = Corpus(tmp_path / "typed"), Corpus(tmp_path / "cli")

@@ -24,10 +24,7 @@ def build_config(cfg: RunConfig) -> BuildConfig:
     build_cfg = BuildConfig(source=cfg.data.source, out=str(cfg.data.folder), max_hops=cfg.model.max_hops,
                             max_length=cfg.data.max_length, seed=cfg.data.split_seed, **tokenizer)
     if cfg.data.build_args:
-        base = ["--source", build_cfg.source, "--out", build_cfg.out, "--max-hops", str(build_cfg.max_hops),
-                "--max-length", str(build_cfg.max_length), "--seed", str(build_cfg.seed)]
-        base += ["--train-bpe", str(cfg.data.bpe_vocab)] if "train_bpe" in tokenizer else ["--tokenizer", cfg.data.tokenizer]
-        build_cfg = parse_build_config(base + list(cfg.data.build_args))
+        build_cfg = parse_build_config(list(cfg.data.build_args), base=build_cfg)
     return build_cfg
 
 
