@@ -316,6 +316,49 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
             param.requires_grad_(trainable)
         self.lm_head.weight.requires_grad_(trainable)
 
+    def new_parameters(self):
+        """The parameters GPT-2 does not have: both ID-embedding sets and the graph-bias parameters."""
+        yield from self.content_embeddings.parameters()
+        yield from self.collab_embeddings.parameters()
+        for block in self.transformer.h:
+            if block.attn.graph_bias is not None:
+                yield from block.attn.graph_bias.parameters()
+
+    def optimizer_groups(self, lr_id: float, lr_backbone: float, weight_decay: float) -> list[dict]:
+        """AdamW parameter groups (nanoGPT's `configure_optimizers`), trainable parameters only, tied weights once:
+        - `id_embeddings`: the new parameters (`new_parameters`) at `lr_id`, never decayed;
+        - `backbone_decay`: backbone matrices (LoRA adapters included) at `lr_backbone` with `weight_decay`;
+        - `backbone_no_decay`: biases, LayerNorms and the text/position embeddings at `lr_backbone`, no decay.
+        Empty groups are left out. Under PEFT call it on the base model (`get_base_model()`)."""
+        new = {id(p) for p in self.new_parameters()}
+        embeddings = {id(self.transformer.wte.weight), id(self.transformer.wpe.weight)}
+        ids, decay, no_decay = [], [], []
+        seen: set[int] = set()
+        for param in self.parameters():
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            if id(param) in new:
+                ids.append(param)
+            elif param.ndim >= 2 and id(param) not in embeddings:
+                decay.append(param)
+            else:
+                no_decay.append(param)
+        groups = [
+            {"params": ids, "lr": lr_id, "weight_decay": 0.0, "name": "id_embeddings"},
+            {"params": decay, "lr": lr_backbone, "weight_decay": weight_decay, "name": "backbone_decay"},
+            {"params": no_decay, "lr": lr_backbone, "weight_decay": 0.0, "name": "backbone_no_decay"},
+        ]
+        return [g for g in groups if g["params"]]
+
+    def configure_optimizers(self, lr_id: float, lr_backbone: float, weight_decay: float,
+                             betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.AdamW:
+        """AdamW over `optimizer_groups`."""
+        groups = self.optimizer_groups(lr_id, lr_backbone, weight_decay)
+        if not groups:
+            raise ValueError("no trainable parameters (freeze_backbone with every ID embedding frozen?)")
+        return torch.optim.AdamW(groups, betas=betas, eps=eps)
+
     def peft_modules_to_save(self) -> list[str]:
         """Module names to train in full under PEFT LoRA: the ID embeddings, plus graph-bias params if any."""
         names = ["content_embeddings", "collab_embeddings"]
