@@ -7,8 +7,9 @@ items (``f = finetune.mask_fraction``, 0.2) are removed from the prompt -- at mo
 one item -- the rest are shuffled, and the target is the multi-hot of ALL train items. The mask is drawn from
 ``default_rng([seed, epoch])`` so a resumed run masks exactly as an uninterrupted one.
 
-After each epoch the model is evaluated on validation; the epoch with the best ``finetune.selection_metric``
-(one criterion, ties keep the earlier epoch) is saved to ``<output.dir>/best``. Test is evaluated ONCE, after
+The loop is ``train.trainer.Trainer.fit``. After each epoch the model is evaluated on validation; the epoch with
+the best ``finetune.selection_metric`` (one criterion, ties keep the earlier epoch) is saved to
+``<output.dir>/best``; ``finetune.patience`` epochs without improvement stop training. Test is evaluated ONCE, after
 training, with that model. Starts from ``<output.dir>/pretrained`` when pre-training ran (else a fresh model:
 the NoPretrain ablation).
 """

@@ -9,10 +9,10 @@ the interaction prompts, "collab" embeddings, regularised toward the content one
 (regularised toward the collab ones) when ``content_every > 0 and (r + 1) % content_every == 0``.
 paper: 10 + 100 rounds, content every round; released code: 3 + 100, content every 50th round.
 
-One shared backbone, one AdamW with param groups (ID embeddings at ``lr_id``, backbone at ``lr_backbone``), linear
-warm-up then linear decay over the whole schedule, gradient clipping. A checkpoint after every epoch (atomic,
-last 2 kept); ``--resume`` continues after the last one with the same data order, RNG, optimizer and schedule.
-The result is ``<output.dir>/pretrained`` (save_pretrained).
+One shared backbone, one AdamW with the model's parameter groups (ID embeddings at ``lr_id``, backbone at
+``lr_backbone``), linear warm-up then linear decay over the whole schedule, gradient clipping. The loop is
+``train.trainer.Trainer.fit``: a checkpoint after every epoch (atomic, last 2 kept); ``--resume`` continues after
+the last one with the same data order, RNG, optimizer and schedule. The result is ``<output.dir>/pretrained``.
 """
 from __future__ import annotations
 

@@ -170,7 +170,7 @@ class Trainer:
                 self._log({"stage": self.stage, "event": "validation", "epoch": epoch, "step": self.global_step,
                            "metrics": metrics})
                 self._print(f"epoch {epoch}: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-                if self.selection.update(epoch, metrics) and on_best is not None:
+                if self.selection.metric is not None and self.selection.update(epoch, metrics) and on_best is not None:
                     on_best(epoch)
             self._checkpoint(epoch)
             if self.selection.should_stop:
