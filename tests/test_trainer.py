@@ -132,3 +132,26 @@ def test_resume_on_another_split_fails_before_training(tiny_data, tmp_path):
         finetune(cfg, resume=True)
     assert (out / "logs" / "train_log.jsonl").read_text() == log_before  # not one step was trained
     assert sorted((out / "checkpoints" / "finetune").iterdir()) == ckpt
+
+
+def test_graphgpt2_learns_and_beats_popularity(tmp_path):
+    """A learning test on a small embedded synthetic shop (150 users, 80 items; demo preset, one layer of 64, no
+    pre-training, 6 epochs, seed 0): the training loss falls, and test Recall@20 beats popularity by >= 0.1
+    (measured: 0.603 vs 0.360)."""
+    from train.config import load_config
+    from train.main import run_pipeline
+
+    data = build_tiny_data(tmp_path / "shop", users=150, items=80)
+    cfg = load_config("demo", tiny_overrides(data, tmp_path / "run", "pretrain.do_pretrain=false", "finetune.epochs=6",
+                                             "finetune.lr_id=3e-3", "finetune.lr_backbone=1e-3", "model.n_embd=64",
+                                             "model.n_head=4", "finetune.batch_size=16"))
+    result = run_pipeline(cfg)
+    assert result["test"]["recall@20"] >= result["popularity_test"]["recall@20"] + 0.1
+    assert result["test"]["ndcg@100"] > result["popularity_test"]["ndcg@100"]
+    log = [json.loads(l) for l in (tmp_path / "run" / "logs" / "train_log.jsonl").read_text().splitlines()]
+    losses = {}
+    for r in log:
+        if r["stage"] == "finetune" and "loss" in r:
+            losses.setdefault(r["epoch"], []).append(r["loss"])
+    first, last = (sum(losses[e]) / len(losses[e]) for e in (0, 5))
+    assert last < 0.95 * first

@@ -14,11 +14,7 @@ are checked to be exactly the split's rows, once each, before averaging.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch

@@ -15,12 +15,8 @@ the NoPretrain ablation).
 """
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 from torch.utils.data import DataLoader

@@ -16,12 +16,8 @@ the last one with the same data order, RNG, optimizer and schedule. The result i
 """
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
-
-if __package__ in (None, ""):  # `accelerate launch train/pretrain.py` runs this file as a script
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 from torch.utils.data import DataLoader
