@@ -158,7 +158,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(uninterrupted, tiny_data, 
 
 def test_two_processes_evaluate_every_user_once(tiny_data, tmp_path):
     out = tmp_path / "run_ddp"
-    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "train.main", "run", "--config", "demo",
            *tiny_overrides(tiny_data, out, "finetune.epochs=1", "pretrain.rounds=0", "pretrain.content_epochs=1")]
     proc = subprocess.run(cmd, cwd=ROOT, env=_env(ACCELERATE_USE_CPU="1"), capture_output=True, text=True, timeout=300)
