@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from train.metrics import item_popularity, merge_per_user, per_user_metrics, summarize
+from train.trainer import Trainer
 
 __all__ = [
     "Recommender",
@@ -263,6 +264,19 @@ class _VAE(nn.Module):
         return self.dec(z), kl
 
 
+def _history(fit, **per_epoch: dict) -> list[dict]:
+    """Per-epoch rows of a neural baseline (1-based epochs, as the baselines report them): mean training loss,
+    validation metrics where validated, and any ``per_epoch`` values."""
+    valid = {h["epoch"]: {k: v for k, v in h.items() if k != "epoch"} for h in fit.history}
+    rows = []
+    for epoch, loss in enumerate(fit.epoch_losses):
+        row = {"epoch": epoch + 1, "loss": loss, **{k: v[epoch] for k, v in per_epoch.items() if epoch in v}}
+        if epoch in valid:
+            row["valid"] = valid[epoch]
+        rows.append(row)
+    return rows
+
+
 class MultiVAE(Recommender):
     """Multi-VAE with KL annealing: loss = -Σ x log softmax(f(z)) + β KL, β = min(cap, step / anneal_steps).
 
@@ -300,35 +314,33 @@ class MultiVAE(Recommender):
         torch.manual_seed(self.seed)  # dropout and reparameterisation noise
         self.net_ = _VAE(self.train_.shape[1], self.hidden, self.latent, self.dropout)
         opt = torch.optim.Adam(self.net_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        trainer = Trainer(self.net_, opt, selection_metric=self.select_metric, progress=False)
         users = np.flatnonzero(np.diff(self.train_.indptr) > 0)  # users with no train items teach nothing
-        step, self.history_ = 0, []
-        best_state, best_val, self.best_epoch_ = None, -np.inf, self.epochs
-        for epoch in range(1, self.epochs + 1):
-            self.net_.train()
+        valid = sp.csr_matrix(valid) if valid is not None else None
+        betas, best = {}, {}
+
+        def batches(epoch):
             order = users[torch.randperm(len(users), generator=gen).numpy()]
-            total = 0.0
             for start in range(0, len(order), self.batch_size):
-                batch = self.train_[order[start : start + self.batch_size]]
-                x = torch.from_numpy(batch.toarray())
-                beta = min(self.anneal_cap, step / self.anneal_steps)
-                logits, kl = self.net_(batch)
-                nll = -(torch.log_softmax(logits, dim=1) * x).sum(dim=1).mean()
-                loss = nll + beta * kl
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                step += 1
-                total += loss.item() * len(x)
-            row = {"epoch": epoch, "loss": total / max(len(order), 1), "beta": beta}
-            if valid is not None and (epoch % self.eval_every == 0 or epoch == self.epochs):
-                res = evaluate_recommender(self, self.train_, sp.csr_matrix(valid))
-                row["valid"] = res
-                if res[self.select_metric] > best_val:
-                    best_val, self.best_epoch_ = res[self.select_metric], epoch
-                    best_state = copy.deepcopy(self.net_.state_dict())
-            self.history_.append(row)
-        if best_state is not None:
-            self.net_.load_state_dict(best_state)
+                yield self.train_[order[start : start + self.batch_size]]
+
+        def loss(net, batch, epoch):
+            betas[epoch] = min(self.anneal_cap, trainer.global_step / self.anneal_steps)
+            logits, kl = net(batch)
+            nll = -(torch.log_softmax(logits, dim=1) * torch.from_numpy(batch.toarray())).sum(dim=1).mean()
+            return nll + betas[epoch] * kl
+
+        def validate(epoch):
+            if valid is None or not ((epoch + 1) % self.eval_every == 0 or epoch + 1 == self.epochs):
+                return None
+            return evaluate_recommender(self, self.train_, valid)
+
+        fit = trainer.fit(self.epochs, batches, loss, validate,
+                          on_best=lambda epoch: best.update(state=copy.deepcopy(self.net_.state_dict())))
+        self.best_epoch_ = fit.best_epoch + 1 if fit.best_epoch >= 0 else self.epochs
+        self.history_ = _history(fit, beta=betas)
+        if "state" in best:
+            self.net_.load_state_dict(best["state"])
         self.net_.eval()
         return self
 
@@ -402,41 +414,44 @@ class LightGCN(Recommender):
         torch.manual_seed(self.seed)
         self.emb_ = nn.Embedding(U + I, self.dim)
         nn.init.normal_(self.emb_.weight, std=0.1)
-        opt = torch.optim.Adam(self.emb_.parameters(), lr=self.lr)
+        trainer = Trainer(self.emb_, torch.optim.Adam(self.emb_.parameters(), lr=self.lr), selection_metric=self.select_metric,
+                          progress=False)
         users, pos = coo.row.astype(np.int64), coo.col.astype(np.int64)
         train_keys = np.sort(users * I + pos)
-        best_state, best_val, self.best_epoch_, self.history_ = None, -np.inf, self.epochs, []
-        for epoch in range(1, self.epochs + 1):
+        valid = sp.csr_matrix(valid) if valid is not None else None
+        best = {}
+
+        def batches(epoch):
             order = gen.permutation(len(users))
             neg = gen.integers(0, I, len(users))
             clash = np.isin(users * I + neg, train_keys)  # resample negatives that are train items, once
             neg[clash] = gen.integers(0, I, int(clash.sum()))
-            total = 0.0
             for start in range(0, len(order), self.batch_size):
                 b = order[start : start + self.batch_size]
-                u, p, n = (torch.from_numpy(a[b]) for a in (users, pos, neg))
-                e = self._propagate()
-                eu, ep, en = e[u], e[U + p], e[U + n]
-                bpr = -nn.functional.logsigmoid((eu * ep).sum(1) - (eu * en).sum(1)).mean()
-                e0 = self.emb_.weight
-                l2 = (e0[u].pow(2).sum() + e0[U + p].pow(2).sum() + e0[U + n].pow(2).sum()) / (2 * len(b))
-                loss = bpr + self.reg * l2
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += loss.item() * len(b)
-            row = {"epoch": epoch, "loss": total / len(order)}
-            if valid is not None and (epoch % self.eval_every == 0 or epoch == self.epochs):
-                self._cache_final()
-                res = evaluate_recommender(self, self.train_, sp.csr_matrix(valid))
-                row["valid"] = res
-                if res[self.select_metric] > best_val:
-                    best_val, self.best_epoch_ = res[self.select_metric], epoch
-                    best_state = self.emb_.weight.detach().clone()
-            self.history_.append(row)
-        if best_state is not None:
+                yield tuple(torch.from_numpy(a[b]) for a in (users, pos, neg))
+
+        def loss(emb, batch, epoch):
+            u, p, n = batch
+            e = self._propagate()
+            eu, ep, en = e[u], e[U + p], e[U + n]
+            bpr = -nn.functional.logsigmoid((eu * ep).sum(1) - (eu * en).sum(1)).mean()
+            e0 = emb.weight
+            l2 = (e0[u].pow(2).sum() + e0[U + p].pow(2).sum() + e0[U + n].pow(2).sum()) / (2 * len(u))
+            return bpr + self.reg * l2
+
+        def validate(epoch):
+            if valid is None or not ((epoch + 1) % self.eval_every == 0 or epoch + 1 == self.epochs):
+                return None
+            self._cache_final()
+            return evaluate_recommender(self, self.train_, valid)
+
+        fit = trainer.fit(self.epochs, batches, loss, validate,
+                          on_best=lambda epoch: best.update(state=self.emb_.weight.detach().clone()))
+        self.best_epoch_ = fit.best_epoch + 1 if fit.best_epoch >= 0 else self.epochs
+        self.history_ = _history(fit)
+        if "state" in best:
             with torch.no_grad():
-                self.emb_.weight.copy_(best_state)
+                self.emb_.weight.copy_(best["state"])
         self._cache_final()
         return self
 

@@ -8,6 +8,14 @@ from transformers import GPT2Config
 GRAPH_BIAS_MODES = ("paper", "exp", "learned", "constant", "none")
 
 
+class GraphGPT2ConfigError(ValueError):
+    """An invalid GraphGPT2Config field; `field` names it (so a run config can name its own key)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"GraphGPT2Config.{field} {message}")
+        self.field = field
+
+
 class GraphGPT2Config(GPT2Config):
     r"""
     Configuration of [`GraphGPT2ForRecommendation`]: every [`GPT2Config`] field, plus the fields below.
@@ -76,31 +84,32 @@ class GraphGPT2Config(GPT2Config):
         def _int(name: str, low: int) -> None:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"GraphGPT2Config.{name} must be an integer >= {low}, got {value!r}")
+                raise GraphGPT2ConfigError(name, f"must be an integer >= {low}, got {value!r}")
 
-        _int("num_users", 1)
-        _int("num_items", 1)
-        _int("base_vocab_size", 1)
-        _int("max_hops", 1)
+        for name in ("num_users", "num_items", "base_vocab_size", "max_hops", "n_layer", "n_head", "n_embd",
+                     "n_positions"):
+            _int(name, 1)
+        for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
+                raise GraphGPT2ConfigError(name, f"must be a probability in [0, 1), got {value!r}")
         if self.graph_bias not in GRAPH_BIAS_MODES:
-            raise ValueError(
-                f"GraphGPT2Config.graph_bias must be one of {GRAPH_BIAS_MODES}, got {self.graph_bias!r}"
-            )
+            raise GraphGPT2ConfigError("graph_bias", f"must be one of {GRAPH_BIAS_MODES}, got {self.graph_bias!r}")
         if not isinstance(self.bias_delta, (int, float)) or not 0.0 < float(self.bias_delta) <= 1.0:
-            raise ValueError(f"GraphGPT2Config.bias_delta must be in (0, 1], got {self.bias_delta!r}")
+            raise GraphGPT2ConfigError("bias_delta", f"must be in (0, 1], got {self.bias_delta!r}")
         if self.graph_bias_layers is not None:
             layers = list(self.graph_bias_layers)
             bad = [i for i in layers if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.n_layer]
             if bad or len(set(layers)) != len(layers):
-                raise ValueError(
-                    f"GraphGPT2Config.graph_bias_layers must be distinct layer indices in [0, {self.n_layer}), "
-                    f"got {self.graph_bias_layers!r}"
+                raise GraphGPT2ConfigError(
+                    "graph_bias_layers",
+                    f"must be distinct layer indices in [0, {self.n_layer}), got {self.graph_bias_layers!r}",
                 )
             self.graph_bias_layers = sorted(layers)
         if not isinstance(self.mutual_reg_weight, (int, float)) or self.mutual_reg_weight < 0:
-            raise ValueError(f"GraphGPT2Config.mutual_reg_weight must be >= 0, got {self.mutual_reg_weight!r}")
+            raise GraphGPT2ConfigError("mutual_reg_weight", f"must be >= 0, got {self.mutual_reg_weight!r}")
         if self.n_embd % self.n_head != 0:
-            raise ValueError(f"GraphGPT2Config: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+            raise GraphGPT2ConfigError("n_embd", f"({self.n_embd}) must be divisible by n_head ({self.n_head})")
 
     @property
     def num_id_tokens(self) -> int:
@@ -114,4 +123,4 @@ class GraphGPT2Config(GPT2Config):
         return self.graph_bias_layers is None or layer_idx in self.graph_bias_layers
 
 
-__all__ = ["GraphGPT2Config", "GRAPH_BIAS_MODES"]
+__all__ = ["GraphGPT2Config", "GraphGPT2ConfigError", "GRAPH_BIAS_MODES"]

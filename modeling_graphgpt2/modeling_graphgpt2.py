@@ -8,7 +8,7 @@ Layout (top to bottom):
   graph_bias_values        hop distance -> bias value for the fixed modes
   GraphHopBias       per-layer bias module (learned table / per-head scale)
   GraphGPT2Attention       GPT2Attention that merges the bias into the mask transformers built
-  GraphGPT2Block/Model     GPT-2 backbone with the new attention (GPT-2 state-dict key names kept)
+  GraphGPT2Model           GPT2Model with the attention of every block swapped (GPT-2 key names kept)
   GraphIDEmbeddings        user + item embedding tables of one ID-embedding set
   GraphGPT2ForRecommendation  routing of token ids, two ID sets, content/collab/rec heads, recommend(),
                               loading of stock GPT-2 weights
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
-from transformers.models.gpt2.modeling_gpt2 import GPT2Attention, GPT2Block, GPT2Model, GPT2PreTrainedModel
+from transformers.models.gpt2.modeling_gpt2 import GPT2Attention, GPT2Model, GPT2PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_graphgpt2 import GraphGPT2Config
@@ -133,21 +133,13 @@ class GraphGPT2Attention(GPT2Attention):
         )
 
 
-class GraphGPT2Block(GPT2Block):
-    """GPT2Block whose self-attention is a GraphGPT2Attention (same parameter names)."""
-
-    def __init__(self, config, layer_idx=None):
-        super().__init__(config, layer_idx=layer_idx)
-        self.attn = GraphGPT2Attention(config=config, layer_idx=layer_idx)
-
-
 class GraphGPT2PreTrainedModel(GPT2PreTrainedModel):
     """Shared init for the GraphGPT2 models (GPT-2 init + graph-bias parameters)."""
 
     config: GraphGPT2Config
     config_class = GraphGPT2Config
     base_model_prefix = "transformer"
-    _no_split_modules = ["GraphGPT2Block"]
+    _no_split_modules = ["GPT2Block"]
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -166,17 +158,17 @@ class GraphGPT2Model(GraphGPT2PreTrainedModel, GPT2Model):
     the learnable bias parameters, so a stock GPT-2 state dict loads into it.
     """
 
-    def __init__(self, config: GraphGPT2Config):
-        GraphGPT2PreTrainedModel.__init__(self, config)
-        self.embed_dim = config.hidden_size
-        self.wte = nn.Embedding(config.vocab_size, self.embed_dim)
-        self.wpe = nn.Embedding(config.max_position_embeddings, self.embed_dim)
-        self.drop = nn.Dropout(config.embd_pdrop)
-        self.h = nn.ModuleList([GraphGPT2Block(config, layer_idx=i) for i in range(config.num_hidden_layers)])
-        self.ln_f = nn.LayerNorm(self.embed_dim, eps=config.layer_norm_epsilon)
-        self.gradient_checkpointing = False
-        self._attn_implementation = config._attn_implementation
-        self.post_init()
+    def post_init(self):
+        """Swap each block's attention for a GraphGPT2Attention, then initialise as GPT-2 does.
+
+        `GPT2Model.__init__` builds the stock blocks and ends with `post_init()`: swapping here, before the
+        weights are initialised, keeps GPT-2's parameter names and the initialisation order (so a seed gives the
+        same weights as ever) without re-writing `GPT2Model.__init__`.
+        """
+        for layer_idx, block in enumerate(self.h):
+            if not isinstance(block.attn, GraphGPT2Attention):
+                block.attn = GraphGPT2Attention(config=self.config, layer_idx=layer_idx)
+        super().post_init()
 
     def forward(self, input_ids=None, cache=None, attention_mask=None, inputs_embeds=None,
                 hop_distances: torch.Tensor | None = None, **kwargs):
@@ -316,6 +308,49 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
             param.requires_grad_(trainable)
         self.lm_head.weight.requires_grad_(trainable)
 
+    def new_parameters(self):
+        """The parameters GPT-2 does not have: both ID-embedding sets and the graph-bias parameters."""
+        yield from self.content_embeddings.parameters()
+        yield from self.collab_embeddings.parameters()
+        for block in self.transformer.h:
+            if block.attn.graph_bias is not None:
+                yield from block.attn.graph_bias.parameters()
+
+    def optimizer_groups(self, lr_id: float, lr_backbone: float, weight_decay: float) -> list[dict]:
+        """AdamW parameter groups (nanoGPT's `configure_optimizers`), trainable parameters only, tied weights once:
+        - `id_embeddings`: the new parameters (`new_parameters`) at `lr_id`, never decayed;
+        - `backbone_decay`: backbone matrices (LoRA adapters included) at `lr_backbone` with `weight_decay`;
+        - `backbone_no_decay`: biases, LayerNorms and the text/position embeddings at `lr_backbone`, no decay.
+        Empty groups are left out. Under PEFT call it on the base model (`get_base_model()`)."""
+        new = {id(p) for p in self.new_parameters()}
+        embeddings = {id(self.transformer.wte.weight), id(self.transformer.wpe.weight)}
+        ids, decay, no_decay = [], [], []
+        seen: set[int] = set()
+        for param in self.parameters():
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            if id(param) in new:
+                ids.append(param)
+            elif param.ndim >= 2 and id(param) not in embeddings:
+                decay.append(param)
+            else:
+                no_decay.append(param)
+        groups = [
+            {"params": ids, "lr": lr_id, "weight_decay": 0.0, "name": "id_embeddings"},
+            {"params": decay, "lr": lr_backbone, "weight_decay": weight_decay, "name": "backbone_decay"},
+            {"params": no_decay, "lr": lr_backbone, "weight_decay": 0.0, "name": "backbone_no_decay"},
+        ]
+        return [g for g in groups if g["params"]]
+
+    def configure_optimizers(self, lr_id: float, lr_backbone: float, weight_decay: float,
+                             betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.AdamW:
+        """AdamW over `optimizer_groups`."""
+        groups = self.optimizer_groups(lr_id, lr_backbone, weight_decay)
+        if not groups:
+            raise ValueError("no trainable parameters (freeze_backbone with every ID embedding frozen?)")
+        return torch.optim.AdamW(groups, betas=betas, eps=eps)
+
     def peft_modules_to_save(self) -> list[str]:
         """Module names to train in full under PEFT LoRA: the ID embeddings, plus graph-bias params if any."""
         names = ["content_embeddings", "collab_embeddings"]
@@ -414,8 +449,6 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
             raise ValueError(
                 f"attention_mask has shape {tuple(attention_mask.shape)}, expected {tuple(input_ids.shape)}"
             )
-        batch, seq_len = input_ids.shape
-
         outputs = self.transformer(
             inputs_embeds=self.embed_tokens(input_ids, embedding_set),
             attention_mask=attention_mask,
@@ -426,40 +459,55 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
             use_cache=False,
             **kwargs,
         )
-        hidden = outputs.last_hidden_state
         item_weight = self.id_embeddings(embedding_set).item.weight
-        result = GraphGPT2RecOutput(hidden_states=outputs.hidden_states, attentions=outputs.attentions)
-
-        task_loss = None
         if task == "content":
-            result.logits = self.lm_head(hidden)
-            if labels is not None:
-                targets = self._shifted_labels(labels, input_ids, 0, self.config.base_vocab_size, "text")
-                result.lm_loss = task_loss = self._shifted_cross_entropy(result.logits, targets)
+            result = self.content_head(outputs.last_hidden_state, input_ids, labels)
         elif task == "collab":
-            result.logits = F.linear(hidden, item_weight)
-            if labels is not None:
-                first_item = self.config.base_vocab_size + self.config.num_users
-                targets = self._shifted_labels(labels, input_ids, first_item, self.config.num_items, "item")
-                result.item_loss = task_loss = self._shifted_cross_entropy(result.logits, targets)
+            result = self.collab_head(outputs.last_hidden_state, input_ids, item_weight, labels)
         else:
-            last = self.last_token_index(attention_mask, batch, seq_len, hidden.device)
-            result.scores = F.linear(hidden[torch.arange(batch, device=hidden.device), last], item_weight)
-            if target_items is not None:
-                if tuple(target_items.shape) != (batch, self.config.num_items):
-                    raise ValueError(
-                        f"target_items has shape {tuple(target_items.shape)}, expected (batch, num_items) = "
-                        f"{(batch, self.config.num_items)}"
-                    )
-                log_probs = F.log_softmax(result.scores.float(), dim=-1)
-                result.rec_loss = task_loss = -(target_items.to(log_probs.dtype) * log_probs).sum(-1).mean()
-
-        if task_loss is not None:
+            result = self.rec_head(outputs.last_hidden_state, attention_mask, item_weight, target_items)
+        result.hidden_states, result.attentions = outputs.hidden_states, outputs.attentions
+        if result.loss is not None:
             weight = self.config.mutual_reg_weight if reg_weight is None else float(reg_weight)
-            result.loss = task_loss
             if weight > 0:
                 result.reg_loss = weight * self.mutual_regularizer(input_ids, attention_mask, embedding_set)
-                result.loss = task_loss + result.reg_loss
+                result.loss = result.loss + result.reg_loss
+        return result
+
+    # ---- task heads -----------------------------------------------------------------------------------------
+    def content_head(self, hidden, input_ids, labels=None) -> GraphGPT2RecOutput:
+        """Text LM: logits over the text vocabulary (`lm_head`, tied to `wte`); CE against the shifted labels."""
+        result = GraphGPT2RecOutput()
+        result.logits = self.lm_head(hidden)
+        if labels is not None:
+            targets = self._shifted_labels(labels, input_ids, 0, self.config.base_vocab_size, "text")
+            result.lm_loss = result.loss = self._shifted_cross_entropy(result.logits, targets)
+        return result
+
+    def collab_head(self, hidden, input_ids, item_weight, labels=None) -> GraphGPT2RecOutput:
+        """Item LM: logits over all items (the active set's item table); CE against the shifted item labels."""
+        result = GraphGPT2RecOutput()
+        result.logits = F.linear(hidden, item_weight)
+        if labels is not None:
+            first_item = self.config.base_vocab_size + self.config.num_users
+            targets = self._shifted_labels(labels, input_ids, first_item, self.config.num_items, "item")
+            result.item_loss = result.loss = self._shifted_cross_entropy(result.logits, targets)
+        return result
+
+    def rec_head(self, hidden, attention_mask, item_weight, target_items=None) -> GraphGPT2RecOutput:
+        """Recommendation: item scores from the last non-pad token; multinomial NLL against multi-hot targets."""
+        batch, seq_len = hidden.shape[:2]
+        last = self.last_token_index(attention_mask, batch, seq_len, hidden.device)
+        result = GraphGPT2RecOutput()
+        result.scores = F.linear(hidden[torch.arange(batch, device=hidden.device), last], item_weight)
+        if target_items is not None:
+            if tuple(target_items.shape) != (batch, self.config.num_items):
+                raise ValueError(
+                    f"target_items has shape {tuple(target_items.shape)}, expected (batch, num_items) = "
+                    f"{(batch, self.config.num_items)}"
+                )
+            log_probs = F.log_softmax(result.scores.float(), dim=-1)
+            result.rec_loss = result.loss = -(target_items.to(log_probs.dtype) * log_probs).sum(-1).mean()
         return result
 
     def _shifted_labels(self, labels, input_ids, first: int, count: int, kind: str) -> torch.Tensor:
@@ -609,7 +657,6 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
 __all__ = [
     "GraphHopBias",
     "GraphGPT2Attention",
-    "GraphGPT2Block",
     "GraphGPT2ForRecommendation",
     "GraphGPT2Model",
     "GraphGPT2PreTrainedModel",

@@ -72,6 +72,22 @@ def test_pipeline_outputs(uninterrupted):
     log = [json.loads(l) for l in (out / "logs" / "train_log.jsonl").read_text().splitlines()]
     assert {r["stage"] for r in log} == {"pretrain", "finetune"}
     assert sum(r.get("event") == "validation" for r in log) == 2
+    # the selected epoch is the first argmax of the validation history, and the reported test metrics are what
+    # the saved selected model scores (recomputed here), in the result file and the published metrics.json
+    fin = json.loads((out / "finetune_result.json").read_text())
+    values = [h["recall@20"] for h in fin["history"]]
+    assert result["best_epoch"] == values.index(max(values))
+    from accelerate import Accelerator
+
+    from train.config import load_config
+    from data_builders.corpus import Corpus
+    from train.evaluate import evaluate_model
+    from train.modeling_io import load_model
+
+    cfg = load_config(out / "run_config.yaml")
+    test = evaluate_model(Accelerator(cpu=True), load_model(out / "best"), Corpus(cfg.data.folder), "test", cfg)
+    assert {k: v for k, v in test.items() if k != "users"} == result["test"]
+    assert json.loads((hub / "metrics.json").read_text())["test"]["recall@20"] == result["test"]["recall@20"]
 
 
 def test_remote_code_load_without_package_same_recommendations(uninterrupted, tmp_path):
@@ -142,7 +158,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(uninterrupted, tiny_data, 
 
 def test_two_processes_evaluate_every_user_once(tiny_data, tmp_path):
     out = tmp_path / "run_ddp"
-    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "train.main", "run", "--config", "demo",
            *tiny_overrides(tiny_data, out, "finetune.epochs=1", "pretrain.rounds=0", "pretrain.content_epochs=1")]
     proc = subprocess.run(cmd, cwd=ROOT, env=_env(ACCELERATE_USE_CPU="1"), capture_output=True, text=True, timeout=300)
@@ -155,3 +171,21 @@ def test_two_processes_evaluate_every_user_once(tiny_data, tmp_path):
     test_users = sorted(e.user for e in Corpus(tiny_data).rec_examples("test"))
     assert result["test_users"] == test_users  # 41 users over 2 ranks: none duplicated, none missing
     assert result["test"]["num_users"] == len(test_users)
+
+
+def test_recommend_command_lines(uninterrupted, tmp_path):
+    """`python -m train.recommend` with --users, --history and --all, on the published folder."""
+    hub = uninterrupted / "hub_model"
+    base = [sys.executable, "-m", "train.recommend", "--model", str(hub), "--k", "5"]
+    users = subprocess.run(base + ["--users", "0", "3"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert users.returncode == 0, users.stderr[-2000:]
+    assert users.stdout.startswith("0:") and "\n3:" in users.stdout and len(users.stdout.strip().splitlines()) == 12
+    history = subprocess.run(base + ["--history", "1", "2"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert history.returncode == 0, history.stderr[-2000:]
+    shown = [int(line.split()[0]) for line in history.stdout.strip().splitlines()[1:]]
+    assert history.stdout.startswith("new_user:") and len(shown) == 5 and not {1, 2} & set(shown)
+    out = tmp_path / "all.jsonl"
+    everyone = subprocess.run(base + ["--all", "--out", str(out)], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert everyone.returncode == 0, everyone.stderr[-2000:]
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    assert [r["user"] for r in rows] == list(range(41)) and all(len(r["items"]) == 5 for r in rows)

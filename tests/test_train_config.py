@@ -67,3 +67,74 @@ def test_bad_yaml_file_names_file_and_key(tmp_path):
         load_config(f)
     with pytest.raises(ConfigError, match="unknown preset 'nosuch'"):
         load_config("nosuch")
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("finetune.epochs=-3", "finetune.epochs"),
+        ("finetune.epochs=0", "finetune.epochs"),
+        ("finetune.lr_id=-1e-3", "finetune.lr_id"),
+        ("pretrain.lr_backbone=0", "pretrain.lr_backbone"),
+        ("model.n_layer=0", "model.n_layer"),
+        ("model.n_head=0", "model.n_head"),
+        ("model.lora_r=-3", "model.lora_r"),
+        ("model.dropout=1.5", "model.dropout"),
+        ("model.dropout=-0.1", "model.dropout"),
+        ("model.max_hops=0", "model.max_hops"),
+        ("model.bias_delta=2", "model.bias_delta"),
+        ("model.graph_bias_layers=[5]", "model.graph_bias_layers"),
+        ("model.mutual_reg_weight=-1", "model.mutual_reg_weight"),
+        ("eval.recall_ks=[0]", "eval.recall_ks"),
+        ("eval.ndcg_ks=[-5]", "eval.ndcg_ks"),
+        ("eval.recall_ks=[]", "eval.recall_ks"),
+        ("finetune.batch_size=0", "finetune.batch_size"),
+        ("pretrain.collab_batch_size=0", "pretrain.collab_batch_size"),
+        ("finetune.patience=-1", "finetune.patience"),
+        ("finetune.warmup_ratio=1.5", "finetune.warmup_ratio"),
+        ("pretrain.weight_decay=-0.1", "pretrain.weight_decay"),
+        ("pretrain.grad_clip=-1", "pretrain.grad_clip"),
+        ("pretrain.rounds=-1", "pretrain.rounds"),
+        ("eval.batch_size=0", "eval.batch_size"),
+        ("output.log_every=0", "output.log_every"),
+        ("output.save_total_limit=0", "output.save_total_limit"),
+        ("data.max_length=0", "data.max_length"),
+    ],
+)
+def test_invalid_numbers_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=f"key '{key}'"):
+        load_config("demo", [override])
+
+
+def test_nothing_to_train_and_empty_pretraining_are_rejected():
+    with pytest.raises(ConfigError, match="nothing would be trained"):
+        load_config("demo", ["pretrain.do_pretrain=false", "finetune.do_finetune=false"])
+    with pytest.raises(ConfigError, match="pretrain.content_epochs"):
+        load_config("demo", ["pretrain.content_epochs=0", "pretrain.rounds=0"])
+    # the ablations stay expressible
+    assert load_config("demo", ["finetune.do_finetune=false"]).finetune.do_finetune is False
+    assert load_config("demo", ["pretrain.do_pretrain=false"]).pretrain.do_pretrain is False
+
+
+def test_model_section_is_a_graphgpt2_config():
+    from modeling_graphgpt2 import GRAPH_BIAS_MODES
+    from train.config import _ALLOWED_CHOICES, model_config
+
+    cfg = load_config("demo", ["model.graph_bias_layers=[1]", "model.graph_bias_per_head=true", "model.graph_bias=exp"])
+    conf = model_config(cfg.model, num_users=3, num_items=4, base_vocab_size=10)
+    assert (conf.graph_bias_layers, conf.graph_bias_per_head, conf.graph_bias) == ([1], True, "exp")
+    assert (conf.n_layer, conf.n_embd, conf.n_head, conf.resid_pdrop) == (cfg.model.n_layer, cfg.model.n_embd,
+                                                                          cfg.model.n_head, cfg.model.dropout)
+    assert _ALLOWED_CHOICES["model.graph_bias"] is GRAPH_BIAS_MODES  # listed once, in the model's config
+
+
+def test_stage_script_rejects_negative_lora_rank(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "train/finetune.py", "--config", "demo", "--lora-r", "-3",
+                           f"output.dir={tmp_path}"], cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "key 'model.lora_r'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not any(tmp_path.iterdir())

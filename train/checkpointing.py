@@ -78,31 +78,52 @@ def load_checkpoint(accelerator: Any, path: str | Path) -> dict:
     return json.loads(state_file.read_text())
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Fault injection for the kill/resume tests: GRAPHGPT2_KILL_AFTER_STEP=<stage>:<N> (e.g. "finetune:5") SIGKILLs
-# the process right after optimizer step N of that stage (no cleanup, like a pre-empted job);
-# GRAPHGPT2_FAIL_AT=checkpoint raises inside a checkpoint write, after save_state and before the rename.
+class CheckpointMismatchError(ValueError):
+    """A checkpoint belongs to other data (split, graph or tokenizer) than the run that tries to resume from it."""
+
+
+def check_data_fingerprint(checkpoint: Path, recorded: dict | None, current: dict | None) -> None:
+    """Refuse to resume when the dataset folder's hashes differ from those the checkpoint was trained on."""
+    if not recorded or not current:
+        return
+    differ = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
+    if differ:
+        raise CheckpointMismatchError(
+            f"{checkpoint}: cannot resume: the dataset folder's {', '.join(differ)} differ from the checkpoint's "
+            f"(another split, graph or tokenizer); start without --resume or point data.folder at the original folder"
+        )
 
 
 def resume_or_reset(accelerator: Any, logger: Any, stage: str, ckpt_root: Path, resume: bool,
-                    also_clear: tuple[Path, ...] = ()) -> dict | None:
+                    also_clear: tuple[Path, ...] = (), data_fingerprint: dict | None = None) -> dict | None:
     """Load the newest checkpoint of ``stage`` when resuming (returns its state), else start clean (returns None).
 
-    A fresh run in a used output dir forgets the old run's checkpoints (and ``also_clear``) and log lines, so
-    the log and the curve describe one run.
+    Resuming first compares ``data_fingerprint`` with the one stored in the checkpoint (before any state is
+    loaded). A fresh run in a used output dir forgets the old run's checkpoints (and ``also_clear``) and log
+    lines, so the log and the curve describe one run.
     """
     if resume and (last := latest_checkpoint(ckpt_root)) is not None:
+        recorded = json.loads((last / STATE_FILE).read_text()).get("data")
+        check_data_fingerprint(last, recorded, data_fingerprint)
         state = load_checkpoint(accelerator, last)
-        logger.truncate_after(stage, state["global_step"])
+        if logger is not None:
+            logger.truncate_after(stage, state["global_step"])
         name = {"pretrain": "pre-training", "finetune": "fine-tuning"}.get(stage, stage)
         accelerator.print(f"resumed {name} from {last} (epoch {state['epoch'] + 1}, step {state['global_step']})")
         return state
-    logger.truncate_after(stage, -1)
+    if logger is not None:
+        logger.truncate_after(stage, -1)
     if accelerator.is_main_process:
         for folder in (ckpt_root, *also_clear):
             shutil.rmtree(folder, ignore_errors=True)
     accelerator.wait_for_everyone()
     return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fault injection for the kill/resume tests: GRAPHGPT2_KILL_AFTER_STEP=<stage>:<N> (e.g. "finetune:5") SIGKILLs
+# the process right after optimizer step N of that stage (no cleanup, like a pre-empted job);
+# GRAPHGPT2_FAIL_AT=checkpoint raises inside a checkpoint write, after save_state and before the rename.
 
 
 def maybe_kill(stage: str, global_step: int) -> None:

@@ -4,17 +4,11 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterable
 
 import torch
 
 from data_builders.corpus import Corpus
-from train.config import ModelConfig, RunConfig, StageConfig
-
-# Parameter-name fragments of the ID-embedding tables (trained at lr_id, never weight-decayed, never LoRA'd).
-# (GraphGPT2ForRecommendation: `content_embeddings.{user,item}`, `collab_embeddings.{user,item}`; the item head
-# is tied to the active set's item table.) Graph-bias parameters are new too and train at lr_id.
-ID_PARAM_KEYS = ("content_embeddings.", "collab_embeddings.", ".graph_bias.")
+from train.config import ModelConfig, RunConfig, StageConfig, model_config_fields
 
 
 def make_accelerator(cfg: RunConfig, project_dir: str | Path):
@@ -31,25 +25,10 @@ def make_accelerator(cfg: RunConfig, project_dir: str | Path):
 
 
 def model_config_kwargs(m: ModelConfig, corpus: Corpus) -> dict:
-    """GraphGPT2Config kwargs from the run config and the dataset folder's counts and hop cap."""
+    """GraphGPT2Config kwargs from the run config's model section and the dataset folder's counts and hop cap."""
     corpus.check_max_hops(m.max_hops, "model.max_hops")  # fixed when the folder was built: compared, not passed in
-    kw = dict(
-        num_users=corpus.num_users,
-        num_items=corpus.num_items,
-        base_vocab_size=corpus.base_vocab_size,
-        n_layer=m.n_layer,
-        n_embd=m.n_embd,
-        n_head=m.n_head,
-        n_positions=m.n_positions,
-        resid_pdrop=m.dropout,
-        embd_pdrop=m.dropout,
-        attn_pdrop=m.dropout,
-        graph_bias=m.graph_bias,
-        max_hops=corpus.max_hops,
-        bias_delta=m.bias_delta,
-        mutual_reg_weight=m.mutual_reg_weight,
-        freeze_backbone=m.freeze_backbone,
-    )
+    kw = dict(model_config_fields(m), num_users=corpus.num_users, num_items=corpus.num_items,
+              base_vocab_size=corpus.base_vocab_size, max_hops=corpus.max_hops)
     pad = getattr(corpus.tokenizer, "pad_token_id", None)
     eos = getattr(corpus.tokenizer, "eos_token_id", None)
     if eos is not None and eos < corpus.base_vocab_size:
@@ -79,38 +58,18 @@ def build_model(cfg: RunConfig, corpus: Corpus):
     return model
 
 
-def is_id_param(name: str) -> bool:
-    return any(k in name for k in ID_PARAM_KEYS)
-
-
-def param_groups(model: torch.nn.Module, stage: StageConfig) -> list[dict]:
-    """AdamW groups: ID embeddings at lr_id (no decay); backbone matrices at lr_backbone with weight decay;
-    backbone biases/LayerNorm/position+text embeddings at lr_backbone without decay."""
-    ids, decay, no_decay = [], [], []
-    seen: set[int] = set()
-    for name, p in model.named_parameters():
-        if not p.requires_grad or id(p) in seen:  # tied weights appear once
-            continue
-        seen.add(id(p))
-        if is_id_param(name):
-            ids.append(p)
-        elif p.ndim >= 2 and "wte" not in name and "wpe" not in name:
-            decay.append(p)
-        else:
-            no_decay.append(p)
-    groups = [
-        {"params": ids, "lr": stage.lr_id, "weight_decay": 0.0, "name": "id_embeddings"},
-        {"params": decay, "lr": stage.lr_backbone, "weight_decay": stage.weight_decay, "name": "backbone_decay"},
-        {"params": no_decay, "lr": stage.lr_backbone, "weight_decay": 0.0, "name": "backbone_no_decay"},
-    ]
-    return [g for g in groups if g["params"]]
+def data_fingerprint(corpus: Corpus) -> dict:
+    """The hashes that identify a dataset folder's split, graph and tokenizer (stored in every checkpoint; a
+    resume on a folder with other hashes is refused before training)."""
+    return {"split_hash": corpus.split_hash, "graph_sha256": corpus.graph_sha256,
+            "tokenizer_sha256": corpus.tokenizer_sha256}
 
 
 def make_optimizer(model: torch.nn.Module, stage: StageConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, stage)
-    if not groups:
-        raise ValueError("no trainable parameters (freeze_backbone with no ID embeddings?)")
-    return torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
+    """AdamW with the model's own parameter groups (ID embeddings at lr_id; backbone at lr_backbone, decayed
+    matrices vs the rest); a LoRA (PEFT) model asks its base model."""
+    net = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return net.configure_optimizers(stage.lr_id, stage.lr_backbone, stage.weight_decay)
 
 
 def warmup_linear(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float):
@@ -130,14 +89,6 @@ def steps_per_epoch(num_rows: int, batch_size: int, num_processes: int) -> int:
     """Optimizer steps per process for one pass (accelerate pads the last batch so every rank has as many)."""
     batches = math.ceil(num_rows / batch_size)
     return math.ceil(batches / num_processes)
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def mean_loss_across(accelerator: Any, loss: torch.Tensor) -> float:
-    return accelerator.gather(loss.detach().float().reshape(1)).mean().item()
 
 
 def apply_lora(model: torch.nn.Module, r: int, alpha: int, base_dir: str | Path, is_main_process: bool = True):
@@ -164,13 +115,6 @@ def apply_lora(model: torch.nn.Module, r: int, alpha: int, base_dir: str | Path,
     return peft_model
 
 
-def unwrap_lora(model: torch.nn.Module) -> torch.nn.Module:
-    """Merge LoRA adapters into the base weights (a no-op for a plain model)."""
-    if hasattr(model, "merge_and_unload"):
-        return model.merge_and_unload()
-    return model
-
-
 def seed_everything(seed: int) -> None:
     from accelerate.utils import set_seed
 
@@ -181,7 +125,3 @@ def seed_everything(seed: int) -> None:
 def freeze_backbone(model: torch.nn.Module) -> None:
     """CLLM4Rec mode: only ID embeddings (and graph-bias parameters) train."""
     model.set_backbone_trainable(False)
-
-
-def count_params(params: Iterable[torch.nn.Parameter]) -> int:
-    return sum(p.numel() for p in params)

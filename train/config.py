@@ -10,7 +10,6 @@ Unknown keys and values of the wrong type are errors that name the key (and the 
 from __future__ import annotations
 
 import dataclasses
-import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ from typing import Any, Optional
 import yaml
 
 from data_builders.preprocess import DEFAULT_SPLIT_SEED
+from modeling_graphgpt2.configuration_graphgpt2 import GRAPH_BIAS_MODES, GraphGPT2Config, GraphGPT2ConfigError
+from train.metric_names import parse_metric_name
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 PRESETS = ("demo", "quick", "paper", "released")
@@ -51,14 +52,17 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Size and graph-bias settings of GraphGPT2ForRecommendation (mirrors GraphGPT2Config fields)."""
+    """Size and graph-bias settings of GraphGPT2ForRecommendation; checked by building a GraphGPT2Config from them
+    (``model_config``), so the model's own validation is the only one."""
 
     n_layer: int = 2
     n_embd: int = 64
     n_head: int = 4
     n_positions: int = 1024
     dropout: float = 0.1  # resid/embd/attn dropout
-    graph_bias: str = "paper"  # "paper" | "exp" | "learned" | "constant" | "none"
+    graph_bias: str = "paper"  # one of GRAPH_BIAS_MODES: "paper" | "exp" | "learned" | "constant" | "none"
+    graph_bias_layers: Optional[list[int]] = None  # layers that get the bias; None = every layer
+    graph_bias_per_head: bool = False  # a learnable per-head scale on the fixed bias modes
     max_hops: int = 6
     bias_delta: float = 0.5
     init_from: Optional[str] = None  # local GPT-2 checkpoint folder (backbone weights); None = random init
@@ -152,7 +156,7 @@ class RunConfig:
 # Checking values against the dataclass field types.
 
 _ALLOWED_CHOICES = {
-    "model.graph_bias": ("paper", "exp", "learned", "constant", "none"),
+    "model.graph_bias": GRAPH_BIAS_MODES,
     "mixed_precision": ("no", "fp16", "bf16"),
 }
 
@@ -219,30 +223,90 @@ def _apply(obj: Any, updates: dict, prefix: str, where: str) -> None:
             setattr(obj, name, _check_value(key.lstrip("."), value, types_[name], where))
 
 
-def _validate(cfg: RunConfig) -> None:
-    """Cross-field checks that types alone cannot express."""
-    if cfg.model.n_embd % cfg.model.n_head:
-        raise ConfigError(f"key 'model.n_embd' ({cfg.model.n_embd}) must be divisible by 'model.n_head' ({cfg.model.n_head})")
-    if not 0.0 <= cfg.finetune.mask_fraction < 1.0:
-        raise ConfigError(f"key 'finetune.mask_fraction' must be in [0, 1), got {cfg.finetune.mask_fraction}")
-    from train.metric_names import parse_metric_name
+# run-config key of each GraphGPT2Config field that ModelConfig sets under another name
+_MODEL_FIELD_KEYS = {"resid_pdrop": "model.dropout", "embd_pdrop": "model.dropout", "attn_pdrop": "model.dropout"}
 
+
+def model_config_fields(m: ModelConfig) -> dict[str, Any]:
+    """GraphGPT2Config keyword arguments of the model section (sizes of the data not included)."""
+    return dict(
+        n_layer=m.n_layer, n_embd=m.n_embd, n_head=m.n_head, n_positions=m.n_positions,
+        resid_pdrop=m.dropout, embd_pdrop=m.dropout, attn_pdrop=m.dropout,
+        graph_bias=m.graph_bias, graph_bias_layers=m.graph_bias_layers, graph_bias_per_head=m.graph_bias_per_head,
+        max_hops=m.max_hops, bias_delta=m.bias_delta, mutual_reg_weight=m.mutual_reg_weight,
+        freeze_backbone=m.freeze_backbone,
+    )
+
+
+def model_config(m: ModelConfig, **sizes: Any) -> GraphGPT2Config:
+    """The GraphGPT2Config of the model section (``sizes``: num_users, num_items, base_vocab_size, token ids).
+
+    Raises ConfigError naming the run-config key when GraphGPT2Config rejects a value."""
     try:
-        parse_metric_name(cfg.finetune.selection_metric)
+        return GraphGPT2Config(**model_config_fields(m), **sizes)
+    except GraphGPT2ConfigError as err:
+        key = _MODEL_FIELD_KEYS.get(err.field, f"model.{err.field}")
+        raise ConfigError(f"key '{key}': {err}") from None
+
+
+def _require(cfg: RunConfig, key: str, ok: Any, what: str) -> None:
+    """Raise ConfigError naming ``key`` (dotted) unless ``ok(value)``."""
+    value: Any = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    if not ok(value):
+        raise ConfigError(f"key '{key}' must be {what}, got {value!r}")
+
+
+def _validate(cfg: RunConfig) -> None:
+    """Checks that types alone cannot express: ranges and cross-field rules. Each error names its key."""
+    model_config(cfg.model)  # the model section: GraphGPT2Config's own checks (sizes, dropout, bias settings)
+    positive, non_negative = (lambda v: v > 0), (lambda v: v >= 0)
+    _require(cfg, "model.lora_r", non_negative, ">= 0 (0 = no LoRA)")
+    if cfg.model.lora_r > 0:
+        _require(cfg, "model.lora_alpha", positive, "> 0")
+    for stage in ("pretrain", "finetune"):
+        for name in ("lr_id", "lr_backbone"):
+            _require(cfg, f"{stage}.{name}", lambda v: v > 0 and v == v and v != float("inf"), "a finite number > 0")
+        _require(cfg, f"{stage}.batch_size", positive, ">= 1")
+        _require(cfg, f"{stage}.weight_decay", non_negative, ">= 0")
+        _require(cfg, f"{stage}.warmup_ratio", lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
+        _require(cfg, f"{stage}.grad_clip", non_negative, ">= 0 (0 = no clipping)")
+    p, f = cfg.pretrain, cfg.finetune
+    _require(cfg, "pretrain.collab_batch_size", positive, ">= 1")
+    for name in ("content_epochs", "rounds", "content_every"):
+        _require(cfg, f"pretrain.{name}", non_negative, ">= 0")
+    if p.do_pretrain and p.content_epochs + p.rounds == 0:
+        raise ConfigError("keys 'pretrain.content_epochs' and 'pretrain.rounds' are both 0 with pretrain.do_pretrain=true; "
+                          "set pretrain.do_pretrain=false for the NoPretrain ablation")
+    _require(cfg, "finetune.epochs", non_negative, ">= 1 (finetune.do_finetune=false is the NoFineTune ablation)")
+    if f.do_finetune and f.epochs == 0:
+        raise ConfigError("key 'finetune.epochs' must be >= 1 when finetune.do_finetune=true "
+                          "(finetune.do_finetune=false is the NoFineTune ablation)")
+    if not (p.do_pretrain or f.do_finetune):
+        raise ConfigError("keys 'pretrain.do_pretrain' and 'finetune.do_finetune' are both false: nothing would be trained")
+    _require(cfg, "finetune.patience", non_negative, ">= 0 (0 = never stop early)")
+    if not 0.0 <= f.mask_fraction < 1.0:
+        raise ConfigError(f"key 'finetune.mask_fraction' must be in [0, 1), got {f.mask_fraction}")
+    for name in ("recall_ks", "ndcg_ks"):
+        _require(cfg, f"eval.{name}", lambda ks: len(ks) > 0 and all(k >= 1 for k in ks), "a non-empty list of cut-offs >= 1")
+    _require(cfg, "eval.batch_size", positive, ">= 1")
+    _require(cfg, "eval.num_examples", non_negative, ">= 0")
+    _require(cfg, "data.max_length", positive, ">= 1")
+    _require(cfg, "data.bpe_vocab", positive, ">= 1")
+    _require(cfg, "output.save_total_limit", positive, ">= 1")
+    _require(cfg, "output.log_every", positive, ">= 1")
+    try:
+        kind, k = parse_metric_name(f.selection_metric)
     except ValueError as err:
         raise ConfigError(f"key 'finetune.selection_metric': {err}") from None
-    kind, k = parse_metric_name(cfg.finetune.selection_metric)
     ks = cfg.eval.ndcg_ks if kind == "ndcg" else cfg.eval.recall_ks
     if k not in ks:
-        raise ConfigError(f"key 'finetune.selection_metric' ({cfg.finetune.selection_metric}) needs k={k} in the eval cut-offs {ks}")
+        raise ConfigError(f"key 'finetune.selection_metric' ({f.selection_metric}) needs k={k} in the eval cut-offs {ks}")
     known = {"content", "review", "second_order"}
     bad = [c for c in cfg.data.pretrain_configs if c not in known]
     if bad:
         raise ConfigError(f"key 'data.pretrain_configs' has unknown prompt configs {bad}; known: {sorted(known)}")
-    for name in ("batch_size",):
-        for stage in ("pretrain", "finetune"):
-            if getattr(getattr(cfg, stage), name) < 1:
-                raise ConfigError(f"key '{stage}.{name}' must be >= 1")
 
 
 def parse_overrides(overrides: list[str]) -> dict:
@@ -302,7 +366,3 @@ def config_from_dict(d: dict) -> RunConfig:
     _apply(cfg, d, "", "dict")
     _validate(cfg)
     return cfg
-
-
-def config_to_json(cfg: RunConfig) -> str:
-    return json.dumps(cfg.to_dict(), sort_keys=True)

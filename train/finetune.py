@@ -7,32 +7,29 @@ items (``f = finetune.mask_fraction``, 0.2) are removed from the prompt -- at mo
 one item -- the rest are shuffled, and the target is the multi-hot of ALL train items. The mask is drawn from
 ``default_rng([seed, epoch])`` so a resumed run masks exactly as an uninterrupted one.
 
-After each epoch the model is evaluated on validation; the epoch with the best ``finetune.selection_metric``
-(one criterion, ties keep the earlier epoch) is saved to ``<output.dir>/best``. Test is evaluated ONCE, after
+The loop is ``train.trainer.Trainer.fit``. After each epoch the model is evaluated on validation; the epoch with
+the best ``finetune.selection_metric`` (one criterion, ties keep the earlier epoch) is saved to
+``<output.dir>/best``; ``finetune.patience`` epochs without improvement stop training. Test is evaluated ONCE, after
 training, with that model. Starts from ``<output.dir>/pretrained`` when pre-training ran (else a fresh model:
 the NoPretrain ablation).
 """
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from data_builders.collate import MODEL_INPUT_KEYS
 from data_builders.corpus import Corpus, RecExample
-from train.checkpointing import maybe_kill, resume_or_reset, save_checkpoint
 from train.common import (
     apply_lora,
     build_model,
+    data_fingerprint,
     freeze_backbone,
     make_accelerator,
     make_optimizer,
-    mean_loss_across,
     seed_everything,
     steps_per_epoch,
     warmup_linear,
@@ -42,6 +39,8 @@ from train.evaluate import evaluate_model
 from train.io_utils import atomic_write_json
 from train.logging_utils import RunLogger
 from train.metrics import metric_names
+from train.modeling_io import load_model, save_model
+from train.trainer import Trainer
 
 
 def masked_prompts(corpus: Corpus, examples: list[RecExample], fraction: float, seed: int, epoch: int, max_length: int) -> list[dict]:
@@ -61,8 +60,6 @@ def masked_prompts(corpus: Corpus, examples: list[RecExample], fraction: float, 
 
 def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None, init_dir: str | Path | None = None) -> dict:
     """Train, select on validation, evaluate test once. Returns val/test metrics and paths."""
-    from train.modeling_io import load_model
-
     out = Path(cfg.output.dir)
     f = cfg.finetune
     accelerator = make_accelerator(cfg, out)
@@ -82,112 +79,63 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
         model = apply_lora(model, cfg.model.lora_r, cfg.model.lora_alpha, lora_base, accelerator.is_main_process)
     train_examples = corpus.rec_examples("train")
     collate = corpus.collator(cfg.data.max_length)
-
-
     names = metric_names(cfg.eval.recall_ks, cfg.eval.ndcg_ks)
-    select = f.selection_metric
     total_steps = f.epochs * steps_per_epoch(len(train_examples), f.batch_size, accelerator.num_processes)
     optimizer = make_optimizer(model, f)
-    scheduler = warmup_linear(optimizer, total_steps, f.warmup_ratio)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-
-    ckpt_root = out / "checkpoints" / "finetune"
     best_dir = out / "best"
-    logger = RunLogger(out / "logs" / "train_log.jsonl", enabled=accelerator.is_main_process, tensorboard_dir=out / "tensorboard")
-    start_epoch, global_step = 0, 0
-    best = {"epoch": -1, "value": -float("inf"), "metrics": None}
-    history: list[dict] = []
-    if (state := resume_or_reset(accelerator, logger, "finetune", ckpt_root, resume, also_clear=(best_dir,))) is not None:
-        start_epoch, global_step, best, history = state["epoch"] + 1, state["global_step"], state["best"], state["history"]
+    trainer = Trainer(
+        model, optimizer, warmup_linear(optimizer, total_steps, f.warmup_ratio),
+        accelerator=accelerator, stage="finetune", grad_clip=f.grad_clip,
+        selection_metric=f.selection_metric, patience=f.patience,
+        checkpoint_dir=out / "checkpoints" / "finetune", keep_checkpoints=cfg.output.save_total_limit,
+        logger=RunLogger(out / "logs" / "train_log.jsonl", enabled=accelerator.is_main_process, tensorboard_dir=out / "tensorboard"),
+        log_every=cfg.output.log_every, data_fingerprint=data_fingerprint(corpus),
+    )
+
+    def batches(epoch: int):
+        rows = masked_prompts(corpus, train_examples, f.mask_fraction, cfg.seed, epoch, cfg.data.max_length)
+        return accelerator.prepare_data_loader(DataLoader(rows, batch_size=f.batch_size, shuffle=False, collate_fn=collate))
+
+    def loss(model, batch: dict, epoch: int):
+        return model(**{k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS}, target_items=batch["target_items"],
+                     task="rec", reg_weight=cfg.model.mutual_reg_weight)
+
+    def validate(epoch: int) -> dict:
+        val = evaluate_model(accelerator, trainer.model, corpus, "validation", cfg)
+        return {n: val[n] for n in names}
 
     t0 = time.time()
-    bad_epochs = 0
-    for epoch in range(start_epoch, f.epochs if cfg.finetune.do_finetune else 0):
-        rows = masked_prompts(corpus, train_examples, f.mask_fraction, cfg.seed, epoch, cfg.data.max_length)
-        loader = accelerator.prepare_data_loader(DataLoader(rows, batch_size=f.batch_size, shuffle=False, collate_fn=collate))
-        model.train()
-        bar = tqdm(loader, desc=f"finetune {epoch + 1}/{f.epochs}", disable=not accelerator.is_local_main_process, leave=False)
-        for batch in bar:
-            outputs = model(**{k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS}, target_items=batch["target_items"],
-                            task="rec", reg_weight=cfg.model.mutual_reg_weight)
-            accelerator.backward(outputs.loss)
-            if f.grad_clip > 0:
-                accelerator.clip_grad_norm_(model.parameters(), f.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            global_step += 1
-            if global_step % cfg.output.log_every == 0 or global_step == 1:
-                loss = mean_loss_across(accelerator, outputs.loss)
-                logger.log({"stage": "finetune", "task": "rec", "epoch": epoch, "step": global_step, "loss": loss})
-                bar.set_postfix(loss=f"{loss:.4f}")
-            maybe_kill("finetune", global_step)
-
-        val = evaluate_model(accelerator, model, corpus, "validation", cfg)
-        val_short = {n: val[n] for n in names}
-        history.append({"epoch": epoch, **val_short})
-        logger.log({"stage": "finetune", "event": "validation", "epoch": epoch, "step": global_step, "metrics": val_short})
-        accelerator.print(f"epoch {epoch}: " + " ".join(f"{n}={val[n]:.4f}" for n in names))
-        if val[select] > best["value"]:
-            best = {"epoch": epoch, "value": float(val[select]), "metrics": val_short}
-            save_selected(accelerator, model, best_dir)
-            bad_epochs = 0
-        else:
-            bad_epochs += 1
-        save_checkpoint(accelerator, ckpt_root, epoch,
-                        {"epoch": epoch, "global_step": global_step, "best": best, "history": history},
-                        keep=cfg.output.save_total_limit)
-        if f.patience and bad_epochs >= f.patience:
-            accelerator.print(f"no {select} improvement for {f.patience} epochs; stopping")
-            break
+    fit = trainer.fit(f.epochs if f.do_finetune else 0, batches, loss, validate=validate,
+                      on_best=lambda epoch: save_model(accelerator, trainer.model, best_dir),
+                      epoch_info=lambda epoch: {"task": "rec"}, resume=resume, also_clear=(best_dir,))
     train_wall = time.time() - t0
 
     # Test once, with the selected model (or the starting model when fine-tuning is off: NoFineTune).
     if best_dir.is_dir():
         final = load_model(best_dir, merge_lora=True)
     else:
-        final = accelerator.unwrap_model(model)
+        final = accelerator.unwrap_model(trainer.model)
         final = final.merge_and_unload() if hasattr(final, "merge_and_unload") else final
-        save_selected(accelerator, final, best_dir)
+        save_model(accelerator, final, best_dir)
     final = final.to(accelerator.device)
     val = evaluate_model(accelerator, final, corpus, "validation", cfg)
     test = evaluate_model(accelerator, final, corpus, "test", cfg)
     result = {
-        "selection_metric": select,
-        "best_epoch": best["epoch"],
+        "selection_metric": f.selection_metric,
+        "best_epoch": fit.best_epoch,
         "validation": {k: v for k, v in val.items() if k != "users"},
         "test": {k: v for k, v in test.items() if k != "users"},
         "test_users": sorted(test["users"]),  # gathered across processes: each user exactly once
-        "history": history,
+        "history": fit.history,
+        "stopped_early": fit.stopped_early,
         "train_wall_s": train_wall,
         "model_dir": str(best_dir),
-        "steps": global_step,
+        "steps": fit.global_step,
     }
     if accelerator.is_main_process:
         atomic_write_json(out / "finetune_result.json", result)
-    logger.close()
+    trainer.logger.close()
     return result
-
-
-def save_selected(accelerator, model, best_dir: Path) -> None:
-    """Save the selected model atomically as a plain save_pretrained folder; a LoRA model is saved merged, with
-    its adapter in ``adapter/`` (reload: ``train.modeling_io.load_model(best_dir / "adapter", merge_lora=False)``)."""
-    import copy
-
-    from train.io_utils import replace_dir
-
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        net = accelerator.unwrap_model(model)
-        tmp = best_dir.with_name(f".tmp-{best_dir.name}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        if hasattr(net, "merge_and_unload"):
-            net.save_pretrained(str(tmp / "adapter"))
-            net = copy.deepcopy(net).merge_and_unload()
-        net.save_pretrained(str(tmp))
-        replace_dir(tmp, best_dir)
-    accelerator.wait_for_everyone()
 
 
 def main(argv: list[str] | None = None) -> int:

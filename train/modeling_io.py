@@ -22,3 +22,26 @@ def load_model(folder: str | Path, merge_lora: bool = True):
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder}: no config.json (not a save_pretrained folder)")
     return GraphGPT2ForRecommendation.from_pretrained(str(folder))
+
+
+def save_model(accelerator, model, folder: str | Path) -> None:
+    """Save ``model`` atomically (temp folder, then rename) as a plain ``save_pretrained`` folder; all ranks call
+    this. A LoRA model is saved merged, with its adapter beside it in ``adapter/``
+    (reload: ``load_model(folder / "adapter", merge_lora=False)``)."""
+    import copy
+    import shutil
+
+    from train.io_utils import replace_dir
+
+    folder = Path(folder)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        tmp = folder.with_name(f".tmp-{folder.name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        net = accelerator.unwrap_model(model)
+        if hasattr(net, "merge_and_unload"):
+            net.save_pretrained(str(tmp / "adapter"))
+            net = copy.deepcopy(net).merge_and_unload()
+        net.save_pretrained(str(tmp))
+        replace_dir(tmp, folder)
+    accelerator.wait_for_everyone()

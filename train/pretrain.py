@@ -9,10 +9,10 @@ the interaction prompts, "collab" embeddings, regularised toward the content one
 (regularised toward the collab ones) when ``content_every > 0 and (r + 1) % content_every == 0``.
 paper: 10 + 100 rounds, content every round; released code: 3 + 100, content every 50th round.
 
-One shared backbone, one AdamW with param groups (ID embeddings at ``lr_id``, backbone at ``lr_backbone``), linear
-warm-up then linear decay over the whole schedule, gradient clipping. A checkpoint after every epoch (atomic,
-last 2 kept); ``--resume`` continues after the last one with the same data order, RNG, optimizer and schedule.
-The result is ``<output.dir>/pretrained`` (save_pretrained).
+One shared backbone, one AdamW with the model's parameter groups (ID embeddings at ``lr_id``, backbone at
+``lr_backbone``), linear warm-up then linear decay over the whole schedule, gradient clipping. The loop is
+``train.trainer.Trainer.fit``: a checkpoint after every epoch (atomic, last 2 kept); ``--resume`` continues after
+the last one with the same data order, RNG, optimizer and schedule. The result is ``<output.dir>/pretrained``.
 """
 from __future__ import annotations
 
@@ -20,26 +20,25 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from data_builders.collate import MODEL_INPUT_KEYS
 from data_builders.corpus import Corpus
-from train.checkpointing import maybe_kill, resume_or_reset, save_checkpoint
 from train.common import (
     apply_lora,
     build_model,
+    data_fingerprint,
     freeze_backbone,
     make_accelerator,
     make_optimizer,
-    mean_loss_across,
     seed_everything,
     steps_per_epoch,
     warmup_linear,
 )
 from train.config import PretrainConfig, RunConfig
 from train.logging_utils import RunLogger
+from train.modeling_io import save_model
+from train.trainer import Trainer
 
 MODEL_KEYS = (*MODEL_INPUT_KEYS, "labels")  # content and collab tasks take token labels
 
@@ -74,6 +73,7 @@ def run_epoch_loader(accelerator, rows: list[dict], collate, batch_size: int, se
 def pretrain(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None) -> dict:
     """Run the whole pre-training schedule; returns {"model_dir", "wall_s", "plan", "final_loss"}."""
     out = Path(cfg.output.dir)
+    p = cfg.pretrain
     accelerator = make_accelerator(cfg, out)
     seed_everything(cfg.seed)
     corpus = corpus or Corpus(cfg.data.folder, cfg.data.leave_user_out_hops)
@@ -82,88 +82,43 @@ def pretrain(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None)
         freeze_backbone(model)
     if cfg.model.lora_r > 0:
         model = apply_lora(model, cfg.model.lora_r, cfg.model.lora_alpha, out / "lora_base_pretrain", accelerator.is_main_process)
-    p = cfg.pretrain
     plan = pretrain_plan(p)
     rows = {
         "content": load_rows(corpus, cfg.data.pretrain_configs, cfg.data.max_length) if "content" in plan else [],
         "collab": load_rows(corpus, ["interactions"], cfg.data.max_length) if "collab" in plan else [],
     }
-    bs = {"content": p.batch_size, "collab": p.collab_batch_size}
+    batch_size = {"content": p.batch_size, "collab": p.collab_batch_size}
     for task in set(plan):
         if not rows[task]:
             raise ValueError(f"pre-training plan has {task} epochs but the dataset folder gave no {task} rows ({cfg.data.folder})")
-    n_proc = accelerator.num_processes
-    total_steps = sum(steps_per_epoch(len(rows[t]), bs[t], n_proc) for t in plan)
+    total_steps = sum(steps_per_epoch(len(rows[t]), batch_size[t], accelerator.num_processes) for t in plan)
     optimizer = make_optimizer(model, p)
-    scheduler = warmup_linear(optimizer, total_steps, p.warmup_ratio)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
+    trainer = Trainer(
+        model, optimizer, warmup_linear(optimizer, total_steps, p.warmup_ratio),
+        accelerator=accelerator, stage="pretrain", grad_clip=p.grad_clip,
+        checkpoint_dir=out / "checkpoints" / "pretrain", keep_checkpoints=cfg.output.save_total_limit,
+        logger=RunLogger(out / "logs" / "train_log.jsonl", enabled=accelerator.is_main_process, tensorboard_dir=out / "tensorboard"),
+        log_every=cfg.output.log_every, data_fingerprint=data_fingerprint(corpus),
+    )
     collate = corpus.collator(cfg.data.max_length)
 
-    ckpt_root = out / "checkpoints" / "pretrain"
-    logger = RunLogger(out / "logs" / "train_log.jsonl", enabled=accelerator.is_main_process, tensorboard_dir=out / "tensorboard")
-    start_epoch, global_step = 0, 0
-    if (state := resume_or_reset(accelerator, logger, "pretrain", ckpt_root, resume)) is not None:
-        start_epoch, global_step = state["epoch"] + 1, state["global_step"]
+    def batches(epoch: int):
+        task = plan[epoch]
+        return run_epoch_loader(accelerator, rows[task], collate, batch_size[task], cfg.seed, epoch)
 
-    t0 = time.time()
-    last_loss = float("nan")
-    for epoch in range(start_epoch, len(plan)):
+    def loss(model, batch: dict, epoch: int):
         task = plan[epoch]
         # no regulariser in the content warm-up: the collab embeddings are still random there
         reg = 0.0 if (task == "content" and epoch < p.content_epochs) else cfg.model.mutual_reg_weight
-        loader = run_epoch_loader(accelerator, rows[task], collate, bs[task], cfg.seed, epoch)
-        model.train()
-        bar = tqdm(loader, desc=f"pretrain {epoch + 1}/{len(plan)} {task}", disable=not accelerator.is_local_main_process, leave=False)
-        for batch in bar:
-            batch = {k: v for k, v in batch.items() if k in MODEL_KEYS}
-            outputs = model(**batch, task=task, reg_weight=reg)
-            accelerator.backward(outputs.loss)
-            if p.grad_clip > 0:
-                accelerator.clip_grad_norm_(model.parameters(), p.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            global_step += 1
-            if global_step % cfg.output.log_every == 0 or global_step == 1:
-                last_loss = mean_loss_across(accelerator, outputs.loss)
-                rec = {"stage": "pretrain", "task": task, "epoch": epoch, "step": global_step, "loss": last_loss,
-                       "lr_id": optimizer.param_groups[0]["lr"]}
-                reg_loss = getattr(outputs, "reg_loss", None)
-                if reg_loss is not None:
-                    rec["reg_loss"] = float(reg_loss.detach())
-                logger.log(rec)
-                bar.set_postfix(loss=f"{last_loss:.4f}")
-            maybe_kill("pretrain", global_step)
-        save_checkpoint(accelerator, ckpt_root, epoch, {"epoch": epoch, "global_step": global_step, "task": task},
-                        keep=cfg.output.save_total_limit)
+        return model(**{k: v for k, v in batch.items() if k in MODEL_KEYS}, task=task, reg_weight=reg)
 
+    t0 = time.time()
+    fit = trainer.fit(len(plan), batches, loss, epoch_info=lambda epoch: {"task": plan[epoch]}, resume=resume)
     model_dir = out / "pretrained"
-    save_model(accelerator, model, model_dir)
-    logger.close()
-    return {"model_dir": str(model_dir), "wall_s": time.time() - t0, "plan": plan, "final_loss": last_loss,
-            "steps": global_step}
-
-
-def save_model(accelerator, model, model_dir: Path) -> None:
-    """save_pretrained into a temp folder, then rename. A LoRA model is saved merged (the folder fine-tuning
-    starts from) with its adapter beside it in ``adapter/`` (PeftModel.from_pretrained(base, model_dir/"adapter"))."""
-    import copy
-    import shutil
-
-    from train.io_utils import replace_dir
-
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        tmp = model_dir.with_name(f".tmp-{model_dir.name}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        net = accelerator.unwrap_model(model)
-        if hasattr(net, "merge_and_unload"):
-            net.save_pretrained(str(tmp / "adapter"))
-            net = copy.deepcopy(net).merge_and_unload()
-        net.save_pretrained(str(tmp))
-        replace_dir(tmp, model_dir)
-    accelerator.wait_for_everyone()
+    save_model(accelerator, trainer.model, model_dir)
+    trainer.logger.close()
+    return {"model_dir": str(model_dir), "wall_s": time.time() - t0, "plan": plan, "final_loss": fit.last_loss,
+            "steps": fit.global_step}
 
 
 def main(argv: list[str] | None = None) -> int:
