@@ -40,6 +40,7 @@ from typing import Iterable
 
 import numpy as np
 
+from .textclean import clean_text
 from .tokenization import item_token, user_token
 
 ALL_CONFIGS = ("content", "review", "second_order", "interactions", "recommendation")
@@ -69,6 +70,7 @@ TEMPLATE_TEXTS = (
     + ["user_0 has interacted with item_1 item_2, user_0 will interact with", "A new user has interacted with item_1, the user will interact with"]
 )
 IGNORE_INDEX = -100
+STRUCTURAL_MAIN_KINDS = ("interactions",)  # mains made of ID tokens; every other main is untrusted text
 
 
 @dataclass
@@ -193,12 +195,26 @@ def _ids(tokenizer, texts: list[str]) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
+def _text_main(row: dict, stats: dict) -> dict:
+    """A text main (title, review, brand, ...) made safe: ID tokens and EOS come only from structure (textclean)."""
+    if row["kind"] in STRUCTURAL_MAIN_KINDS:
+        return row
+    text, reasons = clean_text(row["main"])
+    for reason in reasons:
+        stats[f"main_{reason}"] = stats.get(f"main_{reason}", 0) + 1
+    return {**row, "main": text} if reasons else row
+
+
 def encode_pairs(rows: list[dict], tokenizer, base_vocab_size: int, max_length: int, stats: dict) -> list[dict]:
     """Tokenise prompt and main separately (so the label boundary is exact) and add ids/positions/labels."""
+    rows = [_text_main(r, stats) for r in rows]
     p_ids = _ids(tokenizer, [r["prompt"] for r in rows])
     m_ids = _ids(tokenizer, [r["main"] for r in rows])
+    special = set(tokenizer.all_special_ids)
     out = []
     for r, p, m in zip(rows, p_ids, m_ids):
+        if r["kind"] not in STRUCTURAL_MAIN_KINDS and any(t >= base_vocab_size or t in special for t in m):
+            raise AssertionError(f"bug: text of a {r['kind']} row became an ID/special token: {r['main'][:80]!r}")
         if len(p) >= max_length:
             raise ValueError(f"{r['kind']} prompt of {len(p)} tokens does not fit max_length={max_length}: {r['prompt'][:80]!r}...")
         if len(p) + len(m) > max_length:

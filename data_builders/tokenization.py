@@ -17,11 +17,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from tokenizers import AddedToken
+
+from .atomic import make_temp_dir
+from .textclean import MAX_TEXT_CHARS, split_long_runs
 
 DEFAULT_GPT2_DIR = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "gpt2"
 EOS_TOKEN = "<|endoftext|>"
@@ -135,7 +137,7 @@ def save_tokenizer(tokenizer, directory: str | os.PathLike) -> str:
     """Save atomically (temp folder then rename) and return the sha256 of the saved tokenizer.json."""
     d = Path(directory)
     d.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=d.parent, prefix=d.name + ".tmp"))
+    tmp = make_temp_dir(d.parent, prefix=d.name + ".tmp")
     try:
         tokenizer.save_pretrained(str(tmp))
         if d.exists():
@@ -159,18 +161,35 @@ def load_tokenizer(directory: str | os.PathLike, expected_sha256: str | None = N
     return AutoTokenizer.from_pretrained(str(d))
 
 
-def corpus_texts(split, review_texts: bool = True) -> Iterator[str]:
-    """Texts to train a BPE on: item metadata, train reviews and the fixed template words."""
+def corpus_texts(split, review_texts: bool = True, stats: dict | None = None) -> Iterator[str]:
+    """Texts to train a BPE on: item metadata, train reviews and the fixed template words.
+
+    Untrusted text is bounded first (textclean): fields cut to ``MAX_TEXT_CHARS`` and unbroken runs split every
+    ``MAX_BPE_RUN_CHARS`` characters, because BPE training time grows quadratically with the longest word
+    (a 1 MB run took minutes). Counted in ``stats`` (the manifest's ``tokenizer.training_text``).
+    """
     from .prompts import TEMPLATE_TEXTS
+
+    stats = {} if stats is None else stats
+
+    def bounded(text: str) -> str:
+        if len(text) > MAX_TEXT_CHARS:
+            text = text[:MAX_TEXT_CHARS]
+            stats["fields_truncated"] = stats.get("fields_truncated", 0) + 1
+        text, n = split_long_runs(text)
+        if n:
+            stats["long_runs_split"] = stats.get("long_runs_split", 0) + n
+        return text
+
     yield from TEMPLATE_TEXTS
     for meta in split.items:
         for value in (meta.title, meta.brand, meta.description):
             if value:
-                yield value
+                yield bounded(value)
         if meta.categories:
-            yield ", ".join(meta.categories)
+            yield bounded(", ".join(meta.categories))
     if review_texts:
         from .prompts import train_reviews
 
         for _u, _j, text in train_reviews(split):  # TRAIN pairs only: no held-out text in the vocabulary
-            yield text
+            yield bounded(text)

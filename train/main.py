@@ -19,7 +19,11 @@ if __package__ in (None, ""):
 from train.config import ConfigError, RunConfig, load_config
 
 
-def build_data(cfg: RunConfig) -> Path:
+class DataBuildFailed(ValueError):
+    """The dataset build stopped on bad input (already reported by the builder); a user error, not a bug."""
+
+
+def build_data(cfg: RunConfig, debug: bool = False) -> Path:
     """Build the dataset folder with ``python -m data_builders build`` unless it already exists."""
     folder = Path(cfg.data.folder)
     if (folder / "manifest.json").is_file() or not cfg.data.build:
@@ -35,9 +39,11 @@ def build_data(cfg: RunConfig) -> Path:
     else:
         argv += ["--tokenizer", cfg.data.tokenizer]
     argv += list(cfg.data.build_args)
+    if debug:
+        argv.append("--debug")
     rc = build_main(argv)
-    if rc not in (0, None):
-        raise RuntimeError(f"data build failed (exit {rc}): python -m data_builders {' '.join(argv)}")
+    if rc not in (0, None):  # the builder printed why (`error: ...`)
+        raise DataBuildFailed(f"data build failed (exit {rc}, see the error above): python -m data_builders {' '.join(argv)}")
     return folder
 
 
@@ -107,6 +113,7 @@ def run_pipeline(cfg: RunConfig, resume: bool = False, command: str | None = Non
 def print_summary(cfg: RunConfig, result: dict) -> None:
     from train.evaluate import metrics_table
     from train.metrics import metric_names
+    from data_builders.textclean import printable
     from train.recommend import Recommender
 
     names = metric_names(cfg.eval.recall_ks, cfg.eval.ndcg_ks)
@@ -115,7 +122,7 @@ def print_summary(cfg: RunConfig, result: dict) -> None:
     print("wall time: " + ", ".join(f"{k} {v:.1f}s" for k, v in result["wall"].items()))
     print(f"Hub-ready model folder: {result['paths']['hub_model']}")
     rec = Recommender.from_folder(result["paths"]["hub_model"])
-    titles = rec.item_titles
+    titles = [printable(t) for t in rec.item_titles]  # data, not terminal commands
     for user in range(min(cfg.eval.num_examples, rec.num_users)):
         hist = rec.train_items[user]
         top = rec.recommend_users([user], k=5)[0]
@@ -126,7 +133,7 @@ def print_summary(cfg: RunConfig, result: dict) -> None:
 def cli(argv: list[str] | None = None) -> int:
     import argparse
 
-    from train.cli_args import config_from_args, stage_parser
+    from train.cli_args import config_from_args, report_user_errors, stage_parser
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in ("demo", "run"):
@@ -145,13 +152,17 @@ def cli(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     command = "graphgpt2-rec " + " ".join(argv)
-    result = run_pipeline(cfg, resume=args.resume, command=command)
-    from accelerate import PartialState
 
-    if PartialState().is_main_process:
-        print_summary(cfg, result)
-        print(json.dumps({"test": result["test"]}, indent=1))
-    return 0
+    def run() -> int:
+        result = run_pipeline(cfg, resume=args.resume, command=command)
+        from accelerate import PartialState
+
+        if PartialState().is_main_process:
+            print_summary(cfg, result)
+            print(json.dumps({"test": result["test"]}, indent=1))
+        return 0
+
+    return report_user_errors(run, args.debug)
 
 
 if __name__ == "__main__":

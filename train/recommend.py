@@ -23,6 +23,9 @@ if __package__ in (None, ""):
 import numpy as np
 import torch
 
+from data_builders.textclean import printable
+from train.cli_args import report_user_errors
+
 
 class Recommender:
     """A model plus what it needs at inference: tokenizer, train graph (hops), ID maps, titles, train items."""
@@ -159,7 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--raw-ids", action="store_true", help="--users are raw ids from maps/users.json")
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--out", default="recommendations.jsonl")
+    ap.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
     args = ap.parse_args(argv)
+    return report_user_errors(lambda: _run(args), args.debug)
+
+
+def _run(args) -> int:
     rec = Recommender.from_folder(args.model)
     try:
         if args.all:
@@ -173,10 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    for who, recs in results.items():
-        print(f"{who}:")
+    for who, recs in results.items():  # titles and ids are data: control characters shown escaped, never sent raw
+        print(f"{printable(who)}:")
         for j, s in recs:
-            print(f"  {j:>6}  {s:8.3f}  {rec.item_titles[j]}")
+            print(f"  {j:>6}  {s:8.3f}  {printable(rec.item_titles[j])}")
     return 0
 
 
