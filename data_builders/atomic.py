@@ -37,6 +37,20 @@ def make_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
     return tmp
 
 
+def follow_umask(folder: str | os.PathLike) -> None:
+    """Give a written tree the modes ``open()``/``mkdir()`` would: some writers (safetensors, ``mkstemp``) create
+    0600 files whatever the umask, which makes a published folder unreadable to the other users of a machine."""
+    mask = current_umask()
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~mask)
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.islink(path):
+                continue
+            executable = os.stat(path).st_mode & 0o100
+            os.chmod(path, (0o777 if executable else 0o666) & ~mask)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` on a temp file beside ``path``, fsync it, then rename it over ``path``."""
     path = Path(path)
