@@ -369,7 +369,7 @@ def _byte_chunks(path: Path) -> Iterator[bytes]:
         fh.seek(0)
         d = zlib.decompressobj(zlib.MAX_WBITS | 16)
         started = False
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
+        for chunk in iter(lambda: fh.read(1 << 16), b""):  # small pieces: lines before a corrupt spot still arrive
             while chunk:
                 if d.eof:  # next gzip member (or trailing padding)
                     if not chunk.strip(b"\x00"):
@@ -409,7 +409,7 @@ def _raw_lines(path: Path) -> Iterator[bytes | None]:
         buf += chunk
         start = 0
         while (nl := buf.find(b"\n", start)) >= 0:
-            if too_long:
+            if too_long or nl - start > MAX_LINE_BYTES:
                 yield None
                 too_long = False
             else:

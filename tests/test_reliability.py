@@ -419,3 +419,59 @@ def test_clean_text_is_idempotent():
     once, _ = clean_text("a item_1 <|endoftext|> \x00 user_22")
     twice, reasons = clean_text(once)
     assert once == twice and reasons == []
+
+
+# ------------------------------------------------------------------------------------------ 8. more of the same kinds
+def test_huge_numbers_deep_nesting_and_long_lines_are_counted(tmp_path, monkeypatch):
+    import data_builders.readers as readers
+
+    path = tmp_path / "reviews_H_5.json"
+    lines = [
+        '{"reviewerID": "U1", "asin": "I1", "overall": 5, "unixReviewTime": 1e300}',  # beyond int64
+        '{"reviewerID": "U2", "asin": "I2", "overall": %s}' % ("9" * 400),  # float() overflows
+        '{"reviewerID": "U3", "asin": "I3", "overall": ' + "[" * 100_000 + "]" * 100_000 + "}",  # RecursionError
+        '{"reviewerID": "U4", "asin": "I4", "overall": 4, "reviewText": "' + "y" * 300_000 + '"}',  # over the line cap below
+        _review("U5", "I5"),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(readers, "MAX_LINE_BYTES", 250_000)
+    raw = read_source(path)
+    assert raw.report.skipped == {"bad_timestamp": 1, "non_numeric_rating": 1, "malformed_json": 1, "line_too_long": 1}
+    assert [r.user for r in raw.interactions] == ["U5"]
+    assert any(e.startswith("reviews_H_5.json:4: <line>: line longer than") for e in raw.report.examples)
+    path.write_bytes(b"z" * 300_000 + b"\n" + _review("U6", "I6").encode())  # a long line across read chunks, no newline at the end
+    raw = read_source(path)
+    assert raw.report.skipped == {"line_too_long": 1} and [r.user for r in raw.interactions] == ["U6"]
+
+
+def test_unusable_prices_are_dropped_not_crashing(tmp_path):
+    from data_builders.readers import _price
+
+    assert _price(10**400, "price") is None and _price("$" + "9" * 400, "price") is None and _price(float("inf"), "price") is None
+    assert _price("$1,234.50", "price") == 1234.5
+
+
+def test_multi_member_and_plain_files_read_whole(tmp_path):
+    a = [_review(f"U{k}", "I1") for k in range(3)]
+    b = [_review(f"V{k}", "I2") for k in range(4)]
+    gz = tmp_path / "reviews_M_5.json.gz"
+    gz.write_bytes(gzip.compress(("\n".join(a) + "\n").encode()) + gzip.compress(("\n".join(b)).encode()))  # no final newline
+    raw = read_source(gz)
+    assert len(raw.interactions) == 7 and raw.report.skipped == {}
+    plain = tmp_path / "p" / "reviews_M_5.json"
+    plain.parent.mkdir()
+    plain.write_text("\r\n".join(a + b) + "\r\n")  # CRLF
+    raw = read_source(plain)
+    assert len(raw.interactions) == 7 and raw.report.skipped == {}
+
+
+def test_corrupt_gzip_in_the_middle_keeps_lines_before(tmp_path):
+    lines = [_review(f"U{k}", "I1", text=os.urandom(100).hex()) for k in range(2000)]  # incompressible: many pieces
+    data = bytearray(gzip.compress("".join(line + "\n" for line in lines).encode()))
+    data[len(data) // 2] ^= 0xFF
+    path = tmp_path / "reviews_X_5.json.gz"
+    path.write_bytes(bytes(data))
+    raw = read_source(path)
+    assert raw.report.skipped.get("truncated_file") == 1 and 0 < len(raw.interactions) < 2000
+    with pytest.raises(DataFormatError):  # strict: the first damaged line or the stream error, named
+        read_source(path, strict=True)
