@@ -19,18 +19,14 @@ if __package__ in (None, ""):
 from train.config import ConfigError, RunConfig, load_config
 
 
-class DataBuildFailed(ValueError):
-    """The dataset build stopped on bad input (already reported by the builder); a user error, not a bug."""
-
-
-def build_data(cfg: RunConfig, debug: bool = False) -> Path:
+def build_data(cfg: RunConfig) -> Path:
     """Build the dataset folder with ``python -m data_builders build`` unless it already exists."""
     folder = Path(cfg.data.folder)
     if (folder / "manifest.json").is_file() or not cfg.data.build:
         if not (folder / "manifest.json").is_file():
             raise FileNotFoundError(f"data.folder={folder} has no manifest.json and data.build=false")
         return folder
-    from data_builders.__main__ import main as build_main
+    from data_builders.__main__ import cmd_build, make_parser
 
     argv = ["build", "--source", cfg.data.source, "--out", str(folder), "--max-hops", str(cfg.model.max_hops),
             "--max-length", str(cfg.data.max_length), "--seed", str(cfg.data.split_seed)]
@@ -39,11 +35,7 @@ def build_data(cfg: RunConfig, debug: bool = False) -> Path:
     else:
         argv += ["--tokenizer", cfg.data.tokenizer]
     argv += list(cfg.data.build_args)
-    if debug:
-        argv.append("--debug")
-    rc = build_main(argv)
-    if rc not in (0, None):  # the builder printed why (`error: ...`)
-        raise DataBuildFailed(f"data build failed (exit {rc}, see the error above): python -m data_builders {' '.join(argv)}")
+    cmd_build(make_parser().parse_args(argv))  # its errors reach the caller (one `error:` line from the CLI)
     return folder
 
 
