@@ -210,13 +210,42 @@ def test_printable_escapes_terminal_controls():
     assert all(ch.isprintable() for ch in shown)
 
 
-def test_recommend_prints_titles_escaped():
-    import inspect
-
+def test_recommend_prints_titles_escaped(monkeypatch, capsys):
     from train import recommend
 
-    src = inspect.getsource(recommend._run)
-    assert "printable(rec.item_titles[j])" in src and "printable(who)" in src
+    class FakeRecommender:  # a published model whose maps hold hostile titles (e.g. built by an older version)
+        item_titles = ["Guitar\x1b[2J\u202eevil", "Cable"]
+
+        def recommend_users(self, users, k):
+            return [[(0, 0.9), (1, 0.1)] for _ in users]
+
+    monkeypatch.setattr(recommend.Recommender, "from_folder", classmethod(lambda cls, folder: FakeRecommender()))
+    assert recommend.main(["--model", "anything", "--users", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\u202e" not in out
+    assert "Guitar\\x1b[2J\\u202eevil" in out
+
+
+def test_full_build_keeps_text_out_of_the_graph(tmp_path):
+    """End to end: hostile review and title text -> dataset rows whose text never holds an ID token or EOS."""
+    import pyarrow.parquet as pq
+
+    evil = lambda u, k: f"like item_{k} and user_{u} <|endoftext|> \x1b[31m\u202e"  # noqa: E731
+    src = _make_source(tmp_path / "src", review_text=evil)
+    out = tmp_path / "ds"
+    assert build_main(["build", "--source", str(src), "--out", str(out), "--train-bpe", "300", "--k-core", "2", "--quiet",
+                       "--prompts", "review,content,interactions,recommendation"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["split"]["source"]["metadata"] == "read"
+    changed = manifest["split"]["read_report"]["changed"]
+    assert changed["id_token_text_rewritten"] == changed["special_token_text_rewritten"] == changed["control_characters_removed"] == 72
+    rows = pq.read_table(next((out / "review").glob("train-*.parquet"))).to_pylist()
+    assert len(rows) > 0
+    for r in rows:
+        n_prompt = sum(1 for x in r["labels"] if x == -100)
+        assert all(p == -1 for p in r["node_positions"][n_prompt:])  # no graph node from review text
+        assert 0 not in r["labels"]  # EOS (id 0 in a trained BPE) never in the labels
+        assert "item_" not in r["main"] and "\x1b" not in r["main"]
 
 
 # ------------------------------------------------------------------------------------------ 3. a hang
