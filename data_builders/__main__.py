@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 from .prompts import ALL_CONFIGS, PromptConfig
+from .sources import DownloadUnavailable
+from .textclean import printable
 
 
 def _parse_prompts(value: str) -> tuple[str, ...]:
@@ -122,10 +124,8 @@ def stats_table(manifest: dict, split) -> str:
 
 
 def cmd_build(args) -> int:
-    from .folder import build_dataset_folder
+    from .folder import build_dataset_folder, check_output_folder
     from .preprocess import build_split
-
-    from .folder import check_output_folder
 
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     t0 = time.perf_counter()
@@ -180,9 +180,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def report_user_errors(run, debug: bool = False) -> int:
     """``run()``; bad input, folders or files become one ``error: ...`` line and exit code 2 (bugs keep tracebacks)."""
-    from .sources import DownloadUnavailable
-    from .textclean import printable
-
     if debug:
         return run()
     try:
