@@ -200,3 +200,22 @@ def _assert_sane(raw) -> None:
     for t in texts:
         assert isinstance(t, str) and not has_control_chars(t) and "<|endoftext|>" not in t
         t.encode("utf-8")
+
+
+def test_cleaned_text_never_tokenises_to_an_id_or_special_token():
+    """Property: any mix of ID-token, EOS and control-character pieces, once cleaned, encodes to plain text ids
+    (a small trained byte-level BPE: the same added-token matching as GPT-2's, without its 7 s load)."""
+    from data_builders.textclean import clean_text
+    from data_builders.tokenization import add_id_tokens, train_byte_level_bpe
+
+    tok = train_byte_level_bpe(["item user endoftext hello world"] * 5, vocab_size=300)
+    base = add_id_tokens(tok, 12, 12)
+    pieces = ["item", "user", "_", "1", "3", "11", "<|", "|>", "endoftext", " ", "\x00", "\u202e", "\x1b", "x", ".", "\n", "é"]
+    rng = random.Random(SEED)
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randrange(1, 30))) for _ in range(500)]
+    texts += ["item_1", " user_11 ", "<|endoftext|>", "item\x00_3", "<|endo\u202eftext|>", "item_<|endoftext|>3"]
+    cleaned = [clean_text(t)[0] for t in texts]
+    special = set(tok.all_special_ids)
+    for raw, text, ids in zip(texts, cleaned, tok(cleaned, add_special_tokens=False)["input_ids"]):
+        assert all(i < base and i not in special for i in ids), (raw, text)
+        assert not has_control_chars(text)
