@@ -187,6 +187,9 @@ def report_user_errors(run, debug: bool = False) -> int:
     except (ValueError, OSError, DownloadUnavailable) as err:
         print(f"error: {printable(err)}\n(rerun with --debug for a traceback)", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C is the user's choice, not a bug: outputs are written atomically, so nothing is half-written
+        print("error: interrupted; finished files are intact, partial ones were never renamed into place", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

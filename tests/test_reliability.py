@@ -393,6 +393,28 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, args, says):
     assert says in res.stderr and res.stderr.count("error:") == 1
 
 
+def test_ctrl_c_is_a_message_not_a_traceback(capsys):
+    from data_builders.__main__ import report_user_errors
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    assert report_user_errors(interrupted) == 130
+    assert capsys.readouterr().err.startswith("error: interrupted")
+    with pytest.raises(KeyboardInterrupt):
+        report_user_errors(interrupted, debug=True)
+
+
+def test_bugs_keep_their_traceback():
+    from data_builders.__main__ import report_user_errors
+
+    def bug():
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError):
+        report_user_errors(bug)
+
+
 def test_debug_shows_the_traceback(tmp_path):
     res = _cli(["-m", "data_builders", "build", "--source", "nowhere", "--out", "o", "--debug"], tmp_path)
     assert res.returncode == 1 and "Traceback" in res.stderr and "FileNotFoundError" in res.stderr
