@@ -9,7 +9,9 @@ import argparse
 import sys
 import time
 
-from .build import BuildConfig, BuildConfigError, add_build_arguments, build, build_config_from_args
+from .build import BuildConfig, add_build_arguments, build, build_config_from_args
+from .sources import DownloadUnavailable
+from .textclean import printable
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -56,13 +58,22 @@ def cmd_build(cfg: BuildConfig) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     if args.command == "build":
-        try:
-            cfg = build_config_from_args(args)
-        except BuildConfigError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        return cmd_build(cfg)
+        return report_user_errors(lambda: cmd_build(build_config_from_args(args)), args.debug)
     return 2
+
+
+def report_user_errors(run, debug: bool = False) -> int:
+    """``run()``; bad input, folders or files become one ``error: ...`` line and exit code 2 (bugs keep tracebacks)."""
+    if debug:
+        return run()
+    try:
+        return run()
+    except (ValueError, OSError, DownloadUnavailable) as err:
+        print(f"error: {printable(err)}\n(rerun with --debug for a traceback)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C is the user's choice, not a bug: outputs are written atomically, so nothing is half-written
+        print("error: interrupted; finished files are intact, partial ones were never renamed into place", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -12,12 +12,57 @@ from typing import Callable
 import numpy as np
 
 
+def current_umask() -> int:
+    """The process umask: from /proc on Linux (no side effect), else by setting and restoring it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # not thread-safe for that instant; only where /proc is missing
+    os.umask(mask)
+    return mask
+
+
+def make_temp_file(parent: str | os.PathLike, prefix: str, suffix: str = "") -> str:
+    """``mkstemp`` beside the target, but with the mode ``open()`` would give (0666 & ~umask), not 0600,
+    so written files stay readable by whoever may read the folder."""
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=prefix, suffix=suffix)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+    finally:
+        os.close(fd)
+    return tmp
+
+
+def make_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
+    """``mkdtemp`` with the mode ``mkdir()`` would give (0777 & ~umask), not 0700."""
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    os.chmod(tmp, 0o777 & ~current_umask())
+    return tmp
+
+
+def follow_umask(folder: str | os.PathLike) -> None:
+    """Give a written tree the modes ``open()``/``mkdir()`` would: some writers (safetensors, ``mkstemp``) create
+    0600 files whatever the umask, which makes a published folder unreadable to the other users of a machine."""
+    mask = current_umask()
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~mask)
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.islink(path):
+                continue
+            executable = os.stat(path).st_mode & 0o100
+            os.chmod(path, (0o777 if executable else 0o666) & ~mask)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` on a temp file beside ``path``, fsync it, then rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = make_temp_file(path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         write(tmp)
         with open(tmp, "rb") as f:  # flush to disk before the rename: a crash leaves the old file or the new one

@@ -14,10 +14,11 @@ leaves a half-written dataset under the final name.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
-import tempfile
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .atomic import atomic_write_text, json_default
+from .atomic import atomic_write_text, json_default, make_temp_dir
 from .corpus import (EDGES_FILE, FORMAT_NAME, FORMAT_VERSION, GRAPH_DIR, HOP_TABLE_FILE, ITEMS_FILE, MANIFEST_FILE, MAPS_DIR,
                      README_FILE, TITLES_FILE, TOKENIZER_DIR, USERS_FILE)
 from .graph import DEFAULT_MAX_HOPS, DEFAULT_TABLE_BUDGET_BYTES, HopDistances, InteractionGraph
@@ -159,16 +160,19 @@ def build_dataset_folder(
     """Split -> tokenizer, graph, prompt corpora -> dataset folder at ``out`` (atomic: temp folder + rename)."""
     prompt_config = prompt_config or PromptConfig()
     log = log or (lambda msg: None)
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    given_out, out = Path(out), Path(out).resolve()
+    source_files = [f["path"] for f in (split.manifest.get("source") or {}).get("files", []) if "path" in f]
+    check_output_folder(out, overwrite, protect=source_files)
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_build_folders(out):
+        log(f"removed {stale} (left by an interrupted build)")
     seconds: dict[str, float] = {}
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
+    bpe_text_stats: dict[str, int] = {}  # what bounding the BPE training text changed (counted in the manifest)
+    tmp = _claimed_temp_dir(out, "building")
     try:
         t = time.perf_counter()
         if train_bpe_vocab:
-            tok, base = build_tokenizer(split.num_users, split.num_items, train_texts=list(corpus_texts(split)), vocab_size=train_bpe_vocab)
+            tok, base = build_tokenizer(split.num_users, split.num_items, train_texts=list(corpus_texts(split, stats=bpe_text_stats)), vocab_size=train_bpe_vocab)
             tok_source = f"byte-level BPE trained on the corpus texts (vocab {train_bpe_vocab})"
         else:
             tok, base = build_tokenizer(split.num_users, split.num_items, source=tokenizer_source)
@@ -222,7 +226,8 @@ def build_dataset_folder(
             "base_vocab_size": base,
             "vocab_size": len(tok),
             "max_hops": max_hops,
-            "tokenizer": {"source": tok_source, "sha256": tok_sha, "files": f"{TOKENIZER_DIR}/"},
+            "tokenizer": {"source": tok_source, "sha256": tok_sha, "files": f"{TOKENIZER_DIR}/",
+                          **({"training_text": bpe_text_stats} if bpe_text_stats else {})},
             "graph": {
                 "sha256": graph_sha,
                 "num_edges": int(len(graph.edges)),
@@ -243,8 +248,10 @@ def build_dataset_folder(
         if not files:
             raise ValueError(f"no prompt config produced any row ({skipped}); nothing to write")
         atomic_write_text(tmp / README_FILE, dataset_card(manifest, manifest["configs"]))
+        (tmp / _PID_FILE).unlink()
         if out.exists():
-            trash = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+            check_output_folder(out, overwrite, protect=source_files)  # again: it may have changed during the build
+            trash = _claimed_temp_dir(out, "old")
             os.replace(out, trash / "old")
             os.replace(tmp, out)
             shutil.rmtree(trash, ignore_errors=True)
@@ -253,7 +260,113 @@ def build_dataset_folder(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return BuildResult(out, manifest, seconds)
+    return BuildResult(given_out, manifest, seconds)
+
+
+# --------------------------------------------------------------------------------------------- output safety
+class OutputFolderError(ValueError):
+    """``--out`` names a folder the builder must not write or replace (data loss guard)."""
+
+
+# What a built dataset folder may hold; anything else is somebody's file and blocks --overwrite.
+_FOLDER_ENTRIES = {README_FILE, MANIFEST_FILE, TOKENIZER_DIR, GRAPH_DIR, MAPS_DIR}
+_PID_FILE = ".building.pid"  # in a temp build folder: which process owns it (stale-folder cleanup)
+STALE_AFTER_SECONDS = 3600.0  # temp folders without a pid file (older builds) are removed after this
+
+
+def check_output_folder(out: Path, overwrite: bool, protect: list[str] | tuple = ()) -> None:
+    """Refuse an output folder whose replacement could lose data.
+
+    ``out`` may be new, or (with ``overwrite``) a folder that holds our manifest and nothing but what a build
+    writes. Never the filesystem root, never a protected path (the source files) or a folder above one.
+    """
+    out = Path(out).resolve()
+    if out == Path(out.anchor):
+        raise OutputFolderError(f"--out {out}: refusing to write the filesystem root; name a new folder")
+    for p in protect:
+        p = Path(p).resolve()
+        if p == out or out in p.parents:
+            raise OutputFolderError(f"--out {out}: holds the source data ({p}); choose another output folder")
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    if out.is_symlink() or not out.is_dir():
+        raise OutputFolderError(f"--out {out}: exists and is not a dataset folder (a file or link); --overwrite replaces only dataset folders")
+    mpath = out / MANIFEST_FILE
+    try:
+        fmt = json.loads(mpath.read_text(encoding="utf-8")).get("format") if mpath.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        fmt = None
+    if fmt != FORMAT_NAME:
+        raise OutputFolderError(
+            f"--out {out}: not a dataset folder built by this tool (no {FORMAT_NAME!r} manifest.json); "
+            "--overwrite replaces only such folders: choose a new folder or remove it yourself"
+        )
+    try:
+        configs = set(json.loads(mpath.read_text(encoding="utf-8")).get("configs") or [])
+    except (OSError, ValueError, AttributeError):
+        configs = set()
+    foreign = sorted(e.name for e in out.iterdir() if e.name not in _FOLDER_ENTRIES | configs)
+    if foreign:
+        raise OutputFolderError(
+            f"--out {out}: holds files a build does not write ({', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}); "
+            "--overwrite would delete them: move them out or choose another folder"
+        )
+
+
+def _claimed_temp_dir(out: Path, kind: str) -> Path:
+    """A hidden sibling ``.<name>.<kind>-XXXX`` (mode per umask) holding a pid file that marks it in use."""
+    tmp = make_temp_dir(out.parent, prefix=f".{out.name}.{kind}-")
+    (tmp / _PID_FILE).write_text(f"{os.getpid()} {socket.gethostname()}\n", encoding="utf-8")
+    return tmp
+
+
+def _owner_alive(folder: Path) -> bool | None:
+    """True/False from the pid file (same host only); None when there is none or it is unreadable."""
+    try:
+        pid_text, host = (folder / _PID_FILE).read_text(encoding="utf-8").split()
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None
+    if host != socket.gethostname():
+        return True  # another machine's process: we cannot tell, so leave it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_build_folders(out: Path, now: float | None = None) -> list[Path]:
+    """Remove ``.<name>.building-*`` / ``.<name>.old-*`` siblings of ``out`` left by killed builds.
+
+    Only folders whose owner process is gone (pid file), or, for folders without a pid file, that are older than
+    ``STALE_AFTER_SECONDS`` and hold only what a build writes. Returns what was removed.
+    """
+    out = Path(out).resolve()
+    if not out.parent.is_dir():
+        return []
+    now = time.time() if now is None else now
+    removed = []
+    for kind in ("building", "old"):
+        if kind == "old" and not out.exists():
+            continue  # killed between the two renames: the old dataset in there is the only copy
+        for d in sorted(out.parent.glob(f".{glob.escape(out.name)}.{kind}-*")):
+            if d.is_symlink() or not d.is_dir():
+                continue
+            alive = _owner_alive(d)
+            if alive is None:
+                known = _FOLDER_ENTRIES | {"old", *CONFIG_SPLITS}
+                if now - d.stat().st_mtime < STALE_AFTER_SECONDS or any(e.name not in known for e in d.iterdir()):
+                    continue
+            elif alive:
+                continue
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
 
 
 __all__ = ["BuildResult", "build_dataset_folder", "write_config", "dataset_card", "tokenizer_sha256"]

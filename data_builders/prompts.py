@@ -41,6 +41,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .records import item_token, user_token
+from .textclean import MAX_TEXT_CHARS, clean_text, split_long_runs
 
 ALL_CONFIGS = ("content", "review", "second_order", "interactions", "recommendation")
 CONTENT_FIELDS = ("title", "brand", "categories", "description", "price")
@@ -69,6 +70,7 @@ TEMPLATE_TEXTS = (
     + ["user_0 has interacted with item_1 item_2, user_0 will interact with", "A new user has interacted with item_1, the user will interact with"]
 )
 IGNORE_INDEX = -100
+STRUCTURAL_MAIN_KINDS = ("interactions",)  # mains made of ID tokens; every other main is untrusted text
 
 
 @dataclass
@@ -193,12 +195,26 @@ def _ids(tokenizer, texts: list[str]) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
+def _text_main(row: dict, stats: dict) -> dict:
+    """A text main (title, review, brand, ...) made safe: ID tokens and EOS come only from structure (textclean)."""
+    if row["kind"] in STRUCTURAL_MAIN_KINDS:
+        return row
+    text, reasons = clean_text(row["main"])
+    for reason in reasons:
+        stats[f"main_{reason}"] = stats.get(f"main_{reason}", 0) + 1
+    return {**row, "main": text} if reasons else row
+
+
 def encode_pairs(rows: list[dict], tokenizer, base_vocab_size: int, max_length: int, stats: dict) -> list[dict]:
     """Tokenise prompt and main separately (so the label boundary is exact) and add ids/positions/labels."""
+    rows = [_text_main(r, stats) for r in rows]
     p_ids = _ids(tokenizer, [r["prompt"] for r in rows])
     m_ids = _ids(tokenizer, [r["main"] for r in rows])
+    special = set(tokenizer.all_special_ids)
     out = []
     for r, p, m in zip(rows, p_ids, m_ids):
+        if r["kind"] not in STRUCTURAL_MAIN_KINDS and any(t >= base_vocab_size or t in special for t in m):
+            raise AssertionError(f"bug: text of a {r['kind']} row became an ID/special token: {r['main'][:80]!r}")
         if len(p) >= max_length:
             raise ValueError(f"{r['kind']} prompt of {len(p)} tokens does not fit max_length={max_length}: {r['prompt'][:80]!r}...")
         if len(p) + len(m) > max_length:
@@ -330,15 +346,31 @@ def row_kinds(rows: list[dict]) -> dict[str, int]:
     return counts
 
 
-def corpus_texts(split, review_texts: bool = True) -> Iterator[str]:
-    """Texts to train a BPE on: item metadata, train reviews and the fixed template words."""
+def corpus_texts(split, review_texts: bool = True, stats: dict | None = None) -> Iterator[str]:
+    """Texts to train a BPE on: item metadata, train reviews and the fixed template words.
+
+    Untrusted text is bounded first (textclean): fields cut to ``MAX_TEXT_CHARS`` and unbroken runs split every
+    ``MAX_BPE_RUN_CHARS`` characters, because BPE training time grows quadratically with the longest word
+    (a 1 MB run took minutes). Counted in ``stats`` (the manifest's ``tokenizer.training_text``).
+    """
+    stats = {} if stats is None else stats
+
+    def bounded(text: str) -> str:
+        if len(text) > MAX_TEXT_CHARS:
+            text = text[:MAX_TEXT_CHARS]
+            stats["fields_truncated"] = stats.get("fields_truncated", 0) + 1
+        text, n = split_long_runs(text)
+        if n:
+            stats["long_runs_split"] = stats.get("long_runs_split", 0) + n
+        return text
+
     yield from TEMPLATE_TEXTS
     for meta in split.items:
         for value in (meta.title, meta.brand, meta.description):
             if value:
-                yield value
+                yield bounded(value)
         if meta.categories:
-            yield ", ".join(meta.categories)
+            yield bounded(", ".join(meta.categories))
     if review_texts:
         for _u, _j, text in train_reviews(split):  # TRAIN pairs only: no held-out text in the vocabulary
-            yield text
+            yield bounded(text)

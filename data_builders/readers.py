@@ -32,6 +32,7 @@ from pathlib import Path
 
 from .records import Interaction, ItemMeta, RawDataset, ReadReport
 from .sources import fetch, source_files
+from .textclean import clean_text, has_control_chars
 
 FORMATS = ("amazon2014", "amazon2018", "atomic")
 
@@ -39,6 +40,9 @@ _TAG = re.compile(r"</?[A-Za-z][^<>]*>")  # an HTML tag; a lone "<" in text is l
 _OPEN_TAG = re.compile(r"<[A-Za-z][^<>]*$")  # a tag cut off at the end (2018 titles: '<span class="a-size')
 _SPACE = re.compile(r"\s+")
 _NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?")
+RATING_RANGE = (1.0, 5.0)  # Amazon star ratings; anything else is a corrupt or foreign value, not a preference
+MAX_LINE_BYTES = 8 << 20  # a longer line is skipped (counted) instead of filling memory
+_BOMS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32", b"\xff\xfe": "UTF-16", b"\xfe\xff": "UTF-16"}
 
 
 class DataFormatError(ValueError):
@@ -152,6 +156,7 @@ def read_atomic(
             except _BadLine as bad:
                 _bad(item_path, lineno, bad, strict, report)
                 continue
+            meta = _clean_meta(meta, item_path, lineno, report)
             _add_meta(items, item, meta, wanted, report, item_path, lineno)
         meta_note = "read"
     elif item_path is not None:
@@ -198,6 +203,8 @@ def _read_amazon(reviews_path: Path, meta_path, strict: bool, name: str | None, 
         interactions.append(Interaction(user=user, item=item, rating=rating, timestamp=ts))
         text = record.get("reviewText")
         text = _text(text) if isinstance(text, str) else None
+        if text:
+            text = _clean_field(text, reviews_path, lineno, "reviewText", report)
         if text and (user, item) not in reviews:  # duplicates: the first non-empty review wins
             reviews[(user, item)] = text
 
@@ -216,6 +223,7 @@ def _read_amazon(reviews_path: Path, meta_path, strict: bool, name: str | None, 
             except _BadLine as bad:
                 _bad(meta_path, lineno, bad, strict, report)
                 continue
+            meta = _clean_meta(meta, meta_path, lineno, report)
             price = record.get("price")
             if meta.price is None and price not in (None, "") and item in wanted:
                 # the item is kept; only its price field is dropped, and counted
@@ -271,6 +279,27 @@ def _meta_2018(record: dict) -> ItemMeta:
     )
 
 
+def _clean_field(text: str | None, path: Path, lineno: int, field_name: str, report: ReadReport) -> str | None:
+    """Untrusted text made safe (textclean): each change counted with file:line: field."""
+    if not text:
+        return text
+    cleaned, reasons = clean_text(text)
+    for reason in reasons:
+        report.note_change(reason, f"{path.name}:{lineno}: {field_name}: {reason.replace('_', ' ')}")
+    return cleaned.strip() or None
+
+
+def _clean_meta(meta: ItemMeta, path: Path, lineno: int, report: ReadReport) -> ItemMeta:
+    cats = [c for c in (_clean_field(c, path, lineno, "categories", report) for c in meta.categories) if c]
+    return ItemMeta(
+        title=_clean_field(meta.title, path, lineno, "title", report),
+        brand=_clean_field(meta.brand, path, lineno, "brand", report),
+        categories=cats,
+        description=_clean_field(meta.description, path, lineno, "description", report),
+        price=meta.price,
+    )
+
+
 def _add_meta(items: dict, item: str, meta: ItemMeta, wanted: set, report: ReadReport, path: Path, lineno: int):
     """Keep metadata of items that have interactions; count duplicates (first record wins)."""
     if item not in wanted:
@@ -288,32 +317,115 @@ def _add_meta(items: dict, item: str, meta: ItemMeta, wanted: set, report: ReadR
 
 def _lines(path: Path, strict: bool, report: ReadReport) -> Iterator[tuple[int, str]]:
     """(line number, text) of a plain or gzip file; truncation and bad bytes are errors or counted skips."""
-    opener = gzip.open if _is_gzip(path) else open
     lineno = 0
     data_lines = 0
-    with opener(path, "rb") as fh:
-        while True:
-            try:
-                raw = fh.readline()
-            except (EOFError, OSError, zlib.error) as err:  # truncated or corrupt gzip stream
-                bad = _BadLine("truncated_file", "<file>", f"compressed stream ends early or is corrupt after line {lineno} ({err})")
-                _bad(path, lineno + 1, bad, strict, report)
-                break
-            if not raw:
-                break
-            lineno += 1
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                _bad(path, lineno, _BadLine("bad_encoding", "<line>", f"not UTF-8 ({err})"), strict, report)
-                continue
-            if not text.strip():
-                _bad(path, lineno, _BadLine("blank_line", "<line>", "blank line"), strict, report)
-                continue
-            data_lines += 1
-            yield lineno, text.rstrip("\r\n")
+    truncated = None
+    raw_lines = _raw_lines(path)
+    while True:
+        try:
+            raw = next(raw_lines)
+        except StopIteration:
+            break
+        except _Truncated as err:  # truncated or corrupt gzip stream: the complete lines before it were kept
+            truncated = err
+            bad = _BadLine("truncated_file", "<file>", f"compressed file is truncated or corrupt after line {lineno} ({err}); re-download it")
+            _bad(path, lineno + 1, bad, strict, report)
+            break
+        lineno += 1
+        if raw is None:
+            _bad(path, lineno, _BadLine("line_too_long", "<line>", f"line longer than {MAX_LINE_BYTES:,} bytes"), strict, report)
+            continue
+        if lineno == 1:
+            for bom, name in _BOMS.items():
+                if raw.startswith(bom):
+                    raise DataFormatError(path, 1, None, f"file is {name}-encoded; convert it to UTF-8 (e.g. iconv -f {name} -t UTF-8)")
+            raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark is harmless
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            _bad(path, lineno, _BadLine("bad_encoding", "<line>", f"not UTF-8 ({err})"), strict, report)
+            continue
+        if not text.strip():
+            _bad(path, lineno, _BadLine("blank_line", "<line>", "blank line"), strict, report)
+            continue
+        data_lines += 1
+        yield lineno, text.rstrip("\r\n")
     if data_lines == 0:  # always an error, lenient or not: there is nothing to read
+        if truncated is not None:
+            raise DataFormatError(path, lineno + 1, None, f"compressed file is truncated or corrupt before its first complete line ({truncated}); re-download it")
         raise DataFormatError(path, None, None, f"file is empty (no data lines in {lineno} lines)")
+
+
+class _Truncated(Exception):
+    """A gzip stream that ends early or is corrupt."""
+
+
+def _byte_chunks(path: Path) -> Iterator[bytes]:
+    """Decompressed bytes of a plain or gzip (possibly multi-member) file; raises _Truncated for a bad stream.
+
+    zlib is driven directly so every byte before the damage is delivered (GzipFile loses its buffered block).
+    """
+    with open(path, "rb") as fh:
+        if fh.read(2) != b"\x1f\x8b":
+            fh.seek(0)
+            yield from iter(lambda: fh.read(1 << 20), b"")
+            return
+        fh.seek(0)
+        d = zlib.decompressobj(zlib.MAX_WBITS | 16)
+        started = False
+        for chunk in iter(lambda: fh.read(1 << 16), b""):  # small pieces: lines before a corrupt spot still arrive
+            while chunk:
+                if d.eof:  # next gzip member (or trailing padding)
+                    if not chunk.strip(b"\x00"):
+                        break
+                    d = zlib.decompressobj(zlib.MAX_WBITS | 16)
+                try:
+                    out = d.decompress(chunk, 1 << 22)  # bounded output per call (decompression bombs)
+                except zlib.error as err:
+                    raise _Truncated(f"corrupt data: {err}") from None
+                started = True
+                if out:
+                    yield out
+                chunk = d.unused_data if d.eof else d.unconsumed_tail
+        if started and not d.eof:
+            try:
+                rest = d.flush()
+            except zlib.error:
+                rest = b""
+            if rest:
+                yield rest
+            raise _Truncated("stream ends early")
+
+
+def _raw_lines(path: Path) -> Iterator[bytes | None]:
+    """Lines as bytes (newline kept off); None for a line over MAX_LINE_BYTES (its bytes are dropped)."""
+    buf = b""
+    too_long = False
+    chunks = _byte_chunks(path)
+    while True:
+        try:
+            chunk = next(chunks)
+        except StopIteration:
+            break
+        except _Truncated:
+            # the last, incomplete line is part of the damage: do not deliver it
+            raise
+        buf += chunk
+        start = 0
+        while (nl := buf.find(b"\n", start)) >= 0:
+            if too_long or nl - start > MAX_LINE_BYTES:
+                yield None
+                too_long = False
+            else:
+                yield buf[start:nl]
+            start = nl + 1
+        buf = buf[start:]
+        if len(buf) > MAX_LINE_BYTES:
+            buf, too_long = b"", True
+    if too_long:
+        yield None
+    elif buf:
+        yield buf
 
 
 def _records(path: Path, strict: bool, report: ReadReport, literals: bool = False) -> Iterator[tuple[int, dict]]:
@@ -321,7 +433,7 @@ def _records(path: Path, strict: bool, report: ReadReport, literals: bool = Fals
     for lineno, text in _lines(path, strict, report):
         try:
             record = json.loads(text)
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:
             record = None
             if literals:
                 try:
@@ -388,38 +500,53 @@ def _required_str(record: dict, key: str) -> str:
     if value is None:
         raise _BadLine("missing_field", key, "missing required field")
     if not isinstance(value, str) or not value.strip():
-        raise _BadLine("missing_field", key, f"expected a non-empty string, got {value!r}")
-    return value.strip()
+        raise _BadLine("missing_field", key, f"expected a non-empty string, got {_short(value)}")
+    return _checked_id(value.strip(), key)
 
 
 def _required_token(value: str, key: str) -> str:
     value = value.strip()
     if not value:
         raise _BadLine("missing_field", key, "empty value")
+    return _checked_id(value, key)
+
+
+def _checked_id(value: str, key: str) -> str:
+    """A raw user/item id: no control characters or lone surrogates (it is stored, printed and hashed)."""
+    if has_control_chars(value):
+        raise _BadLine("bad_id", key, f"control characters in the id {_short(value)}")
     return value
+
+
+def _short(value, n: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[:n] + "..."
 
 
 def _rating(value, key: str) -> float:
     if isinstance(value, bool) or value is None:
-        raise _BadLine("non_numeric_rating", key, f"not a number: {value!r}")
+        raise _BadLine("non_numeric_rating", key, f"not a number: {_short(value)}")
     try:
         rating = float(value)
-    except (TypeError, ValueError):
-        raise _BadLine("non_numeric_rating", key, f"not a number: {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise _BadLine("non_numeric_rating", key, f"not a number: {_short(value)}") from None
     if not math.isfinite(rating):
-        raise _BadLine("non_numeric_rating", key, f"not a finite number: {value!r}")
+        raise _BadLine("non_numeric_rating", key, f"not a finite number: {_short(value)}")
+    lo, hi = RATING_RANGE
+    if not lo <= rating <= hi:
+        raise _BadLine("rating_out_of_range", key, f"{_short(value)} is outside {lo:g}-{hi:g}")
     return rating
 
 
 def _timestamp(value, key: str) -> int:
     if isinstance(value, bool):
-        raise _BadLine("bad_timestamp", key, f"not an integer timestamp: {value!r}")
+        raise _BadLine("bad_timestamp", key, f"not an integer timestamp: {_short(value)}")
     try:
         ts = float(value)
-    except (TypeError, ValueError):
-        raise _BadLine("bad_timestamp", key, f"not an integer timestamp: {value!r}") from None
-    if not math.isfinite(ts):
-        raise _BadLine("bad_timestamp", key, f"not a finite timestamp: {value!r}")
+    except (TypeError, ValueError, OverflowError):
+        raise _BadLine("bad_timestamp", key, f"not an integer timestamp: {_short(value)}") from None
+    if not math.isfinite(ts) or abs(ts) >= 2**62:  # must fit the int64 arrays downstream
+        raise _BadLine("bad_timestamp", key, f"not a finite timestamp in range: {_short(value)}")
     return int(ts)
 
 
@@ -428,7 +555,11 @@ def _price(value, key: str) -> float | None:
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        return float(value) if math.isfinite(value) else None
+        try:
+            value = float(value)
+        except OverflowError:
+            return None
+        return value if math.isfinite(value) else None
     if isinstance(value, str):
         if not value.strip():
             return None
@@ -438,7 +569,8 @@ def _price(value, key: str) -> float | None:
         # "$12.99" or "$5.00 - $9.00" (first number) or a bare number; other strings (2018 metadata
         # sometimes holds page markup here) are not prices
         if "$" in value or value.strip() == match.group():
-            return float(match.group().replace(",", ""))
+            price = float(match.group().replace(",", ""))
+            return price if math.isfinite(price) else None
         return None
     return None
 

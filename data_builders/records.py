@@ -56,6 +56,9 @@ class ReadReport:
 
     skipped: dict[str, int] = field(default_factory=dict)
     examples: list[str] = field(default_factory=list)
+    # kept lines whose text was made safe (control characters, ID-token look-alikes, over-long fields), by rule
+    changed: dict[str, int] = field(default_factory=dict)
+    changed_examples: list[str] = field(default_factory=list)
 
     max_examples: int = field(default=10, repr=False, compare=False)
 
@@ -69,16 +72,31 @@ class ReadReport:
         if len(self.examples) < self.max_examples:
             self.examples.append(example)
 
+    def note_change(self, reason: str, example: str) -> None:
+        """Count one kept field whose text was changed under ``reason`` (not a skip)."""
+        self.changed[reason] = self.changed.get(reason, 0) + 1
+        if len(self.changed_examples) < self.max_examples:
+            self.changed_examples.append(example)
+
     def merge(self, other: "ReadReport") -> "ReadReport":
         """A new report holding the counts and examples of both."""
         skipped = dict(self.skipped)
         for reason, count in other.skipped.items():
             skipped[reason] = skipped.get(reason, 0) + count
-        examples = (self.examples + other.examples)[: max(self.max_examples, other.max_examples)]
-        return ReadReport(skipped=skipped, examples=examples, max_examples=max(self.max_examples, other.max_examples))
+        changed = dict(self.changed)
+        for reason, count in other.changed.items():
+            changed[reason] = changed.get(reason, 0) + count
+        n = max(self.max_examples, other.max_examples)
+        examples = (self.examples + other.examples)[:n]
+        changed_examples = (self.changed_examples + other.changed_examples)[:n]
+        return ReadReport(skipped=skipped, examples=examples, changed=changed, changed_examples=changed_examples, max_examples=n)
 
     def to_dict(self) -> dict:
-        return {"skipped": dict(self.skipped), "total_skipped": self.total_skipped, "examples": list(self.examples)}
+        out = {"skipped": dict(self.skipped), "total_skipped": self.total_skipped, "examples": list(self.examples)}
+        if self.changed:
+            out["changed"] = dict(self.changed)
+            out["changed_examples"] = list(self.changed_examples)
+        return out
 
 
 @dataclass

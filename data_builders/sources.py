@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from .atomic import make_temp_file
 
 URLS: dict[str, dict[str, str]] = {
     # McAuley lab "Amazon product data" (2014): 5-core reviews and full metadata per category
@@ -100,9 +101,9 @@ def fetch(
 def _download(url: str, target: Path, timeout: float) -> None:
     """Stream `url` to a temporary file beside `target`, then rename it into place (atomic)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    tmp = make_temp_file(target.parent, prefix=f".{target.name}.", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             shutil.copyfileobj(resp, out, length=1 << 20)
         os.replace(tmp, target)
     except BaseException:

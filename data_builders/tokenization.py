@@ -17,12 +17,12 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
 from tokenizers import AddedToken
 
+from .atomic import make_temp_dir
 from .records import item_token, user_token
 
 DEFAULT_GPT2_DIR = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "gpt2"
@@ -131,7 +131,7 @@ def save_tokenizer(tokenizer, directory: str | os.PathLike) -> str:
     """Save atomically (temp folder then rename) and return the sha256 of the saved tokenizer.json."""
     d = Path(directory)
     d.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=d.parent, prefix=d.name + ".tmp"))
+    tmp = make_temp_dir(d.parent, prefix=d.name + ".tmp")
     try:
         tokenizer.save_pretrained(str(tmp))
         if d.exists():

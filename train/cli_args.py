@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from data_builders.__main__ import report_user_errors  # noqa: F401  (one owner: the stage scripts use the builder's)
 from train.config import ConfigError, RunConfig, load_config
 
 
@@ -13,6 +14,7 @@ def stage_parser(prog: str) -> argparse.ArgumentParser:
     ap.add_argument("--resume", action="store_true", help="continue from the last checkpoint under output.dir")
     ap.add_argument("--lora-r", type=int, default=None, help="train LoRA adapters of rank N (model.lora_r)")
     ap.add_argument("--push-to-hub", default=None, metavar="ORG/NAME", help="upload the published folder (output.push_to_hub)")
+    ap.add_argument("--debug", action="store_true", help="show Python tracebacks for errors (default: one `error:` line)")
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. pretrain.rounds=3 model.n_layer=2")
     return ap
 

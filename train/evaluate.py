@@ -131,7 +131,7 @@ def popularity_metrics(corpus: Corpus, split: str, cfg: RunConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.cli_args import config_from_args, stage_parser
+    from train.cli_args import config_from_args, report_user_errors, stage_parser
     from train.common import make_accelerator
     from train.modeling_io import load_model
 
@@ -139,20 +139,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-dir", default=None, help="model folder (default: <output.dir>/best or /pretrained)")
     ap.add_argument("--split", default="test", choices=["validation", "test"])
     args = ap.parse_args(argv)
-    cfg = config_from_args(args)
-    out = Path(cfg.output.dir)
-    model_dir = Path(args.model_dir) if args.model_dir else next(p for p in (out / "best", out / "pretrained") if p.is_dir())
-    accelerator = make_accelerator(cfg, out)
-    corpus = Corpus(cfg.data.folder, cfg.data.leave_user_out_hops)
-    model = load_model(model_dir)
-    corpus.check_model(model.config)
-    model = accelerator.prepare(model)
-    metrics = evaluate_model(accelerator, model, corpus, args.split, cfg)
-    if accelerator.is_main_process:
-        names = metric_names(cfg.eval.recall_ks, cfg.eval.ndcg_ks)
-        write_metrics(out, f"eval_{args.split}", metrics, names, {"Popularity": popularity_metrics(corpus, args.split, cfg)})
-        print(json.dumps({k: v for k, v in metrics.items() if k != "users"}, indent=2))
-    return 0
+
+    def run() -> int:
+        cfg = config_from_args(args)
+        out = Path(cfg.output.dir)
+        candidates = [Path(args.model_dir)] if args.model_dir else [out / "best", out / "pretrained"]
+        model_dir = next((p for p in candidates if p.is_dir()), None)
+        if model_dir is None:
+            raise FileNotFoundError(f"no model folder at {' or '.join(map(str, candidates))}: train first or pass --model-dir")
+        accelerator = make_accelerator(cfg, out)
+        corpus = Corpus(cfg.data.folder, cfg.data.leave_user_out_hops)
+        model = load_model(model_dir)
+        corpus.check_model(model.config)
+        model = accelerator.prepare(model)
+        metrics = evaluate_model(accelerator, model, corpus, args.split, cfg)
+        if accelerator.is_main_process:
+            names = metric_names(cfg.eval.recall_ks, cfg.eval.ndcg_ks)
+            write_metrics(out, f"eval_{args.split}", metrics, names, {"Popularity": popularity_metrics(corpus, args.split, cfg)})
+            print(json.dumps({k: v for k, v in metrics.items() if k != "users"}, indent=2))
+        return 0
+
+    return report_user_errors(run, args.debug)
 
 
 if __name__ == "__main__":

@@ -139,12 +139,16 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.cli_args import parse_stage_args
+    from train.cli_args import parse_stage_args, report_user_errors
 
     cfg, args = parse_stage_args("finetune", argv)
-    result = finetune(cfg, resume=args.resume)
-    print({k: result[k] for k in ("best_epoch", "validation", "test")})
-    return 0
+
+    def run() -> int:
+        result = finetune(cfg, resume=args.resume)
+        print({k: result[k] for k in ("best_epoch", "validation", "test")})
+        return 0
+
+    return report_user_errors(run, args.debug)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from data_builders.atomic import atomic_write_text, json_default
+from data_builders.atomic import atomic_write_text, follow_umask, json_default
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
@@ -17,6 +17,7 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 def replace_dir(tmp_dir: str | Path, final_dir: str | Path) -> None:
     """Move a fully written ``tmp_dir`` to ``final_dir``, replacing an older one (rename is atomic per call)."""
     tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
+    follow_umask(tmp_dir)  # save_pretrained's safetensors are 0600 otherwise
     if final_dir.exists():
         trash = final_dir.with_name(f".{final_dir.name}.old")
         if trash.exists():

@@ -105,6 +105,7 @@ def run_pipeline(cfg: RunConfig, resume: bool = False, command: str | None = Non
 def print_summary(cfg: RunConfig, result: dict) -> None:
     from train.evaluate import metrics_table
     from train.metrics import metric_names
+    from data_builders.textclean import printable
     from train.recommend import Recommender
 
     names = metric_names(cfg.eval.recall_ks, cfg.eval.ndcg_ks)
@@ -113,7 +114,7 @@ def print_summary(cfg: RunConfig, result: dict) -> None:
     print("wall time: " + ", ".join(f"{k} {v:.1f}s" for k, v in result["wall"].items()))
     print(f"Hub-ready model folder: {result['paths']['hub_model']}")
     rec = Recommender.from_folder(result["paths"]["hub_model"])
-    titles = rec.item_titles
+    titles = [printable(t) for t in rec.item_titles]  # data, not terminal commands
     for user in range(min(cfg.eval.num_examples, rec.num_users)):
         hist = rec.train_items[user]
         top = rec.recommend_users([user], k=5)[0]
@@ -124,7 +125,7 @@ def print_summary(cfg: RunConfig, result: dict) -> None:
 def cli(argv: list[str] | None = None) -> int:
     import argparse
 
-    from train.cli_args import config_from_args, stage_parser
+    from train.cli_args import config_from_args, report_user_errors, stage_parser
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in ("demo", "run"):
@@ -143,13 +144,17 @@ def cli(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     command = "graphgpt2-rec " + " ".join(argv)
-    result = run_pipeline(cfg, resume=args.resume, command=command)
-    from accelerate import PartialState
 
-    if PartialState().is_main_process:
-        print_summary(cfg, result)
-        print(json.dumps({"test": result["test"]}, indent=1))
-    return 0
+    def run() -> int:
+        result = run_pipeline(cfg, resume=args.resume, command=command)
+        from accelerate import PartialState
+
+        if PartialState().is_main_process:
+            print_summary(cfg, result)
+            print(json.dumps({"test": result["test"]}, indent=1))
+        return 0
+
+    return report_user_errors(run, args.debug)
 
 
 if __name__ == "__main__":

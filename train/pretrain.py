@@ -122,12 +122,16 @@ def pretrain(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.cli_args import parse_stage_args
+    from train.cli_args import parse_stage_args, report_user_errors
 
     cfg, args = parse_stage_args("pretrain", argv)
-    result = pretrain(cfg, resume=args.resume)
-    print({k: v for k, v in result.items() if k != "plan"})
-    return 0
+
+    def run() -> int:
+        result = pretrain(cfg, resume=args.resume)
+        print({k: v for k, v in result.items() if k != "plan"})
+        return 0
+
+    return report_user_errors(run, args.debug)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from data_builders.corpus import Corpus
+from data_builders.textclean import printable
+from train.cli_args import report_user_errors
 from train.io_utils import atomic_write_text
 from train.modeling_io import load_model
 
@@ -132,7 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--raw-ids", action="store_true", help="--users are raw user ids (e.g. Amazon reviewerIDs)")
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--out", default="recommendations.jsonl")
+    ap.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
     args = ap.parse_args(argv)
+    return report_user_errors(lambda: _run(args), args.debug)
+
+
+def _run(args) -> int:
     rec = Recommender.from_folder(args.model)
     try:
         if args.all:
@@ -146,10 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    for who, recs in results.items():
-        print(f"{who}:")
+    for who, recs in results.items():  # titles and ids are data: control characters shown escaped, never sent raw
+        print(f"{printable(who)}:")
         for j, s in recs:
-            print(f"  {j:>6}  {s:8.3f}  {rec.item_titles[j]}")
+            print(f"  {j:>6}  {s:8.3f}  {printable(rec.item_titles[j])}")
     return 0
 
 
