@@ -23,3 +23,106 @@ def test_powerlaw_generator_is_seeded_heavy_tailed_and_builds_every_config_input
     assert len(split.reviews) > 0
     with pytest.raises(ValueError, match="num_edges"):
         make_powerlaw(100, 100, 500)
+
+
+# ------------------------------------------------------------------------------------ pair hop distances
+def _random_graph(seed: int, U: int, I: int, p: float):
+    from data_builders.graph import InteractionGraph
+
+    rng = np.random.default_rng(seed)
+    u, i = np.nonzero(rng.random((U, I)) < p)
+    return InteractionGraph(np.stack([u, i], 1), U, I)
+
+
+def _networkx_hops(g, max_hops: int) -> np.ndarray:
+    import networkx as nx
+
+    G = nx.Graph()
+    G.add_nodes_from(range(g.num_nodes))
+    G.add_edges_from((int(u), g.num_users + int(i)) for u, i in g.edges)
+    ref = np.full((g.num_nodes, g.num_nodes), max_hops + 1, dtype=np.uint8)
+    for s in range(g.num_nodes):
+        for t, d in nx.single_source_shortest_path_length(G, s, cutoff=max_hops).items():
+            ref[s, t] = d
+    return ref
+
+
+@pytest.mark.parametrize(
+    "seed,U,I,p,max_hops",
+    [(0, 40, 30, 0.04, 6), (1, 60, 40, 0.025, 6), (2, 30, 45, 0.06, 6), (3, 25, 20, 0.08, 3), (4, 50, 50, 0.02, 8), (5, 12, 9, 0.0, 6)],
+)
+def test_pair_distances_equal_networkx_on_every_pair(seed, U, I, p, max_hops):
+    """Sparse graphs with long paths (distances 1..max_hops and unreachable all occur) and one with no edges."""
+    from data_builders.pair_hops import pair_distances
+
+    g = _random_graph(seed, U, I, p)
+    ref = _networkx_hops(g, max_hops)
+    a, b = np.meshgrid(np.arange(g.num_nodes), np.arange(g.num_nodes), indexing="ij")
+    got = pair_distances(g, a.ravel(), b.ravel(), max_hops).reshape(ref.shape)
+    np.testing.assert_array_equal(got, ref)
+    if p >= 0.025 and max_hops == 6:
+        assert {1, 2, 3, 4, 5, 6, 7} <= set(np.unique(ref).tolist())  # the test exercises every level
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_row_hop_matrices_equal_networkx_and_the_old_lookup_both_variants(seed):
+    from data_builders.graph import HopDistances, InteractionGraph
+    from data_builders.pair_hops import gather_row_hops, row_hop_matrices, row_nodes
+
+    g = _random_graph(seed, 35, 30, 0.06)
+    ref = _networkx_hops(g, 6)
+    rng = np.random.default_rng(seed)
+    hd = HopDistances(g, 6)
+    rows = [rng.integers(-1, g.num_nodes, size=rng.integers(1, 14)) for _ in range(20)]
+    for u in range(5):  # personalized prompts: user, its items, text, the user again
+        own = g.num_users + g.ui[u].indices
+        rows.append(np.concatenate([[u, -1], own, [-1, u]]))
+    L = max(len(r) for r in rows)
+    pos = np.full((len(rows), L), -1)
+    for k, r in enumerate(rows):
+        pos[k, : len(r)] = r
+    changed = 0
+    for luo in (False, True):
+        mats = row_hop_matrices(g, rows, 6, leave_user_out=luo)
+        for r, m in zip(rows, mats):
+            nodes, _ = row_nodes(r)
+            assert m.dtype == np.uint8 and m.shape == (len(nodes), len(nodes))
+            if not luo:
+                np.testing.assert_array_equal(m, ref[nodes[:, None], nodes[None, :]])
+            elif nodes[0] < g.num_users and len(r) > 2 and r[-1] == nodes[0]:  # a personalized prompt
+                without = _networkx_hops(InteractionGraph(g.edges[g.edges[:, 0] != nodes[0]], g.num_users, g.num_items), 6)
+                items = nodes[1:]
+                sub, true = m[1:, 1:], without[items[:, None], items[None, :]]
+                off = ~np.eye(len(items), dtype=bool)
+                assert ((sub == 2) == (true == 2))[off].all() and (sub <= true)[off].all()
+                np.testing.assert_array_equal(m[0], ref[nodes[0], nodes])  # pairs with the user unchanged
+                changed += int((sub != ref[items[:, None], items[None, :]]).sum())
+        got = gather_row_hops(mats, [row_nodes(r)[1] for r in pos], L)
+        want = hd.pairwise(pos)  # the dense table's lookup (+ the old leave-user-out pass)
+        if luo:
+            want = hd.leave_user_out(want, pos)
+        np.testing.assert_array_equal(got, want)
+    assert changed > 0  # some own-item pairs were linked only through their user
+
+
+def test_pair_distances_equal_networkx_on_musical_instruments(shared_data):
+    """Every pair of the Musical Instruments train graph (873 nodes, 2,551 edges), both variants."""
+    from data_builders.graph import InteractionGraph
+    from data_builders.pair_hops import pair_distances, row_hop_matrices
+    from data_builders.readers import read_source
+
+    split = build_split(read_source(shared_data / "amazon-musical-instruments-2014"), rating_threshold=3.0, k_core=5, seed=98765)
+    g = InteractionGraph.from_split(split)
+    ref = _networkx_hops(g, 6)
+    a, b = np.meshgrid(np.arange(g.num_nodes), np.arange(g.num_nodes), indexing="ij")
+    got = pair_distances(g, a.ravel(), b.ravel(), 6).reshape(ref.shape)
+    np.testing.assert_array_equal(got, ref)
+    assert len(np.unique(ref)) >= 6
+    # personalized prompts, leave-user-out: own-item pairs are 2 iff another user shares them
+    rows = [np.concatenate([[u], g.num_users + split.train[u], [u]]) for u in range(0, g.num_users, 25)]
+    co = (g.iu @ g.ui).toarray()
+    for r, m in zip(rows, row_hop_matrices(g, rows, 6, leave_user_out=True)):
+        items = np.asarray(r[1:-1]) - g.num_users
+        want = np.where(co[items[:, None], items[None, :]] >= 2, 2, 4)
+        np.fill_diagonal(want, 0)
+        np.testing.assert_array_equal(m[1:, 1:], want)
