@@ -25,19 +25,27 @@ import numpy as np
 import scipy.sparse as sp
 
 CHUNK_NNZ = 1 << 23  # gathered ball entries per intersection chunk (bounds the temporary memory)
+HUB_WORDS = 2  # 64-bit words of hub bits: the 64 * HUB_WORDS highest-degree nodes are the hubs
 
 
-def row_nodes(node_positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def row_nodes(node_positions) -> tuple[np.ndarray, np.ndarray]:
     """(distinct nodes in order of first appearance, per-token index into them with -1 for text tokens)."""
     pos = np.asarray(node_positions, dtype=np.int64).ravel()
-    is_node = pos >= 0
-    uniq, first, inv = np.unique(pos[is_node], return_index=True, return_inverse=True)
-    order = np.argsort(first, kind="stable")
-    rank = np.empty(len(uniq), dtype=np.int64)
-    rank[order] = np.arange(len(uniq))
-    index = np.full(len(pos), -1, dtype=np.int64)
-    index[is_node] = rank[inv.ravel()]
-    return uniq[order], index
+    at = {}
+    index = np.fromiter((at.setdefault(v, len(at)) if v >= 0 else -1 for v in pos.tolist()), dtype=np.int64, count=len(pos))
+    return np.fromiter(at, dtype=np.int64, count=len(at)), index
+
+
+_TRIU: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _triu(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Upper-triangle index pairs of a k x k matrix (cached: rows repeat the same few sizes)."""
+    if k not in _TRIU:
+        if len(_TRIU) > 4096:
+            _TRIU.clear()
+        _TRIU[k] = np.triu_indices(k, 1)
+    return _TRIU[k]
 
 
 def _adjacency(graph) -> sp.csr_matrix:
@@ -48,6 +56,38 @@ def _adjacency(graph) -> sp.csr_matrix:
         adj.data[:] = 1.0
         graph._pair_adjacency = adj
     return adj
+
+
+def _hub_masks(graph, radius: int) -> list[np.ndarray]:
+    """Per k <= radius, an (N, HUB_WORDS) uint64 bit set of the hubs within the radius-k ball of every node.
+
+    A hub shared by B_k(a) and B_l(b) proves ``dist(a, b) <= k + l`` in O(1) per pair; on a power-law graph
+    almost every 4- and 6-hop pair meets at a hub, so the exact sparse test only sees the rest. Computed
+    for all nodes at once: M_k+1[v] = OR of M_k over the neighbours of v, OR M_k-1[v] (O(edges) per k).
+    """
+    cached = getattr(graph, "_pair_hub_masks", None)
+    if cached is not None and len(cached) > radius:
+        return cached
+    A = _adjacency(graph)
+    N = graph.num_nodes
+    deg = np.diff(A.indptr)
+    hubs = np.argsort(-deg, kind="stable")[: 64 * HUB_WORDS]
+    hubs = hubs[deg[hubs] > 0]
+    bit = np.arange(len(hubs))
+    m0 = np.zeros((N, HUB_WORDS), dtype=np.uint64)
+    m0[hubs, bit // 64] = np.left_shift(np.uint64(1), (bit % 64).astype(np.uint64))
+    masks = [m0]
+    has_nbr = deg > 0
+    starts = np.minimum(A.indptr[:-1], max(0, len(A.indices) - 1))
+    for k in range(1, radius + 1):
+        nxt = np.zeros((N, HUB_WORDS), dtype=np.uint64)
+        if len(A.indices):
+            nxt[has_nbr] = np.bitwise_or.reduceat(masks[-1][A.indices], starts, axis=0)[has_nbr]
+        if k >= 2:
+            nxt |= masks[-2]
+        masks.append(nxt)
+    graph._pair_hub_masks = masks
+    return masks
 
 
 def _binarize(m: sp.csr_matrix) -> sp.csr_matrix:
@@ -106,85 +146,145 @@ def pair_distances(graph, a: np.ndarray, b: np.ndarray, max_hops: int) -> np.nda
             balls.append(_binarize(grown))
         return balls[k]
 
-    for D in range(1, max_hops + 1):
-        sel = np.flatnonzero(cross == bool(D % 2))
-        if not len(sel):
-            continue
-        hit = _intersections(ball((D + 1) // 2), ia[sel], ball(D // 2), ib[sel]) > 0
+    hub = _hub_masks(graph, (max_hops + 1) // 2)
+
+    def resolve(sel: np.ndarray, hit: np.ndarray, D: int):
+        nonlocal pending, ia, ib, cross
         out[pending[sel[hit]]] = D
-        done = np.zeros(len(pending), dtype=bool)
-        done[sel[hit]] = True
-        pending, ia, ib, cross = pending[~done], ia[~done], ib[~done], cross[~done]
+        keep = np.ones(len(pending), dtype=bool)
+        keep[sel[hit]] = False
+        pending, ia, ib, cross = pending[keep], ia[keep], ib[keep], cross[keep]
+
+    for D in range(1, max_hops + 1):
+        k, l = (D + 1) // 2, D // 2
+        sel = np.flatnonzero(cross == bool(D % 2))
+        if len(sel):  # cheap sufficient test first: a shared hub
+            resolve(sel, (hub[k][nodes[ia[sel]]] & hub[l][nodes[ib[sel]]]).any(axis=1), D)
+            sel = np.flatnonzero(cross == bool(D % 2))
+        if len(sel):
+            resolve(sel, _intersections(ball(k), ia[sel], ball(l), ib[sel]) > 0, D)
         if not len(pending):
             break
     return out
 
 
-def shared_user_counts(graph, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Number of train users who interacted with both items (item indices a[k], b[k])."""
+def _segment_contains(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Whether ``cols[k]`` is among the (sorted) column indices of CSR row ``rows[k]``: a vectorised binary search."""
+    lo, hi = indptr[rows].astype(np.int64), indptr[rows + 1].astype(np.int64)
+    while True:
+        open_ = lo < hi
+        if not open_.any():
+            break
+        mid = (lo + hi) // 2
+        less = np.zeros(len(lo), dtype=bool)
+        less[open_] = indices[mid[open_]] < cols[open_]
+        lo = np.where(open_ & less, mid + 1, lo)
+        hi = np.where(open_ & ~less, mid, hi)
+    found = lo < indptr[rows + 1]
+    found[found] = indices[lo[found]] == cols[found]
+    return found
+
+
+def is_edge(graph, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Whether (user index, item index) is a train edge, elementwise."""
+    users = np.asarray(users, dtype=np.int64)
+    items = np.asarray(items, dtype=np.int64)
+    if not len(users):
+        return np.zeros(0, dtype=bool)
+    ui = graph.ui
+    if not ui.has_sorted_indices:
+        ui.sort_indices()
+    return _segment_contains(ui.indptr, ui.indices, users, items)
+
+
+def shared_by_two(graph, a: np.ndarray, b: np.ndarray, block_cost: int = 1 << 24) -> np.ndarray:
+    """Whether at least two train users interacted with both items a[k] and b[k] (item indices).
+
+    Co-interaction counts ``iu @ ui`` are formed for a block of items at a time (rows of the queried items
+    only, block size bounded by the product's cost), never as a whole I x I matrix.
+    """
     a = np.asarray(a, dtype=np.int64).ravel()
     b = np.asarray(b, dtype=np.int64).ravel()
+    out = np.zeros(len(a), dtype=bool)
     if not len(a):
-        return np.zeros(0, dtype=np.int64)
-    items, inv = np.unique(np.concatenate([a, b]), return_inverse=True)
-    users_of = _binarize(graph.iu[items])
-    return _intersections(users_of, inv[: len(a)], users_of, inv[len(a) :])
+        return out
+    items, inv = np.unique(a, return_inverse=True)
+    inv = inv.ravel()
+    user_deg = np.diff(graph.ui.indptr).astype(np.float64)
+    cost = np.cumsum(graph.iu[items] @ user_deg + 1)  # upper bound of each block row's nonzeros
+    bounds = np.unique(np.concatenate([[0], np.searchsorted(cost, np.arange(block_cost, cost[-1], block_cost)), [len(items)]]))
+    order = np.argsort(inv, kind="stable")
+    query_at = np.searchsorted(inv[order], bounds)
+    for s, e, qs, qe in zip(bounds[:-1], bounds[1:], query_at[:-1], query_at[1:]):
+        if qe <= qs:
+            continue
+        co = (graph.iu[items[s:e]] @ graph.ui).tocsr()
+        co.data = (co.data >= 2).astype(np.float32)
+        co.eliminate_zeros()
+        co.sort_indices()
+        q = order[qs:qe]
+        out[q] = _segment_contains(co.indptr, co.indices, inv[q] - s, b[q])
+    return out
 
 
-def row_hop_matrices(graph, rows: list, max_hops: int, leave_user_out: bool = False) -> list[np.ndarray]:
+def row_hop_matrices(graph, rows: list, max_hops: int, leave_user_out: bool = False, max_pairs: int = 1 << 22) -> list[np.ndarray]:
     """Per row (its ``node_positions``), the (k, k) uint8 hop matrix over the row's distinct nodes (``row_nodes``).
 
-    All pairs of all rows are deduplicated and measured in one ``pair_distances`` call. With
-    ``leave_user_out`` the pairs of the row user's (its first user node's) own train items are re-measured
-    without that user (see the module docstring); every other pair is unchanged.
+    Pairs the row itself decides are not searched: the row's user (its first user node) and one of its own
+    train items are 1 hop apart, two of its own items 2 (through the user). With ``leave_user_out`` two own
+    items are instead 2 when another train user has both, else ``min(4, max_hops + 1)`` (module docstring).
+    Every other pair is deduplicated and measured by ``pair_distances``. Rows are processed in chunks of at
+    most ``max_pairs`` pairs, so memory stays bounded whatever the number of rows.
     """
-    U = graph.num_users
-    node_lists = [row_nodes(r)[0] for r in rows]
-    sizes = np.array([len(x) for x in node_lists], dtype=np.int64)
-    iu_list = [np.triu_indices(int(k), 1) for k in sizes]
-    pa = np.concatenate([x[i] for x, (i, _) in zip(node_lists, iu_list)]) if len(rows) else np.zeros(0, np.int64)
-    pb = np.concatenate([x[j] for x, (_, j) in zip(node_lists, iu_list)]) if len(rows) else np.zeros(0, np.int64)
-    lo, hi = np.minimum(pa, pb), np.maximum(pa, pb)
-    key = lo * graph.num_nodes + hi
-    uniq, inv = np.unique(key, return_inverse=True)
-    values = pair_distances(graph, uniq // graph.num_nodes, uniq % graph.num_nodes, max_hops)[inv.ravel()]
+    out: list[np.ndarray] = []
+    nodes = [row_nodes(r)[0] for r in rows]
+    start, pairs = 0, 0
+    for k, x in enumerate(nodes):
+        pairs += len(x) * (len(x) - 1) // 2
+        if pairs > max_pairs and k > start:
+            out += _row_chunk(graph, nodes[start:k], max_hops, leave_user_out)
+            start, pairs = k, len(x) * (len(x) - 1) // 2
+    out += _row_chunk(graph, nodes[start:], max_hops, leave_user_out)
+    return out
+
+
+def _row_chunk(graph, node_lists: list[np.ndarray], max_hops: int, leave_user_out: bool) -> list[np.ndarray]:
+    U, N, far = graph.num_users, graph.num_nodes, max_hops + 1
+    tri = [_triu(len(x)) for x in node_lists]
+    empty = np.zeros(0, np.int64)
+    pa = np.concatenate([empty] + [x[i] for x, (i, _) in zip(node_lists, tri)])
+    pb = np.concatenate([empty] + [x[j] for x, (_, j) in zip(node_lists, tri)])
+    first_user = [next((int(v) for v in x if v < U), -1) for x in node_lists]
+    row_user = np.concatenate([empty] + [np.full(len(i), u, dtype=np.int64) for u, (i, _) in zip(first_user, tri)])
+    has_user = row_user >= 0
+    own_a = np.zeros(len(pa), dtype=bool)
+    own_b = np.zeros(len(pa), dtype=bool)
+    for own, p in ((own_a, pa), (own_b, pb)):
+        idx = np.flatnonzero(has_user & (p >= U))
+        own[idx] = is_edge(graph, row_user[idx], p[idx] - U)
+    user_item = ((pa == row_user) & own_b) | ((pb == row_user) & own_a)
+    item_item = own_a & own_b
+    values = np.empty(len(pa), dtype=np.uint8)
+    values[user_item] = min(1, far)
     if leave_user_out:
-        values = values.copy()
-        own = _own_item_pairs(graph, node_lists, iu_list, pa, pb)
-        if own.any():
-            shared = shared_user_counts(graph, pa[own] - U, pb[own] - U)
-            values[own] = np.where(shared >= 2, 2, min(4, max_hops + 1))  # >= 2: the row's user plus another
+        idx = np.flatnonzero(item_item)
+        values[idx] = np.where(shared_by_two(graph, pa[idx] - U, pb[idx] - U), min(2, far), min(4, far))
+    else:
+        values[item_item] = min(2, far)
+    rest = np.flatnonzero(~(user_item | item_item))
+    if len(rest):
+        lo, hi = np.minimum(pa[rest], pb[rest]), np.maximum(pa[rest], pb[rest])
+        uniq, inv = np.unique(lo * N + hi, return_inverse=True)
+        values[rest] = pair_distances(graph, uniq // N, uniq % N, max_hops)[inv.ravel()]
     out, start = [], 0
-    for x, (i, j) in zip(node_lists, iu_list):
-        k = len(x)
-        m = np.zeros((k, k), dtype=np.uint8)
+    for x, (i, j) in zip(node_lists, tri):
+        m = np.zeros((len(x), len(x)), dtype=np.uint8)
         v = values[start : start + len(i)]
         m[i, j] = v
         m[j, i] = v
         start += len(i)
         out.append(m)
     return out
-
-
-def _own_item_pairs(graph, node_lists, iu_list, pa, pb) -> np.ndarray:
-    """Mask over the concatenated pairs: both nodes are train items of their row's first user node."""
-    U, I = graph.num_users, graph.num_items
-    row_user = np.concatenate(
-        [np.full(len(i), next((int(v) for v in x if v < U), -1), dtype=np.int64) for x, (i, _) in zip(node_lists, iu_list)]
-    ) if node_lists else np.zeros(0, np.int64)
-    mask = (row_user >= 0) & (pa >= U) & (pb >= U)
-    if not mask.any():
-        return mask
-    edge_keys = graph.edges[:, 0].astype(np.int64) * I + graph.edges[:, 1]  # sorted: edges are np.unique'd
-
-    def is_edge(users, items):
-        k = users * I + items
-        at = np.clip(np.searchsorted(edge_keys, k), 0, max(0, len(edge_keys) - 1))
-        return (edge_keys[at] == k) if len(edge_keys) else np.zeros(len(k), bool)
-
-    idx = np.flatnonzero(mask)
-    mask[idx] = is_edge(row_user[idx], pa[idx] - U) & is_edge(row_user[idx], pb[idx] - U)
-    return mask
 
 
 def gather_row_hops(matrices: list[np.ndarray], token_index: list[np.ndarray], L: int) -> np.ndarray:

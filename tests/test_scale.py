@@ -51,9 +51,14 @@ def _networkx_hops(g, max_hops: int) -> np.ndarray:
     "seed,U,I,p,max_hops",
     [(0, 40, 30, 0.04, 6), (1, 60, 40, 0.025, 6), (2, 30, 45, 0.06, 6), (3, 25, 20, 0.08, 3), (4, 50, 50, 0.02, 8), (5, 12, 9, 0.0, 6)],
 )
-def test_pair_distances_equal_networkx_on_every_pair(seed, U, I, p, max_hops):
-    """Sparse graphs with long paths (distances 1..max_hops and unreachable all occur) and one with no edges."""
+@pytest.mark.parametrize("hub_words", [0, 1])
+def test_pair_distances_equal_networkx_on_every_pair(seed, U, I, p, max_hops, hub_words, monkeypatch):
+    """Sparse graphs with long paths (distances 1..max_hops and unreachable all occur) and one with no edges;
+    without hub bits (every pair takes the exact sparse test) and with 64 hubs (most pairs meet at one)."""
+    from data_builders import pair_hops
     from data_builders.pair_hops import pair_distances
+
+    monkeypatch.setattr(pair_hops, "HUB_WORDS", hub_words)
 
     g = _random_graph(seed, U, I, p)
     ref = _networkx_hops(g, max_hops)
@@ -103,6 +108,16 @@ def test_row_hop_matrices_equal_networkx_and_the_old_lookup_both_variants(seed):
             want = hd.leave_user_out(want, pos)
         np.testing.assert_array_equal(got, want)
     assert changed > 0  # some own-item pairs were linked only through their user
+    # chunking (rows, co-count blocks) changes nothing
+    from data_builders.pair_hops import shared_by_two
+
+    for luo in (False, True):
+        whole = row_hop_matrices(g, rows, 6, leave_user_out=luo)
+        small = row_hop_matrices(g, rows, 6, leave_user_out=luo, max_pairs=7)
+        assert all((x == y).all() for x, y in zip(whole, small))
+    a, b = rng.integers(0, g.num_items, size=(2, 300))
+    co = (g.iu @ g.ui).toarray()
+    np.testing.assert_array_equal(shared_by_two(g, a, b, block_cost=5), co[a, b] >= 2)
 
 
 def test_pair_distances_equal_networkx_on_musical_instruments(shared_data):
