@@ -236,19 +236,29 @@ def row_hop_matrices(graph, rows: list, max_hops: int, leave_user_out: bool = Fa
     Every other pair is deduplicated and measured by ``pair_distances``. Rows are processed in chunks of at
     most ``max_pairs`` pairs, so memory stays bounded whatever the number of rows.
     """
-    out: list[np.ndarray] = []
+    return _row_matrices(graph, rows, max_hops, ("luo",) if leave_user_out else ("full",), max_pairs)[0]
+
+
+def row_hop_matrix_variants(graph, rows: list, max_hops: int, max_pairs: int = 1 << 22) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(full, leave-user-out) matrices of ``row_hop_matrices`` for the same rows, sharing the search."""
+    full, luo = _row_matrices(graph, rows, max_hops, ("full", "luo"), max_pairs)
+    return full, luo
+
+
+def _row_matrices(graph, rows, max_hops, variants, max_pairs):
+    out: list[list[np.ndarray]] = [[] for _ in variants]
     nodes = [row_nodes(r)[0] for r in rows]
     start, pairs = 0, 0
-    for k, x in enumerate(nodes):
+    for k, x in enumerate(nodes + [np.zeros(0, np.int64)]):
         pairs += len(x) * (len(x) - 1) // 2
-        if pairs > max_pairs and k > start:
-            out += _row_chunk(graph, nodes[start:k], max_hops, leave_user_out)
+        if k == len(nodes) or (pairs > max_pairs and k > start):
+            for acc, part in zip(out, _row_chunk(graph, nodes[start:k], max_hops, variants)):
+                acc += part
             start, pairs = k, len(x) * (len(x) - 1) // 2
-    out += _row_chunk(graph, nodes[start:], max_hops, leave_user_out)
     return out
 
 
-def _row_chunk(graph, node_lists: list[np.ndarray], max_hops: int, leave_user_out: bool) -> list[np.ndarray]:
+def _row_chunk(graph, node_lists: list[np.ndarray], max_hops: int, variants) -> list[list[np.ndarray]]:
     U, N, far = graph.num_users, graph.num_nodes, max_hops + 1
     tri = [_triu(len(x)) for x in node_lists]
     empty = np.zeros(0, np.int64)
@@ -264,27 +274,76 @@ def _row_chunk(graph, node_lists: list[np.ndarray], max_hops: int, leave_user_ou
         own[idx] = is_edge(graph, row_user[idx], p[idx] - U)
     user_item = ((pa == row_user) & own_b) | ((pb == row_user) & own_a)
     item_item = own_a & own_b
-    values = np.empty(len(pa), dtype=np.uint8)
-    values[user_item] = min(1, far)
-    if leave_user_out:
-        idx = np.flatnonzero(item_item)
-        values[idx] = np.where(shared_by_two(graph, pa[idx] - U, pb[idx] - U), min(2, far), min(4, far))
-    else:
-        values[item_item] = min(2, far)
+    full = np.empty(len(pa), dtype=np.uint8)
+    full[user_item] = min(1, far)
+    full[item_item] = min(2, far)
     rest = np.flatnonzero(~(user_item | item_item))
     if len(rest):
         lo, hi = np.minimum(pa[rest], pb[rest]), np.maximum(pa[rest], pb[rest])
         uniq, inv = np.unique(lo * N + hi, return_inverse=True)
-        values[rest] = pair_distances(graph, uniq // N, uniq % N, max_hops)[inv.ravel()]
-    out, start = [], 0
+        full[rest] = pair_distances(graph, uniq // N, uniq % N, max_hops)[inv.ravel()]
+    values = {"full": full}
+    if "luo" in variants:
+        luo = full.copy()
+        idx = np.flatnonzero(item_item)
+        luo[idx] = np.where(shared_by_two(graph, pa[idx] - U, pb[idx] - U), min(2, far), min(4, far))
+        values["luo"] = luo
+    out: list[list[np.ndarray]] = [[] for _ in variants]
+    start = 0
     for x, (i, j) in zip(node_lists, tri):
-        m = np.zeros((len(x), len(x)), dtype=np.uint8)
-        v = values[start : start + len(i)]
-        m[i, j] = v
-        m[j, i] = v
+        for acc, name in zip(out, variants):
+            m = np.zeros((len(x), len(x)), dtype=np.uint8)
+            v = values[name][start : start + len(i)]
+            m[i, j] = v
+            m[j, i] = v
+            acc.append(m)
         start += len(i)
-        out.append(m)
     return out
+
+
+PAIR_COLUMNS = ("pair_hops", "pair_hops_luo")
+
+
+def attach_pair_hops(rows: list[dict], graph, max_hops: int, cache: dict | None = None) -> None:
+    """Add ``pair_hops`` (and ``pair_hops_luo``) to every row in place: the flattened (k, k) uint8 matrix over
+    the row's distinct nodes in order of first appearance (DESIGN.md section 4); ``pair_hops_luo`` is empty
+    when the leave-user-out matrix equals ``pair_hops`` (every row without two own items of its user).
+
+    ``cache`` (node list -> the two arrays) lets configs that repeat a node list (a user's interactions row
+    and its three recommendation rows) share one computation.
+    """
+    cache = {} if cache is None else cache
+    todo: dict[bytes, np.ndarray] = {}
+    keys = []
+    for r in rows:
+        nodes = row_nodes(r["node_positions"])[0]
+        key = nodes.tobytes()
+        keys.append(key)
+        if key not in cache:
+            todo[key] = nodes
+    if todo:
+        fresh = list(todo)
+        full, luo = row_hop_matrix_variants(graph, [todo[k] for k in fresh], max_hops)
+        for key, f, l in zip(fresh, full, luo):
+            cache[key] = (f.ravel(), l.ravel() if (l != f).any() else np.zeros(0, np.uint8))
+    for r, key in zip(rows, keys):
+        r["pair_hops"], r["pair_hops_luo"] = cache[key]
+
+
+def stored_token_index(row: dict) -> np.ndarray:
+    """Per token of a row, the index into the node list its stored ``pair_hops`` refers to (-1 = text).
+
+    The node list is ``row["pair_nodes"]`` when the row carries one (a re-masked prompt pointing into its
+    full-history matrix), else the row's own distinct nodes in order of first appearance.
+    """
+    pos = np.asarray(row["node_positions"], dtype=np.int64)
+    if row.get("pair_nodes") is None:
+        return row_nodes(pos)[1]
+    at = {int(v): k for k, v in enumerate(np.asarray(row["pair_nodes"]).tolist())}
+    try:
+        return np.fromiter((at[v] if v >= 0 else -1 for v in pos.tolist()), dtype=np.int64, count=len(pos))
+    except KeyError as err:
+        raise ValueError(f"node {err.args[0]} of the row is not in its pair_nodes") from None
 
 
 def gather_row_hops(matrices: list[np.ndarray], token_index: list[np.ndarray], L: int) -> np.ndarray:

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 import pytest
 
 from data_builders.folder import build_dataset_folder, load_corpus
@@ -26,9 +27,10 @@ def folder(tmp_path_factory, gpt2_tokenizer_dir):
 def test_layout_manifest_and_load_dataset(folder):
     split, res = folder
     d = res.folder
-    for p in ("README.md", "manifest.json", "tokenizer/tokenizer.json", "graph/train_edges.npy", "graph/hops.npy", "maps/users.json", "maps/item_titles.json", "recommendation/test-00000-of-00001.parquet"):
+    for p in ("README.md", "manifest.json", "tokenizer/tokenizer.json", "graph/train_edges.npy", "maps/users.json", "maps/item_titles.json", "recommendation/test-00000-of-00001.parquet"):
         assert (d / p).is_file(), p
     assert not list(d.parent.glob(".synthetic.building-*"))  # temp folder renamed away
+    assert not (d / "graph" / "hops.npy").exists()  # no N x N table: rows carry their own pair matrices
     m = json.loads((d / "manifest.json").read_text())
     assert (m["num_users"], m["num_items"], m["base_vocab_size"], m["max_hops"]) == (split.num_users, split.num_items, 50257, 6)
     assert m["split"]["split_hash"] == split.manifest["split_hash"]
@@ -45,12 +47,21 @@ def test_load_corpus_and_hash_checks(folder, tmp_path):
     split, res = folder
     c = load_corpus(res.folder)
     assert (c.num_users, c.num_items, c.base_vocab_size) == (split.num_users, split.num_items, 50257)
-    assert c.item_titles == [m.title for m in split.items] and c.hops.is_dense
+    assert c.item_titles == [m.title for m in split.items] and not c.hops.is_dense
     row = c.dataset("recommendation", "validation")[0]
     enc = c.rec_encoder().encode(row["user"], row["history"])
     assert enc["input_ids"].tolist() == row["input_ids"] and enc["node_positions"].tolist() == row["node_positions"]
     batch = c.collator()([c.dataset("recommendation", "test")[k] for k in range(4)])
     assert batch["target_items"].shape == (4, split.num_items) and batch["hop_distances"].ndim == 3
+    # stored pair matrices give the same bias as measuring the graph, for every config, both variants
+    for config in c.configs:
+        ds = c.dataset(config, "train")
+        rows = [ds[k] for k in range(0, min(len(ds), 40), 3)]
+        assert all(len(r["pair_hops"]) == len({p for p in r["node_positions"] if p >= 0}) ** 2 for r in rows)
+        bare = [{k: v for k, v in r.items() if not k.startswith("pair_hops")} for r in rows]
+        for luo in (False, True):
+            stored, fresh = c.collator(leave_user_out=luo)(rows), c.collator(leave_user_out=luo)(bare)
+            assert torch.equal(stored["hop_distances"], fresh["hop_distances"]), (config, luo)
     with pytest.raises(KeyError, match="no split"):
         c.dataset("content", "test")
     # a tokenizer or graph from another build is refused
