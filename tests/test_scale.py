@@ -141,3 +141,38 @@ def test_pair_distances_equal_networkx_on_musical_instruments(shared_data):
         want = np.where(co[items[:, None], items[None, :]] >= 2, 2, 4)
         np.fill_diagonal(want, 0)
         np.testing.assert_array_equal(m[1:, 1:], want)
+
+
+def test_collator_takes_a_remasked_prompt_from_the_stored_full_history_matrix():
+    """A prompt over a subset of a stored row's nodes (re-masked, shuffled, cut) indexes the stored matrix via
+    pair_nodes and gets the same bias as measuring the graph; a node outside pair_nodes is an error."""
+    import torch
+
+    from data_builders.collate import GraphCollator
+    from data_builders.graph import HopDistances
+    from data_builders.pair_hops import attach_pair_hops, row_nodes
+
+    g = _random_graph(11, 30, 25, 0.15)
+    hd = HopDistances(g, 6)
+    U = g.num_users
+    rng = np.random.default_rng(0)
+    full_rows = []
+    for u in range(6):
+        items = g.ui[u].indices
+        full_rows.append({"node_positions": np.concatenate([[u, -1], U + items, [-1, u, -1]]), "input_ids": None})
+    attach_pair_hops(full_rows, g, 6)
+    for luo in (False, True):
+        collate = GraphCollator(hd, pad_token_id=0, leave_user_out=luo, max_length=7)
+        masked, bare = [], []
+        for u, r in enumerate(full_rows):
+            items = g.ui[u].indices
+            keep = rng.permutation(items)[: max(1, len(items) - 2)]
+            pos = np.concatenate([[u, -1], U + keep, [-1, u, -1]])
+            row = {"input_ids": np.arange(len(pos)), "node_positions": pos}
+            bare.append(dict(row))
+            masked.append(row | {"pair_hops": r["pair_hops"], "pair_hops_luo": r["pair_hops_luo"], "pair_nodes": row_nodes(r["node_positions"])[0]})
+        assert torch.equal(collate(masked)["hop_distances"], collate(bare)["hop_distances"])
+    other = np.setdiff1d(np.arange(g.num_items), g.ui[0].indices)[0]  # not in user 0's stored matrix
+    stray = masked[0] | {"node_positions": np.concatenate([masked[0]["node_positions"][:-1], [U + other]])}
+    with pytest.raises(ValueError, match="pair_nodes"):
+        GraphCollator(hd, pad_token_id=0)([stray])
