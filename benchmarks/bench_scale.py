@@ -1,0 +1,173 @@
+"""Scale benchmark (issue 8): full dataset-folder builds on synthetic power-law graphs, and the cost of a training
+batch's bias inputs against a training step of the CPU preset.
+
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_scale --sizes 20000:10000:200000 200000:100000:2000000 \
+        --work /tmp/bench_scale --out benchmarks/results/scale.json
+
+Each size runs in its own subprocess (so its peak RSS is its own): generate (``data_builders.powerlaw``), split
+(5-core, seed 98765), build every prompt config with the GPT-2 tokenizer (``build_dataset_folder``: tokenizer,
+graph, prompts, per-row ``pair_hops``, Parquet), then, in the same process, time on a batch of the CPU preset
+(``train/configs/mi_cpu.yaml``: batch 32, max_length 128) (a) the bias inputs: the collator's ``hop_distances``
+from the stored matrices, the same for re-masked fine-tuning prompts (``pair_nodes``), and for rows without stored
+matrices (measured on the graph, both variants); (b) one fine-tuning training step (forward, backward, AdamW).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux: KiB
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _median_seconds(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def run_size(users: int, items: int, edges: int, work: Path, seed: int, exponent: float, repeat: int) -> dict:
+    import torch
+
+    from data_builders.folder import build_dataset_folder, load_corpus
+    from data_builders.pair_hops import row_nodes
+    from data_builders.powerlaw import make_powerlaw
+    from data_builders.preprocess import build_split
+
+    res: dict = {"users": users, "items": items, "edges_requested": edges, "seed": seed, "exponent": exponent,
+                 "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    t0 = time.perf_counter()
+    raw = make_powerlaw(users, items, edges, exponent=exponent, seed=seed)
+    res["seconds_generate"] = time.perf_counter() - t0
+    t = time.perf_counter()
+    split = build_split(raw, k_core=5, seed=98765)
+    del raw
+    res["seconds_split"] = time.perf_counter() - t
+    res["split"] = {"users": split.num_users, "items": split.num_items, "train_edges": int(sum(len(a) for a in split.train))}
+    out = work / f"pl_{users}_{items}_{edges}"
+    t = time.perf_counter()
+    built = build_dataset_folder(split, out, tokenizer_source=ROOT.parent / "shared" / "tokenizers" / "gpt2", overwrite=True)
+    res["seconds_build_folder"] = time.perf_counter() - t
+    res["seconds_total"] = time.perf_counter() - t0
+    res["build_stage_seconds"] = built.manifest["build_seconds"]
+    res["rows"] = built.manifest["rows"]
+    res["peak_rss_gib_build"] = _rss_gib()
+    res["folder_bytes"] = _folder_bytes(out)
+    del split
+
+    # ---- bias inputs vs one training step, CPU preset (mi_cpu.yaml), one process ----
+    from modeling_graphgpt2 import GraphGPT2Config, GraphGPT2ForRecommendation
+    from train.config import load_config
+
+    cfg = load_config("mi_cpu")
+    torch.manual_seed(0)
+    corpus = load_corpus(out)
+    B, L = cfg.finetune.batch_size, cfg.data.max_length
+    ds = corpus.dataset("recommendation", "train")
+    rng = np.random.default_rng(0)
+    pick = rng.choice(len(ds), size=B, replace=False)
+    stored = [ds[int(k)] for k in pick]
+    enc = corpus.rec_encoder(L)
+    remasked, bare = [], []
+    for r in stored:
+        hist = np.asarray(r["history"])
+        keep = rng.permutation(hist)[: max(1, int(0.8 * len(hist)))]
+        e = enc.encode(r["user"], keep)
+        row = {"input_ids": e["input_ids"], "node_positions": e["node_positions"], "labels": [-100] * len(e["input_ids"]), "targets": r["targets"]}
+        bare.append(dict(row))
+        remasked.append(row | {"pair_hops": np.asarray(r["pair_hops"], np.uint8), "pair_hops_luo": np.asarray(r["pair_hops_luo"], np.uint8),
+                               "pair_nodes": row_nodes(r["node_positions"])[0]})
+    so = corpus.dataset("second_order", "train") if "second_order" in corpus.configs else None
+    so_rows = [so[int(k)] for k in rng.choice(len(so), size=min(B, len(so)), replace=False)] if so is not None else []
+    so_bare = [{k: v for k, v in r.items() if not k.startswith("pair_hops")} for r in so_rows]
+    timings = {}
+    for luo in (False, True):
+        collate = corpus.collator(max_length=L, leave_user_out=luo)
+        Lb = L
+        tag = "luo" if luo else "full"
+        timings[f"bias_remasked_stored_{tag}"] = _median_seconds(lambda: collate._hops(remasked, Lb), repeat)
+        timings[f"bias_remasked_graph_{tag}"] = _median_seconds(lambda: collate._hops(bare, Lb), repeat)
+        if so_rows:
+            timings[f"bias_second_order_stored_{tag}"] = _median_seconds(lambda: collate._hops(so_rows, Lb), repeat)
+            timings[f"bias_second_order_graph_{tag}"] = _median_seconds(lambda: collate._hops(so_bare, Lb), max(1, repeat // 3))
+        timings[f"collate_all_remasked_stored_{tag}"] = _median_seconds(lambda: collate(remasked), repeat)
+    collate = corpus.collator(max_length=L)
+    batch = collate(remasked)
+    m = cfg.model
+    config = GraphGPT2Config(num_users=corpus.num_users, num_items=corpus.num_items, base_vocab_size=corpus.base_vocab_size,
+                             n_layer=m.n_layer, n_embd=m.n_embd, n_head=m.n_head, n_positions=m.n_positions,
+                             resid_pdrop=m.dropout, embd_pdrop=m.dropout, attn_pdrop=m.dropout, graph_bias=m.graph_bias,
+                             max_hops=m.max_hops, mutual_reg_weight=m.mutual_reg_weight)
+    model = GraphGPT2ForRecommendation(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+
+    def step():
+        out = model(batch["input_ids"], attention_mask=batch["attention_mask"], hop_distances=batch["hop_distances"],
+                    target_items=batch["target_items"], task="rec", reg_weight=m.mutual_reg_weight)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()  # warm-up (allocations)
+    timings["train_step"] = _median_seconds(step, repeat)
+    timings["batch"] = {"rows": B, "max_length": L, "longest_row": int(batch["input_ids"].shape[1])}
+    res["timings_seconds"] = timings
+    res["bias_over_step"] = {k: timings[k] / timings["train_step"] for k in timings if k.startswith("bias_")}
+    res["peak_rss_gib_total"] = _rss_gib()
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", nargs="+", default=["20000:10000:200000", "200000:100000:2000000"], help="users:items:edges")
+    p.add_argument("--work", default="/tmp/bench_scale", help="where the dataset folders are built")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--exponent", type=float, default=0.9)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one size in this process
+    args = p.parse_args(argv)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    if args.one:
+        u, i, e = (int(x) for x in args.one.split(":"))
+        print(json.dumps(run_size(u, i, e, work, args.seed, args.exponent, args.repeat)))
+        return 0
+    results = []
+    for size in args.sizes:
+        t = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_scale", "--one", size, "--work", str(work), "--seed", str(args.seed),
+                               "--exponent", str(args.exponent), "--repeat", str(args.repeat)], cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(proc.stderr[-4000:], file=sys.stderr)
+            return proc.returncode
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        res["wall_seconds_subprocess"] = time.perf_counter() - t
+        results.append(res)
+        print(json.dumps(res, indent=1), flush=True)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
