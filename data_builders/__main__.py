@@ -41,7 +41,8 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--format", default="auto", help="source format (default: detect)")
     b.add_argument("--synthetic-users", type=int, default=300)
     b.add_argument("--synthetic-items", type=int, default=120)
-    b.add_argument("--hop-table-budget-gb", type=float, default=2.0, help="dense uint8 hop table when N*N bytes fit")
+    b.add_argument("--hop-table-budget-gb", type=float, default=0.0,
+                   help="opt-in dense uint8 N x N hop table when N*N bytes fit (default 0: none; every row stores its own pair matrix)")
     b.add_argument("--no-hop-table", action="store_true", help="do not save the hop table (loaders compute it)")
     b.add_argument("--overwrite", action="store_true")
     b.add_argument("--quiet", action="store_true")

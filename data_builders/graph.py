@@ -8,8 +8,10 @@ Distances come from a breadth-first search run for a block of sources at once: t
 the graph is bipartite, a user frontier only ever reaches items and vice versa, so each hop multiplies by
 one half of the adjacency (cost ``E * block`` per hop). Never a dense all-pairs Floyd-Warshall.
 
-``HopDistances`` keeps a dense uint8 N x N table when ``N * N`` bytes fit ``table_budget_bytes`` and
-otherwise computes rows on demand (one block BFS for all the rows a batch is missing) behind an LRU cache.
+Rows of a dataset carry their own pair matrices (``pair_hops.py``, measured per row by meet-in-the-middle), so
+nothing here needs to be N x N. ``HopDistances`` keeps a dense uint8 N x N table only when asked
+(``table_budget_bytes`` > N * N; default 0); without it ``pairwise`` / ``row_matrices`` search per row. The block
+BFS (``bfs_rows``, ``hop_table``) remains for the opt-in table and as a reference in tests.
 """
 from __future__ import annotations
 
@@ -149,8 +151,9 @@ class InteractionGraph:
 class HopDistances:
     """Capped hop distances with a vectorised ``pairwise`` lookup for the collator.
 
-    Dense uint8 table when ``N*N`` bytes fit ``table_budget_bytes``; otherwise rows are computed on demand
-    by BFS and kept in an LRU cache of ``cache_rows`` rows.
+    Dense uint8 table when ``N*N`` bytes fit ``table_budget_bytes`` (opt-in; default 0); otherwise
+    ``pairwise`` and ``row_matrices`` search each row's pairs (``pair_hops``); ``rows`` (whole BFS rows, LRU
+    cache of ``cache_rows``) is kept for tests and tools.
     """
 
     def __init__(
