@@ -176,3 +176,25 @@ def test_collator_takes_a_remasked_prompt_from_the_stored_full_history_matrix():
     stray = masked[0] | {"node_positions": np.concatenate([masked[0]["node_positions"][:-1], [U + other]])}
     with pytest.raises(ValueError, match="pair_nodes"):
         GraphCollator(hd, pad_token_id=0)([stray])
+
+
+def test_powerlaw_data_builds_every_config_with_stored_pair_hops(tmp_path, gpt2_tokenizer_dir):
+    """The normal build runs on the generator's output: every config written, every row has its k x k matrix,
+    the same values the graph search gives, and no N x N table in the folder."""
+    from data_builders.folder import build_dataset_folder, load_corpus
+    from data_builders.pair_hops import row_hop_matrices, row_nodes
+    from data_builders.prompts import ALL_CONFIGS
+
+    split = build_split(make_powerlaw(300, 150, 3000, seed=2), k_core=5, seed=1)
+    res = build_dataset_folder(split, tmp_path / "pl", tokenizer_source=gpt2_tokenizer_dir)
+    assert res.manifest["configs"] == list(ALL_CONFIGS) and not (tmp_path / "pl" / "graph" / "hops.npy").exists()
+    c = load_corpus(tmp_path / "pl")
+    for config in c.configs:
+        ds = c.dataset(config, "train")
+        rows = [ds[k] for k in range(0, len(ds), max(1, len(ds) // 25))]
+        nodes = [row_nodes(r["node_positions"])[0] for r in rows]
+        for luo in (False, True):
+            want = row_hop_matrices(c.hops.graph, nodes, c.max_hops, leave_user_out=luo)
+            for r, w in zip(rows, want):
+                got = r["pair_hops_luo"] if (luo and r["pair_hops_luo"]) else r["pair_hops"]
+                assert np.array_equal(np.asarray(got, np.uint8).reshape(w.shape), w), config
