@@ -31,6 +31,12 @@ def _rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux: KiB
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process: on a shared machine the wall time also counts other jobs."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
@@ -55,18 +61,22 @@ def run_size(users: int, items: int, edges: int, work: Path, seed: int, exponent
     res: dict = {"users": users, "items": items, "edges_requested": edges, "seed": seed, "exponent": exponent,
                  "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
     t0 = time.perf_counter()
+    cpu0 = _cpu_seconds()
     raw = make_powerlaw(users, items, edges, exponent=exponent, seed=seed)
     res["seconds_generate"] = time.perf_counter() - t0
+    res["cpu_seconds_before_generate"] = cpu0  # imports
     t = time.perf_counter()
     split = build_split(raw, k_core=5, seed=98765)
     del raw
     res["seconds_split"] = time.perf_counter() - t
     res["split"] = {"users": split.num_users, "items": split.num_items, "train_edges": int(sum(len(a) for a in split.train))}
     out = work / f"pl_{users}_{items}_{edges}"
-    t = time.perf_counter()
+    t, cpu_build = time.perf_counter(), _cpu_seconds()
     built = build_dataset_folder(split, out, tokenizer_source=ROOT.parent / "shared" / "tokenizers" / "gpt2", overwrite=True)
     res["seconds_build_folder"] = time.perf_counter() - t
+    res["cpu_seconds_build_folder"] = _cpu_seconds() - cpu_build
     res["seconds_total"] = time.perf_counter() - t0
+    res["cpu_seconds_total"] = _cpu_seconds()
     res["build_stage_seconds"] = built.manifest["build_seconds"]
     res["rows"] = built.manifest["rows"]
     res["peak_rss_gib_build"] = _rss_gib()
@@ -136,6 +146,47 @@ def run_size(users: int, items: int, edges: int, work: Path, seed: int, exponent
     return res
 
 
+def dense_vs_stored(source: Path, repeat: int = 20) -> dict:
+    """Milliseconds for the hops of 32 personalized prompts of a small graph (Musical Instruments): the old dense
+    table lookup, the stored per-row matrices, and the per-row graph search, both variants."""
+    from data_builders.collate import GraphCollator
+    from data_builders.graph import HopDistances, InteractionGraph
+    from data_builders.pair_hops import attach_pair_hops
+    from data_builders.preprocess import build_split
+    from data_builders.readers import read_source
+
+    split = build_split(read_source(source))
+    g = InteractionGraph.from_split(split)
+    U = g.num_users
+    t = time.perf_counter()
+    dense = HopDistances(g, 6, table_budget_bytes=1 << 30)
+    res: dict = {"dense_table_build_s": time.perf_counter() - t, "dense_table_bytes": g.num_nodes**2}
+    lazy = HopDistances(g, 6)
+    rng = np.random.default_rng(0)
+    rows = []
+    for u in rng.choice(U, 32, replace=False):
+        pos = np.concatenate([[u, -1, -1, -1], U + split.train[u], [-1, u, -1, -1, -1]])
+        rows.append({"input_ids": np.zeros(len(pos), np.int64), "node_positions": pos})
+    stored = [dict(r) for r in rows]
+    attach_pair_hops(stored, g, 6)
+    L = max(len(r["node_positions"]) for r in rows)
+    pos = np.full((len(rows), L), -1)
+    for k, r in enumerate(rows):
+        pos[k, : len(r["node_positions"])] = r["node_positions"]
+    for luo in (False, True):
+        collate = GraphCollator(lazy, 0, leave_user_out=luo)
+
+        def old():
+            h = dense.pairwise(pos)
+            return dense.leave_user_out(h, pos) if luo else h
+
+        tag = "luo" if luo else "full"
+        res[f"ms_dense_table_{tag}"] = 1e3 * _median_seconds(old, repeat)
+        res[f"ms_stored_{tag}"] = 1e3 * _median_seconds(lambda: collate._hops(stored, L), repeat)
+        res[f"ms_graph_{tag}"] = 1e3 * _median_seconds(lambda: collate._hops(rows, L), repeat)
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", nargs="+", default=["20000:10000:200000", "200000:100000:2000000"], help="users:items:edges")
@@ -145,7 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exponent", type=float, default=0.9)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one size in this process
+    p.add_argument("--dense-vs-stored", default=None, metavar="RAW_SOURCE",
+                   help="instead: time dense table vs stored vs graph hops on a small source (e.g. Musical Instruments)")
     args = p.parse_args(argv)
+    if args.dense_vs_stored:
+        print(json.dumps(dense_vs_stored(Path(args.dense_vs_stored)), indent=1))
+        return 0
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     if args.one:
