@@ -229,8 +229,8 @@ def build_dataset_folder(
                 log(f"{config}: 0 rows, config not written")
                 continue
             t_pairs = time.perf_counter()
-            for rows in splits.values():
-                attach_pair_hops(rows, graph, max_hops, pair_cache)
+            for rows in splits.values():  # only personalized configs repeat node lists: cache just those
+                attach_pair_hops(rows, graph, max_hops, pair_cache if config in ("interactions", "recommendation") else None)
             seconds[f"pair_hops/{config}"] = time.perf_counter() - t_pairs  # included in prompts/<config>
             files[config] = write_config(tmp, config, splits, rows_per_shard)
             rows_count[config] = {s: len(r) for s, r in splits.items()}
