@@ -187,6 +187,27 @@ def dense_vs_stored(source: Path, repeat: int = 20) -> dict:
     return res
 
 
+def plot(results: list[dict], path: Path) -> Path:
+    """Build CPU seconds and peak RSS against train edges (log-log), one point per measured size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = sorted(results, key=lambda r: r["split"]["train_edges"])
+    edges = [r["split"]["train_edges"] for r in results]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax[0].loglog(edges, [r.get("cpu_seconds_total", r["seconds_total"]) for r in results], "o-", label="CPU s")
+    ax[0].loglog(edges, [r["seconds_total"] for r in results], "s--", label="wall s (shared machine)")
+    ax[0].set_xlabel("train edges"), ax[0].set_ylabel("seconds"), ax[0].legend(), ax[0].set_title("full build")
+    ax[1].loglog(edges, [r["peak_rss_gib_build"] for r in results], "o-")
+    ax[1].set_xlabel("train edges"), ax[1].set_ylabel("GiB"), ax[1].set_title("peak RSS of the build")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", nargs="+", default=["20000:10000:200000", "200000:100000:2000000"], help="users:items:edges")
@@ -198,7 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one size in this process
     p.add_argument("--dense-vs-stored", default=None, metavar="RAW_SOURCE",
                    help="instead: time dense table vs stored vs graph hops on a small source (e.g. Musical Instruments)")
+    p.add_argument("--plot", nargs="+", default=None, metavar="RESULTS_JSON", help="instead: plot these result files")
     args = p.parse_args(argv)
+    if args.plot:
+        results = [r for f in args.plot for r in json.loads(Path(f).read_text())]
+        print(plot(results, Path(args.out).with_suffix(".png")))
+        return 0
     if args.dense_vs_stored:
         print(json.dumps(dense_vs_stored(Path(args.dense_vs_stored)), indent=1))
         return 0
