@@ -49,7 +49,7 @@ class BuildConfig:
     format: str = "auto"
     synthetic_users: int = 300
     synthetic_items: int = 120
-    hop_table_budget_gb: float = 2.0  # dense uint8 hop table when N*N bytes fit
+    hop_table_budget_gb: float = 0.0  # opt-in dense uint8 N x N hop table when N*N bytes fit (rows store their own pairs)
     save_hop_table: bool = True
     overwrite: bool = False
     quiet: bool = False
@@ -191,7 +191,7 @@ def add_build_arguments(b: argparse.ArgumentParser, base: BuildConfig | None = N
     b.add_argument("--format", default=d.format, help="source format (default: detect)")
     b.add_argument("--synthetic-users", type=_int_at_least(1), default=d.synthetic_users)
     b.add_argument("--synthetic-items", type=_int_at_least(1), default=d.synthetic_items)
-    b.add_argument("--hop-table-budget-gb", type=_finite_float, default=d.hop_table_budget_gb, help="dense uint8 hop table when N*N bytes fit")
+    b.add_argument("--hop-table-budget-gb", type=_finite_float, default=d.hop_table_budget_gb, help="opt-in dense uint8 N x N hop table when N*N bytes fit (default 0: none; every row stores its own pair matrix)")
     b.add_argument("--no-hop-table", action="store_true", default=not d.save_hop_table, help="do not save the hop table (loaders compute it)")
     b.add_argument("--overwrite", action="store_true", default=d.overwrite)
     b.add_argument("--quiet", action="store_true", default=d.quiet)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import datasets
 import numpy as np
 
+from .graph import DEFAULT_MAX_HOPS, InteractionGraph
+from .pair_hops import PAIR_COLUMNS, attach_pair_hops
 from .preprocess import DEFAULT_K_CORE, DEFAULT_RATING_THRESHOLD, DEFAULT_SPLIT_SEED
 from .prompts import ALL_CONFIGS, CONFIG_SPLITS, CONTENT_FIELDS, SECOND_ORDER_FIELDS, PromptConfig, build_config_rows
 
@@ -35,6 +37,7 @@ def features_for(config: str) -> datasets.Features:
         "labels": ints,
         "user": datasets.Value("int32"),
     }
+    f.update({c: datasets.List(datasets.Value("uint8")) for c in PAIR_COLUMNS})
     if config == "recommendation":
         f.update({"history": ints, "targets": ints})
     return datasets.Features(f)
@@ -55,6 +58,7 @@ class GraphGPT2RecPromptsConfig(datasets.BuilderConfig):
     second_order_fields: tuple = SECOND_ORDER_FIELDS
     max_group_items: int = 50
     max_length: int = 1024
+    max_hops: int = DEFAULT_MAX_HOPS
     synthetic_users: int = 300
     synthetic_items: int = 120
 
@@ -113,5 +117,6 @@ class GraphGPT2RecPrompts(datasets.GeneratorBasedBuilder):
             max_length=cfg.max_length,
         )
         rows = build_config_rows(cfg.name, split, tok, base, prompt_config)[split_name]
+        attach_pair_hops(rows, InteractionGraph.from_split(split), cfg.max_hops)
         for k, row in enumerate(rows):
             yield k, {c: (v.tolist() if isinstance(v, np.ndarray) else v) for c, v in row.items()}

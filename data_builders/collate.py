@@ -1,7 +1,9 @@
 """GraphCollator: rows -> right-padded tensors plus the (B, L, L) hop-distance tensor (DESIGN.md section 2).
 
-Vectorised: padding is one numpy fill per column and the hop tensor is one fancy-indexing gather in
-``HopDistances.pairwise`` (the authors' collate loop cost ~10 us per token pair).
+Vectorised: padding is one numpy fill per column; the hop tensor is gathered per row from the (k, k) matrix over
+the row's distinct nodes stored with it (``pair_hops``, built with the dataset: the graph is not touched), and
+only rows without one (a raw history, an unseen user) have their few pairs measured on the fly by
+``HopDistances.row_matrices`` (the authors' collate loop cost ~10 us per token pair).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import numpy as np
 import torch
 
 from .graph import HopDistances
+from .pair_hops import gather_row_hops, stored_token_index
 
 IGNORE_INDEX = -100
 # the batch keys the model's forward takes as inputs (labels / target_items depend on the task)
@@ -30,6 +33,9 @@ class GraphCollator:
     Returns ``input_ids`` (B, L) long, ``attention_mask`` (B, L) long, ``labels`` (B, L) long with -100 on pad
     (only when rows have labels), ``hop_distances`` (B, L, L) long (-1 where either token is text or pad),
     and ``target_items`` (B, I) float multi-hot when rows have ``targets`` (needs ``num_items``).
+    A row's hops come from its ``pair_hops`` (``pair_hops_luo`` with ``leave_user_out`` when non-empty), over
+    ``pair_nodes`` when given (a re-masked prompt pointing into its full-history matrix); rows without
+    ``pair_hops`` are measured on the train graph.
 
     Args:
         hops: the corpus's HopDistances (``None`` gives no ``hop_distances``: plain GPT-2 attention).
@@ -84,10 +90,7 @@ class GraphCollator:
         if labels is not None:
             batch["labels"] = torch.from_numpy(_pad(labels, L, IGNORE_INDEX))
         if self.hops is not None:
-            hops = self.hops.pairwise(node_pos)
-            if self.leave_user_out:
-                hops = self.hops.leave_user_out(hops, node_pos)
-            batch["hop_distances"] = torch.from_numpy(hops.astype(np.int64))
+            batch["hop_distances"] = torch.from_numpy(self._hops(rows, L).astype(np.int64))
         if all(r.get("targets") is not None for r in rows):
             if self.num_items is None:
                 raise ValueError("rows carry targets but GraphCollator was built without num_items")
@@ -96,3 +99,31 @@ class GraphCollator:
                 multi_hot[b, np.asarray(r["targets"], dtype=np.int64)] = 1.0
             batch["target_items"] = torch.from_numpy(multi_hot)
         return batch
+
+    def _hops(self, rows: Sequence[dict], L: int) -> np.ndarray:
+        """(B, L, L) hops from the rows' stored matrices; rows without one are measured on the graph."""
+        column = "pair_hops_luo" if self.leave_user_out else "pair_hops"
+        matrices: list = [None] * len(rows)
+        index: list = [None] * len(rows)
+        missing = []
+        for b, r in enumerate(rows):
+            flat = r.get("pair_hops")
+            if flat is None:
+                missing.append(b)
+                continue
+            if self.leave_user_out and r.get("pair_hops_luo") is not None and len(r["pair_hops_luo"]):
+                flat = r["pair_hops_luo"]
+            flat = np.asarray(flat, dtype=np.uint8)
+            k = int(round(len(flat) ** 0.5))
+            if k * k != len(flat):
+                raise ValueError(f"row {b}: {column} has {len(flat)} values, not a k x k matrix")
+            matrices[b], index[b] = flat.reshape(k, k), stored_token_index(r)
+            if index[b].max(initial=-1) >= k:
+                raise ValueError(f"row {b}: {column} is {k} x {k} but the row has more distinct nodes")
+        if missing:
+            pos = [np.asarray(rows[b]["node_positions"], dtype=np.int64) for b in missing]
+            for b, p, m in zip(missing, pos, self.hops.row_matrices(pos, leave_user_out=self.leave_user_out)):
+                matrices[b], index[b] = m, stored_token_index({"node_positions": p})
+        if self.max_length is not None:
+            index = [i[-self.max_length :] for i in index]
+        return gather_row_hops(matrices, index, L)

@@ -25,6 +25,7 @@ import scipy.sparse as sp
 from .atomic import atomic_write_text
 from .collate import GraphCollator
 from .graph import DEFAULT_TABLE_BUDGET_BYTES, HopDistances
+from .pair_hops import row_nodes
 from .preprocess import split_hash
 from .prompts import RecPromptEncoder
 from .tokenization import check_id_layout, load_tokenizer
@@ -63,6 +64,23 @@ class RecExample:
     node_positions: list[int]
     history: list[int]  # items shown / excluded from ranking
     targets: list[int]  # items to predict (multi-hot target or relevant set)
+    pair_hops: Any = None  # the stored hop matrix over pair_nodes (data_builders.pair_hops), None if absent
+    pair_hops_luo: Any = None
+    pair_nodes: Any = None
+
+    def pair_fields(self) -> dict:
+        """Row fields that let the collator take the hops of any prompt over a subset of this row's nodes
+        (a re-masked or cut history) from the stored matrix instead of the graph; empty when none is stored."""
+        if self.pair_hops is None:
+            return {}
+        return {"pair_hops": self.pair_hops, "pair_hops_luo": self.pair_hops_luo, "pair_nodes": self.pair_nodes}
+
+
+def _uint8_lists(ds, column: str) -> list:
+    """A list<uint8> column as per-row numpy views."""
+    arr = ds.data.table.column(column).combine_chunks()
+    offsets, values = arr.offsets.to_numpy(), arr.values.to_numpy(zero_copy_only=False)
+    return [values[offsets[k] : offsets[k + 1]] for k in range(len(arr))]
 
 
 def read_manifest(folder: str | os.PathLike) -> dict:
@@ -224,11 +242,18 @@ class Corpus:
 
     def rec_examples(self, split: str) -> list[RecExample]:
         """The stored personalized predictive prompts of ``split`` (train/validation/test)."""
-        cols = self.dataset("recommendation", split).select_columns(["user", "input_ids", "node_positions", "history", "targets"]).to_dict()
-        return [
-            RecExample(int(u), list(ids), list(pos), list(h), list(t))
-            for u, ids, pos, h, t in zip(cols["user"], cols["input_ids"], cols["node_positions"], cols["history"], cols["targets"])
-        ]
+        ds = self.dataset("recommendation", split)
+        stored = "pair_hops" in ds.column_names
+        cols = ds.select_columns(["user", "input_ids", "node_positions", "history", "targets"]).to_dict()
+        # the uint8 matrices stay numpy views of the Arrow buffers (no Python int per pair)
+        pairs = {c: _uint8_lists(ds, c) for c in ("pair_hops", "pair_hops_luo")} if stored else {}
+        out = []
+        for k, (u, ids, pos, h, t) in enumerate(zip(cols["user"], cols["input_ids"], cols["node_positions"], cols["history"], cols["targets"])):
+            ex = RecExample(int(u), list(ids), list(pos), list(h), list(t))
+            if stored:
+                ex.pair_hops, ex.pair_hops_luo, ex.pair_nodes = pairs["pair_hops"][k], pairs["pair_hops_luo"][k], row_nodes(pos)[0]
+            out.append(ex)
+        return out
 
     def train_items(self) -> list[list[int]]:
         """Every user's train item list (masked out of the ranking).

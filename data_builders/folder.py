@@ -5,7 +5,7 @@
 <folder>/manifest.json          split manifest (data-1) + num_users, num_items, base_vocab_size, max_hops,
                                 tokenizer sha256, graph sha256, prompt configs, row counts
 <folder>/tokenizer/             tokenizer.json etc. (base BPE + user_/item_ tokens)
-<folder>/graph/                 train_edges.npy, graph.json (+ hops.npy, a uint8 table, where it fits)
+<folder>/graph/                 train_edges.npy, graph.json (+ hops.npy, a dense uint8 table, only on request)
 <folder>/maps/                  users.json, items.json (index -> raw id), item_titles.json
 <folder>/<config>/<split>-00000-of-0000N.parquet
 ```
@@ -31,6 +31,7 @@ from .atomic import atomic_write_text, json_default, make_temp_dir
 from .corpus import (EDGES_FILE, FORMAT_NAME, FORMAT_VERSION, GRAPH_DIR, HOP_TABLE_FILE, ITEMS_FILE, MANIFEST_FILE, MAPS_DIR,
                      README_FILE, TITLES_FILE, TOKENIZER_DIR, USERS_FILE)
 from .graph import DEFAULT_MAX_HOPS, DEFAULT_TABLE_BUDGET_BYTES, HopDistances, InteractionGraph
+from .pair_hops import PAIR_COLUMNS, attach_pair_hops
 from .prompts import CONFIG_SPLITS, PromptConfig, build_config_rows, corpus_texts, row_kinds
 from .tokenization import build_tokenizer, save_tokenizer, tokenizer_sha256
 
@@ -52,6 +53,16 @@ def _int_list_array(arrays: list[np.ndarray]) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.int32()))
 
 
+def _uint8_list_array(arrays: list[np.ndarray]) -> pa.ListArray:
+    lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+    if lengths.sum() >= 2**31:
+        raise ValueError(f"{lengths.sum():,} pair_hops values in one shard; lower rows_per_shard")
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.concatenate([np.asarray(a, dtype=np.uint8) for a in arrays]) if arrays else np.zeros(0, np.uint8)
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.uint8()))
+
+
 def rows_schema(config: str) -> pa.Schema:
     fields = [
         pa.field("kind", pa.string()),
@@ -59,6 +70,7 @@ def rows_schema(config: str) -> pa.Schema:
         pa.field("main", pa.string()),
         *(pa.field(c, pa.list_(pa.int32())) for c in INT_LIST_COLUMNS),
         pa.field("user", pa.int32()),
+        *(pa.field(c, pa.list_(pa.uint8())) for c in PAIR_COLUMNS),
     ]
     if config == "recommendation":
         fields += [pa.field(c, pa.list_(pa.int32())) for c in REC_LIST_COLUMNS]
@@ -73,6 +85,7 @@ def rows_to_table(rows: list[dict], config: str) -> pa.Table:
         "main": pa.array([r["main"] for r in rows], pa.string()),
         **{c: _int_list_array([r[c] for r in rows]) for c in INT_LIST_COLUMNS},
         "user": pa.array(np.asarray([r["user"] for r in rows], dtype=np.int32), pa.int32()),
+        **{c: _uint8_list_array([r[c] for r in rows]) for c in PAIR_COLUMNS},
     }
     if config == "recommendation":
         cols.update({c: _int_list_array([r[c] for r in rows]) for c in REC_LIST_COLUMNS})
@@ -127,7 +140,9 @@ def dataset_card(manifest: dict, configs: list[str]) -> str:
         table,
         "",
         "Columns: `kind`, `prompt`, `main`, `input_ids`, `node_positions` (-1 = text token, else graph node), "
-        "`labels` (-100 on the prompt), `user` (-1 = none); `recommendation` adds `history` and `targets` (item indices).",
+        "`labels` (-100 on the prompt), `user` (-1 = none), `pair_hops` (the k x k capped hop matrix over the row's k distinct "
+        "graph nodes in order of first appearance, row-major uint8) and `pair_hops_luo` (the same with the row user's own item pairs "
+        "measured without that user; empty = equal to `pair_hops`); `recommendation` adds `history` and `targets` (item indices).",
         "",
         "Load with `datasets.load_dataset(folder, \"<config>\")` or `data_builders.Corpus(folder)`.",
         "",
@@ -189,6 +204,7 @@ def build_dataset_folder(
         log(f"graph: {graph.num_nodes:,} nodes, {len(graph.edges):,} train edges, hop table {'dense' if hops.is_dense else 'on demand'}")
 
         stats: dict = {}
+        pair_cache: dict = {}  # a user's interactions row and recommendation rows share their node list
         files, rows_count, kinds, skipped = {}, {}, {}, {}
         configs = list(prompt_config.configs)
         it = configs
@@ -204,6 +220,10 @@ def build_dataset_folder(
                 skipped[config] = "0 rows (e.g. the source has no review text or no shared brands/categories)"
                 log(f"{config}: 0 rows, config not written")
                 continue
+            t_pairs = time.perf_counter()
+            for rows in splits.values():  # only personalized configs repeat node lists: cache just those
+                attach_pair_hops(rows, graph, max_hops, pair_cache if config in ("interactions", "recommendation") else None)
+            seconds[f"pair_hops/{config}"] = time.perf_counter() - t_pairs  # included in prompts/<config>
             files[config] = write_config(tmp, config, splits, rows_per_shard)
             rows_count[config] = {s: len(r) for s, r in splits.items()}
             kinds[config] = row_kinds([r for rows in splits.values() for r in rows])

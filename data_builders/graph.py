@@ -8,8 +8,10 @@ Distances come from a breadth-first search run for a block of sources at once: t
 the graph is bipartite, a user frontier only ever reaches items and vice versa, so each hop multiplies by
 one half of the adjacency (cost ``E * block`` per hop). Never a dense all-pairs Floyd-Warshall.
 
-``HopDistances`` keeps a dense uint8 N x N table when ``N * N`` bytes fit ``table_budget_bytes`` and
-otherwise computes rows on demand (one block BFS for all the rows a batch is missing) behind an LRU cache.
+Rows of a dataset carry their own pair matrices (``pair_hops.py``, measured per row by meet-in-the-middle), so
+nothing here needs to be N x N. ``HopDistances`` keeps a dense uint8 N x N table only when asked
+(``table_budget_bytes`` > N * N; default 0); without it ``pairwise`` / ``row_matrices`` search per row. The block
+BFS (``bfs_rows``, ``hop_table``) remains for the opt-in table and as a reference in tests.
 """
 from __future__ import annotations
 
@@ -24,9 +26,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from .atomic import atomic_save_npy, atomic_write_text
+from .pair_hops import gather_row_hops, pair_distances, row_hop_matrices, row_nodes
 
 DEFAULT_MAX_HOPS = 6
-DEFAULT_TABLE_BUDGET_BYTES = 2 * 1024**3  # a 34k-node graph (Beauty) takes 1.19 GB
+# No dense N x N table by default: rows carry their own pair matrices (pair_hops.py) and the few pairs of a
+# raw history are measured on the fly. A table is an opt-in cache for small graphs (budget in bytes).
+DEFAULT_TABLE_BUDGET_BYTES = 0
 EDGES_FILE = "train_edges.npy"
 HOPS_FILE = "hops.npy"
 GRAPH_META_FILE = "graph.json"
@@ -146,8 +151,9 @@ class InteractionGraph:
 class HopDistances:
     """Capped hop distances with a vectorised ``pairwise`` lookup for the collator.
 
-    Dense uint8 table when ``N*N`` bytes fit ``table_budget_bytes``; otherwise rows are computed on demand
-    by BFS and kept in an LRU cache of ``cache_rows`` rows.
+    Dense uint8 table when ``N*N`` bytes fit ``table_budget_bytes`` (opt-in; default 0); otherwise
+    ``pairwise`` and ``row_matrices`` search each row's pairs (``pair_hops``); ``rows`` (whole BFS rows, LRU
+    cache of ``cache_rows``) is kept for tests and tools.
     """
 
     def __init__(
@@ -196,7 +202,11 @@ class HopDistances:
         return out
 
     def distance(self, a: int, b: int) -> int:
-        return int(self.rows([a])[0, b])
+        return int(pair_distances(self.graph, np.array([a]), np.array([b]), self.max_hops)[0])
+
+    def row_matrices(self, node_rows: list, leave_user_out: bool = False) -> list[np.ndarray]:
+        """Per row of node positions, the (k, k) uint8 hops over its distinct nodes (``pair_hops.row_hop_matrices``)."""
+        return row_hop_matrices(self.graph, node_rows, self.max_hops, leave_user_out=leave_user_out)
 
     def pairwise(self, node_positions: np.ndarray) -> np.ndarray:
         """(B, L) node indices with -1 for non-ID tokens -> (B, L, L) int16, -1 where either token is not a node."""
@@ -207,13 +217,9 @@ class HopDistances:
             raise ValueError(f"node index {int(pos.max())} out of range for a graph of {self.num_nodes} nodes")
         is_node = pos >= 0
         safe = np.where(is_node, pos, 0).astype(np.int64)
-        if self.table is not None:
-            hops = self.table[safe[:, :, None], safe[:, None, :]].astype(np.int16)
-        else:
-            uniq, inv = np.unique(safe, return_inverse=True)
-            sub = self.rows(uniq)[:, uniq].astype(np.int16)  # (u, u) distances among this batch's nodes
-            inv = inv.reshape(safe.shape)
-            hops = sub[inv[:, :, None], inv[:, None, :]]
+        if self.table is None:  # per-row pair search (no global BFS)
+            return gather_row_hops(self.row_matrices(list(pos)), [row_nodes(p)[1] for p in pos], pos.shape[1])
+        hops = self.table[safe[:, :, None], safe[:, None, :]].astype(np.int16)
         hops[~(is_node[:, :, None] & is_node[:, None, :])] = -1
         return hops
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 import pytest
 
 from data_builders.corpus import Corpus, DataFolderError
@@ -27,9 +28,10 @@ def folder(tmp_path_factory, gpt2_tokenizer_dir):
 def test_layout_manifest_and_load_dataset(folder):
     split, res = folder
     d = res.folder
-    for p in ("README.md", "manifest.json", "tokenizer/tokenizer.json", "graph/train_edges.npy", "graph/hops.npy", "maps/users.json", "maps/item_titles.json", "recommendation/test-00000-of-00001.parquet"):
+    for p in ("README.md", "manifest.json", "tokenizer/tokenizer.json", "graph/train_edges.npy", "maps/users.json", "maps/item_titles.json", "recommendation/test-00000-of-00001.parquet"):
         assert (d / p).is_file(), p
     assert not list(d.parent.glob(".synthetic.building-*"))  # temp folder renamed away
+    assert not (d / "graph" / "hops.npy").exists()  # no N x N table: rows carry their own pair matrices
     m = json.loads((d / "manifest.json").read_text())
     assert (m["num_users"], m["num_items"], m["base_vocab_size"], m["max_hops"]) == (split.num_users, split.num_items, 50257, 6)
     assert m["split"]["split_hash"] == split.manifest["split_hash"]
@@ -46,11 +48,21 @@ def test_corpus_and_hash_checks(folder, tmp_path):
     split, res = folder
     c = Corpus(res.folder)
     assert (c.num_users, c.num_items, c.base_vocab_size) == (split.num_users, split.num_items, 50257)
-    assert c.item_titles() == [m.title or f"item_{j}" for j, m in enumerate(split.items)] and c.hops.is_dense
+    assert c.item_titles() == [m.title or f"item_{j}" for j, m in enumerate(split.items)] and not c.hops.is_dense
     row = c.dataset("recommendation", "validation")[0]
     assert c.encode_rec_prompt(row["user"], row["history"]) == (row["input_ids"], row["node_positions"])
     batch = c.collator(c.prompt_max_length)([c.dataset("recommendation", "test")[k] for k in range(4)])
     assert batch["target_items"].shape == (4, split.num_items) and batch["hop_distances"].ndim == 3
+    # stored pair matrices give the same bias as measuring the graph, for every config, both variants
+    for luo in (False, True):
+        cl = Corpus(res.folder, leave_user_out=luo)
+        collate = cl.collator(cl.prompt_max_length)
+        for config in cl.configs:
+            ds = cl.dataset(config, "train")
+            rows = [ds[k] for k in range(0, min(len(ds), 40), 3)]
+            assert all(len(r["pair_hops"]) == len({p for p in r["node_positions"] if p >= 0}) ** 2 for r in rows)
+            bare = [{k: v for k, v in r.items() if not k.startswith("pair_hops")} for r in rows]
+            assert torch.equal(collate(rows)["hop_distances"], collate(bare)["hop_distances"]), (config, luo)
     with pytest.raises(DataFolderError, match="no split"):
         c.dataset("content", "test")
     # a tokenizer or graph from another build is refused

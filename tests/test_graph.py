@@ -32,7 +32,7 @@ def test_bfs_equals_networkx(seed, U, I, p, max_hops):
     np.testing.assert_array_equal(table, ref)
     np.testing.assert_array_equal(table, table.T)
     # the on-demand path (tiny budget, tiny cache) gives the same pairwise lookups as the dense table
-    dense = HopDistances(g, max_hops)
+    dense = HopDistances(g, max_hops, table_budget_bytes=1 << 30)  # the dense table is opt-in
     lazy = HopDistances(g, max_hops, table_budget_bytes=0, cache_rows=3)
     assert dense.is_dense and not lazy.is_dense
     rng = np.random.default_rng(seed)
@@ -62,7 +62,7 @@ def test_pairwise_self_and_edges():
 
 def test_save_load_roundtrip_and_hash_check(tmp_path):
     g = _random_graph(5, 20, 15, 0.1)
-    h = HopDistances(g, 6)
+    h = HopDistances(g, 6, table_budget_bytes=1 << 30)
     sha = h.save(tmp_path / "graph")
     back = HopDistances.load(tmp_path / "graph", expected_sha256=sha)
     assert back.is_dense and back.graph.sha256 == sha

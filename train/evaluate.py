@@ -35,7 +35,7 @@ def rec_loader(accelerator, corpus: Corpus, examples: list, batch_size: int, max
         ids, pos = ex.input_ids, ex.node_positions
         if len(ids) > max_length:  # re-encode with the history cut from the left, keeping the trigger
             ids, pos = corpus.encode_rec_prompt(ex.user, ex.history, max_length)
-        rows.append({"input_ids": ids, "node_positions": pos, "labels": [-100] * len(ids), "_idx": i})
+        rows.append({"input_ids": ids, "node_positions": pos, "labels": [-100] * len(ids), "_idx": i, **ex.pair_fields()})
 
     def collate_with_index(batch):
         idx = torch.tensor([r["_idx"] for r in batch], dtype=torch.long)

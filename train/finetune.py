@@ -53,7 +53,10 @@ def masked_prompts(corpus: Corpus, examples: list[RecExample], fraction: float, 
         n_mask = min(max(1, int(fraction * n)), n - 1) if (fraction > 0 and n > 1) else 0
         keep = rng.permutation(n)[n_mask:]
         ids, pos = corpus.encode_rec_prompt(ex.user, items[keep].tolist(), max_length)
-        rows.append({"input_ids": ids, "node_positions": pos, "labels": [-100] * len(ids), "targets": items.tolist()})
+        row = {"input_ids": ids, "node_positions": pos, "labels": [-100] * len(ids), "targets": items.tolist()}
+        if len(ex.history) == n:  # the kept items are nodes of the stored full-history matrix: no graph search
+            row.update(ex.pair_fields())
+        rows.append(row)
     order = rng.permutation(len(rows))
     return [rows[i] for i in order]
 

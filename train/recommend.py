@@ -20,10 +20,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from data_builders.atomic import atomic_write
 from data_builders.corpus import Corpus
 from data_builders.textclean import printable
 from train.cli_args import report_user_errors
-from train.io_utils import atomic_write_text
 from train.modeling_io import load_model
 
 
@@ -107,20 +107,26 @@ class Recommender:
         return self.corpus.encode_rec_prompt(user, items, self.max_length)
 
     def write_all(self, path: str | Path, k: int = 20, batch_size: int = 64) -> Path:
-        """Recommendations for every user as JSON lines (user, user_id, items, titles, scores); atomic."""
-        lines = []
-        for start in range(0, self.num_users, batch_size):
-            users = list(range(start, min(self.num_users, start + batch_size)))
-            for u, recs in zip(users, self.recommend_users(users, k, batch_size)):
-                lines.append(json.dumps({
-                    "user": u,
-                    "user_id": self.user_ids[u] if self.user_ids else None,
-                    "items": [j for j, _ in recs],
-                    "item_ids": [self.item_ids[j] for j, _ in recs] if self.item_ids else None,
-                    "titles": [self.item_titles[j] for j, _ in recs],
-                    "scores": [round(s, 5) for _, s in recs],
-                }))
-        atomic_write_text(path, "\n".join(lines) + "\n")
+        """Recommendations for every user as JSON lines (user, user_id, items, titles, scores); atomic.
+
+        Streams: users are scored a chunk at a time (top-k per chunk) and each chunk's lines go straight to a
+        temporary file that replaces ``path`` at the end, so memory does not grow with users x items or users.
+        """
+        def write(tmp: str) -> None:
+            with open(tmp, "w", encoding="utf-8") as f:
+                for start in range(0, self.num_users, batch_size):
+                    users = list(range(start, min(self.num_users, start + batch_size)))
+                    for u, recs in zip(users, self.recommend_users(users, k, batch_size)):
+                        f.write(json.dumps({
+                            "user": u,
+                            "user_id": self.user_ids[u] if self.user_ids else None,
+                            "items": [j for j, _ in recs],
+                            "item_ids": [self.item_ids[j] for j, _ in recs] if self.item_ids else None,
+                            "titles": [self.item_titles[j] for j, _ in recs],
+                            "scores": [round(s, 5) for _, s in recs],
+                        }) + "\n")
+
+        atomic_write(path, write)
         return Path(path)
 
 

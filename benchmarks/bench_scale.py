@@ -1,0 +1,255 @@
+"""Scale benchmark (issue 8): full dataset-folder builds on synthetic power-law graphs, and the cost of a training
+batch's bias inputs against a training step of the CPU preset.
+
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_scale --sizes 20000:10000:200000 200000:100000:2000000 \
+        --work /tmp/bench_scale --out benchmarks/results/scale.json
+
+Each size runs in its own subprocess (so its peak RSS is its own): generate (``data_builders.powerlaw``), split
+(5-core, seed 98765), build every prompt config with the GPT-2 tokenizer (``build_dataset_folder``: tokenizer,
+graph, prompts, per-row ``pair_hops``, Parquet), then, in the same process, time on a batch of the CPU preset
+(``train/configs/mi_cpu.yaml``: batch 32, max_length 128) (a) the bias inputs: the collator's ``hop_distances``
+from the stored matrices, the same for re-masked fine-tuning prompts (``pair_nodes``), and for rows without stored
+matrices (measured on the graph, both variants); (b) one fine-tuning training step (forward, backward, AdamW).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux: KiB
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process: on a shared machine the wall time also counts other jobs."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _median_seconds(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def run_size(users: int, items: int, edges: int, work: Path, seed: int, exponent: float, repeat: int) -> dict:
+    import torch
+
+    from data_builders.corpus import Corpus
+    from data_builders.folder import build_dataset_folder
+    from data_builders.pair_hops import row_nodes
+    from data_builders.powerlaw import make_powerlaw
+    from data_builders.preprocess import build_split
+
+    res: dict = {"users": users, "items": items, "edges_requested": edges, "seed": seed, "exponent": exponent,
+                 "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    t0 = time.perf_counter()
+    cpu0 = _cpu_seconds()
+    raw = make_powerlaw(users, items, edges, exponent=exponent, seed=seed)
+    res["seconds_generate"] = time.perf_counter() - t0
+    res["cpu_seconds_before_generate"] = cpu0  # imports
+    t = time.perf_counter()
+    split = build_split(raw, k_core=5, seed=98765)
+    del raw
+    res["seconds_split"] = time.perf_counter() - t
+    res["split"] = {"users": split.num_users, "items": split.num_items, "train_edges": int(sum(len(a) for a in split.train))}
+    out = work / f"pl_{users}_{items}_{edges}"
+    t, cpu_build = time.perf_counter(), _cpu_seconds()
+    built = build_dataset_folder(split, out, tokenizer_source=ROOT.parent / "shared" / "tokenizers" / "gpt2", overwrite=True)
+    res["seconds_build_folder"] = time.perf_counter() - t
+    res["cpu_seconds_build_folder"] = _cpu_seconds() - cpu_build
+    res["seconds_total"] = time.perf_counter() - t0
+    res["cpu_seconds_total"] = _cpu_seconds()
+    res["build_stage_seconds"] = built.manifest["build_seconds"]
+    res["rows"] = built.manifest["rows"]
+    res["peak_rss_gib_build"] = _rss_gib()
+    res["folder_bytes"] = _folder_bytes(out)
+    del split
+
+    # ---- bias inputs vs one training step, CPU preset (mi_cpu.yaml), one process ----
+    from modeling_graphgpt2 import GraphGPT2Config, GraphGPT2ForRecommendation
+    from train.config import load_config
+
+    cfg = load_config("mi_cpu")
+    torch.manual_seed(0)
+    corpus = Corpus(out)
+    B, L = cfg.finetune.batch_size, cfg.data.max_length
+    ds = corpus.dataset("recommendation", "train")
+    rng = np.random.default_rng(0)
+    pick = rng.choice(len(ds), size=B, replace=False)
+    stored = [ds[int(k)] for k in pick]
+    remasked, bare = [], []
+    for r in stored:
+        hist = np.asarray(r["history"])
+        keep = rng.permutation(hist)[: max(1, int(0.8 * len(hist)))]
+        ids, pos = corpus.encode_rec_prompt(r["user"], keep, L)
+        row = {"input_ids": ids, "node_positions": pos, "labels": [-100] * len(ids), "targets": r["targets"]}
+        bare.append(dict(row))
+        remasked.append(row | {"pair_hops": np.asarray(r["pair_hops"], np.uint8), "pair_hops_luo": np.asarray(r["pair_hops_luo"], np.uint8),
+                               "pair_nodes": row_nodes(r["node_positions"])[0]})
+    so = corpus.dataset("second_order", "train") if "second_order" in corpus.configs else None
+    so_rows = [so[int(k)] for k in rng.choice(len(so), size=min(B, len(so)), replace=False)] if so is not None else []
+    so_bare = [{k: v for k, v in r.items() if not k.startswith("pair_hops")} for r in so_rows]
+    timings = {}
+    for luo in (False, True):
+        collate = Corpus(out, leave_user_out=luo).collator(L)
+        Lb = L
+        tag = "luo" if luo else "full"
+        timings[f"bias_remasked_stored_{tag}"] = _median_seconds(lambda: collate._hops(remasked, Lb), repeat)
+        timings[f"bias_remasked_graph_{tag}"] = _median_seconds(lambda: collate._hops(bare, Lb), repeat)
+        if so_rows:
+            timings[f"bias_second_order_stored_{tag}"] = _median_seconds(lambda: collate._hops(so_rows, Lb), repeat)
+            timings[f"bias_second_order_graph_{tag}"] = _median_seconds(lambda: collate._hops(so_bare, Lb), max(1, repeat // 3))
+        timings[f"collate_all_remasked_stored_{tag}"] = _median_seconds(lambda: collate(remasked), repeat)
+    collate = corpus.collator(L)
+    batch = collate(remasked)
+    m = cfg.model
+    config = GraphGPT2Config(num_users=corpus.num_users, num_items=corpus.num_items, base_vocab_size=corpus.base_vocab_size,
+                             n_layer=m.n_layer, n_embd=m.n_embd, n_head=m.n_head, n_positions=m.n_positions,
+                             resid_pdrop=m.dropout, embd_pdrop=m.dropout, attn_pdrop=m.dropout, graph_bias=m.graph_bias,
+                             max_hops=m.max_hops, mutual_reg_weight=m.mutual_reg_weight)
+    model = GraphGPT2ForRecommendation(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+
+    def step():
+        out = model(batch["input_ids"], attention_mask=batch["attention_mask"], hop_distances=batch["hop_distances"],
+                    target_items=batch["target_items"], task="rec", reg_weight=m.mutual_reg_weight)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()  # warm-up (allocations)
+    timings["train_step"] = _median_seconds(step, repeat)
+    timings["batch"] = {"rows": B, "max_length": L, "longest_row": int(batch["input_ids"].shape[1])}
+    res["timings_seconds"] = timings
+    res["bias_over_step"] = {k: timings[k] / timings["train_step"] for k in timings if k.startswith("bias_")}
+    res["peak_rss_gib_total"] = _rss_gib()
+    return res
+
+
+def dense_vs_stored(source: Path, repeat: int = 20) -> dict:
+    """Milliseconds for the hops of 32 personalized prompts of a small graph (Musical Instruments): the old dense
+    table lookup, the stored per-row matrices, and the per-row graph search, both variants."""
+    from data_builders.collate import GraphCollator
+    from data_builders.graph import HopDistances, InteractionGraph
+    from data_builders.pair_hops import attach_pair_hops
+    from data_builders.preprocess import build_split
+    from data_builders.readers import read_source
+
+    split = build_split(read_source(source))
+    g = InteractionGraph.from_split(split)
+    U = g.num_users
+    t = time.perf_counter()
+    dense = HopDistances(g, 6, table_budget_bytes=1 << 30)
+    res: dict = {"dense_table_build_s": time.perf_counter() - t, "dense_table_bytes": g.num_nodes**2}
+    lazy = HopDistances(g, 6)
+    rng = np.random.default_rng(0)
+    rows = []
+    for u in rng.choice(U, 32, replace=False):
+        pos = np.concatenate([[u, -1, -1, -1], U + split.train[u], [-1, u, -1, -1, -1]])
+        rows.append({"input_ids": np.zeros(len(pos), np.int64), "node_positions": pos})
+    stored = [dict(r) for r in rows]
+    attach_pair_hops(stored, g, 6)
+    L = max(len(r["node_positions"]) for r in rows)
+    pos = np.full((len(rows), L), -1)
+    for k, r in enumerate(rows):
+        pos[k, : len(r["node_positions"])] = r["node_positions"]
+    for luo in (False, True):
+        collate = GraphCollator(lazy, 0, leave_user_out=luo)
+
+        def old():
+            h = dense.pairwise(pos)
+            return dense.leave_user_out(h, pos) if luo else h
+
+        tag = "luo" if luo else "full"
+        res[f"ms_dense_table_{tag}"] = 1e3 * _median_seconds(old, repeat)
+        res[f"ms_stored_{tag}"] = 1e3 * _median_seconds(lambda: collate._hops(stored, L), repeat)
+        res[f"ms_graph_{tag}"] = 1e3 * _median_seconds(lambda: collate._hops(rows, L), repeat)
+    return res
+
+
+def plot(results: list[dict], path: Path) -> Path:
+    """Build CPU seconds and peak RSS against train edges (log-log), one point per measured size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = sorted(results, key=lambda r: r["split"]["train_edges"])
+    edges = [r["split"]["train_edges"] for r in results]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax[0].loglog(edges, [r.get("cpu_seconds_total", r["seconds_total"]) for r in results], "o-", label="CPU s")
+    ax[0].loglog(edges, [r["seconds_total"] for r in results], "s--", label="wall s (shared machine)")
+    ax[0].set_xlabel("train edges"), ax[0].set_ylabel("seconds"), ax[0].legend(), ax[0].set_title("full build")
+    ax[1].loglog(edges, [r["peak_rss_gib_build"] for r in results], "o-")
+    ax[1].set_xlabel("train edges"), ax[1].set_ylabel("GiB"), ax[1].set_title("peak RSS of the build")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", nargs="+", default=["20000:10000:200000", "200000:100000:2000000"], help="users:items:edges")
+    p.add_argument("--work", default="/tmp/bench_scale", help="where the dataset folders are built")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--exponent", type=float, default=0.9)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one size in this process
+    p.add_argument("--dense-vs-stored", default=None, metavar="RAW_SOURCE",
+                   help="instead: time dense table vs stored vs graph hops on a small source (e.g. Musical Instruments)")
+    p.add_argument("--plot", nargs="+", default=None, metavar="RESULTS_JSON", help="instead: plot these result files")
+    args = p.parse_args(argv)
+    if args.plot:
+        results = [r for f in args.plot for r in json.loads(Path(f).read_text())]
+        print(plot(results, Path(args.out).with_suffix(".png")))
+        return 0
+    if args.dense_vs_stored:
+        print(json.dumps(dense_vs_stored(Path(args.dense_vs_stored)), indent=1))
+        return 0
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    if args.one:
+        u, i, e = (int(x) for x in args.one.split(":"))
+        print(json.dumps(run_size(u, i, e, work, args.seed, args.exponent, args.repeat)))
+        return 0
+    results = []
+    for size in args.sizes:
+        t = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_scale", "--one", size, "--work", str(work), "--seed", str(args.seed),
+                               "--exponent", str(args.exponent), "--repeat", str(args.repeat)], cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(proc.stderr[-4000:], file=sys.stderr)
+            return proc.returncode
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        res["wall_seconds_subprocess"] = time.perf_counter() - t
+        results.append(res)
+        print(json.dumps(res, indent=1), flush=True)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
