@@ -24,9 +24,14 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train.io_utils import atomic_write_json, replace_dir
+from train.io_utils import atomic_write_json, atomic_write_text, replace_dir
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "graphgpt2_rec.md"
+SERVING_DIR = Path(__file__).resolve().parents[1] / "modeling_graphgpt2"
+SERVING_FILES = ("pipeline_graphgpt2.py", "handler.py")  # remote code beside the model's: pipeline + endpoint handler
+CUSTOM_PIPELINES = {"graph-recommendation": {"impl": "pipeline_graphgpt2.GraphRecommendationPipeline",
+                                             "pt": ["AutoModel"], "type": "text"}}
+TOKENIZER_CONFIG_DROP = ("is_local", "local_files_only")  # load-time flags that save_pretrained writes back
 METRIC_LABELS = {"recall": "Recall", "ndcg": "NDCG"}
 
 
@@ -48,7 +53,33 @@ def eval_results(metrics: dict, dataset_name: str, dataset_type: str, split: str
     return out
 
 
-def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None) -> str:
+def split_facts(manifest: dict) -> dict:
+    """Card fields from the manifest's split record: recipe, sizes and per-split sha256 (short)."""
+    split = manifest.get("split", {})
+    recipe = split.get("preprocess", {}).get("recipe") or split.get("recipe")
+    sizes = split.get("split_sizes") or {}
+    hashes = split.get("split_hashes") or {}
+    return {
+        "split_recipe": json.dumps(recipe)[:300] if recipe else "(no recipe recorded; see data_manifest.json)",
+        "split_sizes": ", ".join(f"{k} {v:,}" for k, v in sizes.items()) or "(not recorded)",
+        "split_hashes": ", ".join(f"{k} `{v[:16]}`" for k, v in hashes.items()) or "(not recorded)",
+    }
+
+
+def usage_examples(corpus) -> dict:
+    """Real ids for the card's snippets: the first user with a history, two of their items, their prompt text."""
+    items = corpus.train_items()
+    u = next(i for i, h in enumerate(items) if h)
+    hist = [int(j) for j in items[u][:3]]
+    ids = corpus._c.item_ids
+    return {
+        "example_user": corpus._c.user_ids[u],
+        "example_history": json.dumps([ids[j] for j in hist[:2]]),
+        "example_prompt": f"user_{u} has interacted with " + " ".join(f"item_{j}" for j in hist) + f", user_{u} will interact with",
+    }
+
+
+def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None, dataset_repo: str | None = None) -> str:
     """README.md text: model-index metadata + the template in model_cards/."""
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -65,6 +96,7 @@ def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None) ->
         library_name="transformers",
         pipeline_tag=None,
         tags=["recommendation", "graph", "gpt2", "graphgpt2", "custom_code"],
+        datasets=[dataset_repo] if dataset_repo else None,
         model_name=cfg.output.model_name,
         eval_results=eval_results(result["test"], data_name, f"graphgpt2-rec/{data_name}"),
     )
@@ -75,7 +107,6 @@ def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None) ->
     plan = pretrain_plan(cfg.pretrain) if cfg.pretrain.do_pretrain else []
     plan_text = (f"{plan.count('content')} content epochs and {plan.count('collab')} collaborative epochs "
                  f"(order: {' '.join(plan[:12])}{' ...' if len(plan) > 12 else ''})") if plan else "none (NoPretrain)"
-    split = m.get("split", {})
     card = ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE),
@@ -87,7 +118,10 @@ def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None) ->
         data_name=data_name,
         num_users=m["num_users"],
         num_items=m["num_items"],
-        split_recipe=json.dumps(split.get("recipe", split.get("filters", "see data_manifest.json")))[:300],
+        **split_facts(m),
+        **usage_examples(corpus),
+        dataset_link=(f"Prompt corpora, graph and split: the dataset repo [{dataset_repo}](https://huggingface.co/datasets/{dataset_repo}) "
+                      f'(`datasets.load_dataset("{dataset_repo}", "recommendation")`).\n' if dataset_repo else ""),
         num_edges=m["graph"]["num_edges"],
         max_hops=m["max_hops"],
         tokenizer_source=m["tokenizer"]["source"],
@@ -108,8 +142,15 @@ def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None) ->
     return str(card)
 
 
+def clean_tokenizer_config(path: Path) -> None:
+    """Drop load-time flags from tokenizer_config.json; no auto_map: it loads as a standard fast tokenizer."""
+    conf = json.loads(path.read_text())
+    conf = {k: v for k, v in conf.items() if k not in TOKENIZER_CONFIG_DROP and k != "auto_map"}
+    atomic_write_json(path, conf)
+
+
 def publish(cfg, corpus, model_dir: Path, out_folder: Path, result: dict, command: str | None = None,
-            repo_id: str | None = None) -> Path:
+            repo_id: str | None = None, dataset_repo: str | None = None) -> Path:
     """Assemble the Hub-ready folder ``out_folder`` from the selected model and the dataset folder."""
     from train.logging_utils import plot_training_curves
     from train.modeling_io import load_model
@@ -122,12 +163,19 @@ def publish(cfg, corpus, model_dir: Path, out_folder: Path, result: dict, comman
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
+        model.config.custom_pipelines = CUSTOM_PIPELINES  # pipeline("graph-recommendation", model=repo, trust_remote_code=True)
         model.save_pretrained(str(tmp))  # config.json with auto_map + remote-code files + safetensors
+        for name in SERVING_FILES:
+            shutil.copy2(SERVING_DIR / name, tmp / name)
         corpus.tokenizer.save_pretrained(str(tmp))
+        clean_tokenizer_config(tmp / "tokenizer_config.json")
         shutil.copy2(corpus.folder / "tokenizer" / "tokenizer.json", tmp / "tokenizer.json")  # byte-identical: same sha
         shutil.copytree(corpus.folder / "graph", tmp / "graph")
         shutil.copytree(corpus.folder / "maps", tmp / "maps")
         shutil.copy2(corpus.folder / "manifest.json", tmp / "data_manifest.json")
+        # the canonical (build) order of every user's train history: the prompts evaluation scored
+        atomic_write_text(tmp / "maps" / "train_histories.json",
+                          json.dumps([[int(j) for j in h] for h in corpus.train_items()], separators=(",", ":")) + "\n")
         atomic_write_json(tmp / "graphgpt2_rec.json", {
             "tokenizer_sha256": corpus.tokenizer_sha256,
             "graph_sha256": corpus.graph_sha256,
@@ -143,7 +191,8 @@ def publish(cfg, corpus, model_dir: Path, out_folder: Path, result: dict, comman
         if log.is_file():
             shutil.copy2(log, tmp / "train_log.jsonl")
         plot_training_curves(log, tmp / "training_curve.png", cfg.finetune.selection_metric)
-        (tmp / "README.md").write_text(render_card(cfg, corpus, result, repo_id or cfg.output.push_to_hub or f"<org>/{cfg.output.model_name}", command))
+        (tmp / "README.md").write_text(render_card(cfg, corpus, result, repo_id or cfg.output.push_to_hub or f"<org>/{cfg.output.model_name}", command,
+                                                   dataset_repo))
         replace_dir(tmp, out_folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

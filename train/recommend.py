@@ -4,8 +4,8 @@
     python -m train.recommend --model outputs/demo/hub_model --history 3 8 12 --k 10   # a user the model never saw
     python -m train.recommend --model outputs/demo/hub_model --all --out recs.jsonl     # every user, JSON lines
 
-A known user is scored from "user_u has interacted with <all train items, ascending index>, user_u will interact
-with" and their train items are excluded. An unseen user has no ID token, so the prompt is the builders' anonymous template
+A known user is scored from "user_u has interacted with <all train items, in the split's stored order>, user_u
+will interact with" (the prompt evaluation scored; maps/train_histories.json) and their train items are excluded. An unseen user has no ID token, so the prompt is the builders' anonymous template
 "A new user has interacted with <items>, the user will interact with": the items' collab embeddings and their
 train-graph hop distances (item-item via the known users) carry all the information; the given items are excluded.
 """
@@ -60,11 +60,13 @@ class Recommender:
         model = load_model(folder)
         tokenizer = load_tokenizer(folder, meta["tokenizer_sha256"])
         hops = HopDistances.load(folder / "graph", meta["graph_sha256"])
-        edges = np.load(folder / "graph" / "train_edges.npy")
-        train_items: list[list[int]] = [[] for _ in range(model.config.num_users)]
-        for u, j in edges.tolist():
-            train_items[u].append(j)
         maps = folder / "maps"
+        if (maps / "train_histories.json").is_file():  # canonical (build) order, as evaluation scored it
+            train_items = json.loads((maps / "train_histories.json").read_text())
+        else:  # folders published before the file existed: edges, index order
+            train_items = [[] for _ in range(model.config.num_users)]
+            for u, j in np.load(folder / "graph" / "train_edges.npy").tolist():
+                train_items[u].append(j)
         titles = json.loads((maps / "item_titles.json").read_text())
         return cls(model, tokenizer, hops, train_items, [t or f"item_{j}" for j, t in enumerate(titles)],
                    json.loads((maps / "users.json").read_text()), json.loads((maps / "items.json").read_text()),
@@ -103,7 +105,7 @@ class Recommender:
             if isinstance(u, bool) or not isinstance(u, (int, np.integer)) or not 0 <= int(u) < self.num_users:
                 raise ValueError(f"unknown user index {u!r}: the model knows users 0..{self.num_users - 1} "
                                  "(use recommend_history for a new user)")
-            hist = sorted(self.train_items[int(u)])  # canonical order: same prompt from any source of the history
+            hist = list(self.train_items[int(u)])  # canonical order: the stored train order (evaluation's prompt)
             prompts.append(self.encoder_encode(int(u), hist))
             exclude.append(hist)
         return self._run(prompts, exclude, self._check_k(k), batch_size)
