@@ -185,3 +185,34 @@ def test_card_snippets_run_verbatim_without_the_package(hub, pipe, fake_hub, tmp
         assert re.findall(r"'item_id': '([^']+)'", printed.splitlines()[0]) == want
     assert "popularity" in outputs[0]
     assert re.search(r"tensor\(\[\[", outputs[2])
+
+
+@pytest.mark.parametrize("hub", ["synthetic"], indirect=True)
+def test_push_dataset_to_hub_with_card(hub, fake_hub, tmp_path):  # noqa: F811
+    """`train.publish --push-to-hub M --push-dataset-to-hub D`: the dataset repo has a card with configs, counts,
+    split hashes and a licence note, its rows load with `datasets.load_dataset`, and the model card links it."""
+    import datasets
+    from huggingface_hub import ModelCard, snapshot_download
+
+    from train.publish import main as publish_main
+
+    cfg, _, corpus, _ = hub
+    cfg.save(tmp_path / "run.yaml")
+    assert publish_main(["--config", str(tmp_path / "run.yaml"), "--push-to-hub", "org/graphgpt2-m",
+                         "--push-dataset-to-hub", "org/graphgpt2-d", "--out", str(tmp_path / "hub_model")]) == 0
+    assert [(r, t) for r, t, *_ in fake_hub["upload_folder"]] == [("org/graphgpt2-m", "model"), ("org/graphgpt2-d", "dataset")]
+    model_card = ModelCard.load(Path(snapshot_download("org/graphgpt2-m")) / "README.md")
+    assert model_card.data.datasets == ["org/graphgpt2-d"] and "huggingface.co/datasets/org/graphgpt2-d" in model_card.text
+    path = Path(snapshot_download("org/graphgpt2-d", repo_type="dataset"))
+    card = (path / "README.md").read_text()
+    split = corpus.manifest["split"]
+    assert all(h in card for h in split["split_hashes"].values())
+    assert f"| recommendation | validation | {corpus.manifest['rows']['recommendation']['validation']:,} |" in card
+    assert "`node_positions`" in card and "## Licence" in card
+    # datasets 5.2 refuses a repo id while HF_HUB_OFFLINE=1 (no HTTP in tests), so the pushed snapshot is read
+    # through the same README `configs:` metadata that a load by repo id uses
+    rec = datasets.load_dataset(str(path), "recommendation")
+    assert set(rec) == {"train", "validation", "test"}
+    stored = corpus.dataset("recommendation", "validation")
+    assert rec["validation"]["input_ids"] == stored["input_ids"] and rec["validation"]["targets"] == stored["targets"]
+    assert (corpus.folder / "README.md").read_text() != card  # the dataset folder itself is untouched

@@ -233,12 +233,16 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = json.loads(result_file.read_text())
     corpus = Corpus(cfg.data.folder, cfg.data.leave_user_out_hops)
     folder = publish(cfg, corpus, Path(args.model_dir or run / "best"), Path(args.out or run / "hub_model"), result,
-                     command="python -m train.publish " + " ".join(argv or sys.argv[1:]), repo_id=cfg.output.push_to_hub)
+                     command="python -m train.publish " + " ".join(argv or sys.argv[1:]), repo_id=cfg.output.push_to_hub,
+                     dataset_repo=args.push_dataset_to_hub)
     print(f"wrote {folder}")
     if cfg.output.push_to_hub:
         print(push_folder(folder, cfg.output.push_to_hub))
     if args.push_dataset_to_hub:
-        print(push_folder(cfg.data.folder, args.push_dataset_to_hub, repo_type="dataset"))
+        from train.hub_dataset import stage_dataset_repo
+
+        staged = stage_dataset_repo(cfg.data.folder, run / "hub_dataset", model_repo=cfg.output.push_to_hub)
+        print(push_folder(staged, args.push_dataset_to_hub, repo_type="dataset"))
     return 0
 
 
