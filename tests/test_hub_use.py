@@ -216,3 +216,18 @@ def test_push_dataset_to_hub_with_card(hub, fake_hub, tmp_path):  # noqa: F811
     stored = corpus.dataset("recommendation", "validation")
     assert rec["validation"]["input_ids"] == stored["input_ids"] and rec["validation"]["targets"] == stored["targets"]
     assert (corpus.folder / "README.md").read_text() != card  # the dataset folder itself is untouched
+
+
+@pytest.mark.parametrize("hub", ["synthetic"], indirect=True)
+def test_published_tokenizer_is_a_standard_fast_tokenizer(hub):
+    """No auto_map / load-time flags in tokenizer_config.json; PreTrainedTokenizerFast (which never reads
+    config.json, so never asks about remote code) gives the dataset tokenizer's ids."""
+    from transformers import PreTrainedTokenizerFast
+
+    cfg, _, corpus, folder = hub
+    conf = json.loads((folder / "tokenizer_config.json").read_text())
+    assert not {"auto_map", "is_local", "local_files_only"} & set(conf)
+    tok = PreTrainedTokenizerFast.from_pretrained(str(folder))
+    text = "user_3 has interacted with item_1 item_7, user_3 will interact with"
+    assert tok(text)["input_ids"] == corpus.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(tok) == len(corpus.tokenizer)
