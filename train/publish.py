@@ -4,10 +4,12 @@
 
 Folder layout (one ``upload_folder`` commit; everything ``Recommender.from_folder`` and a remote-code user need)::
 
-    config.json (auto_map), model.safetensors, configuration_graphgpt2.py, modeling_graphgpt2.py
+    config.json (auto_map, custom_pipelines), model.safetensors, configuration_graphgpt2.py, modeling_graphgpt2.py
+    pipeline_graphgpt2.py, handler.py                the graph-recommendation pipeline + Inference Endpoints handler
     tokenizer.json, tokenizer_config.json, ...      the dataset folder's tokenizer (GPT-2 BPE or trained BPE + ID tokens)
     graph/ train_edges.npy, hops.npy, graph.json    train-only graph and capped hop table (attention bias at inference)
     maps/ users.json, items.json, item_titles.json  raw ids <-> indices, titles
+          train_histories.json                      every user's train items, stored order (the canonical prompt)
     data_manifest.json, graphgpt2_rec.json          dataset manifest; hashes and prompt length used at inference
     metrics.json, run_config.yaml, train_log.jsonl, training_curve.png, README.md (model card with model-index)
 
