@@ -155,7 +155,7 @@ def publish(cfg, corpus, model_dir: Path, out_folder: Path, result: dict, comman
             repo_id: str | None = None, dataset_repo: str | None = None) -> Path:
     """Assemble the Hub-ready folder ``out_folder`` from the selected model and the dataset folder."""
     from train.logging_utils import plot_training_curves
-    from train.modeling_io import load_model
+    from train.modeling_io import load_model, no_hf_progress_bars
 
     out_folder = Path(out_folder)
     run_dir = Path(cfg.output.dir)
@@ -166,7 +166,8 @@ def publish(cfg, corpus, model_dir: Path, out_folder: Path, result: dict, comman
     tmp.mkdir(parents=True)
     try:
         model.config.custom_pipelines = CUSTOM_PIPELINES  # pipeline("graph-recommendation", model=repo, trust_remote_code=True)
-        model.save_pretrained(str(tmp))  # config.json with auto_map + remote-code files + safetensors
+        with no_hf_progress_bars():
+            model.save_pretrained(str(tmp))  # config.json with auto_map + remote-code files + safetensors
         for name in SERVING_FILES:
             shutil.copy2(SERVING_DIR / name, tmp / name)
         corpus.tokenizer.save_pretrained(str(tmp))
