@@ -5,6 +5,7 @@ Used by the data builders, the training scripts and the benchmark harness alike.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -97,3 +98,18 @@ def json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def replace_dir(tmp_dir: str | Path, final_dir: str | Path) -> None:
+    """Move a fully written ``tmp_dir`` to ``final_dir``, replacing an older one (rename is atomic per call)."""
+    tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
+    follow_umask(tmp_dir)  # save_pretrained's safetensors are 0600 otherwise
+    if final_dir.exists():
+        trash = final_dir.with_name(f".{final_dir.name}.old")
+        if trash.exists():
+            shutil.rmtree(trash)
+        os.replace(final_dir, trash)
+        os.replace(tmp_dir, final_dir)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp_dir, final_dir)

@@ -44,6 +44,9 @@ MAPS_DIR = "maps"
 USERS_FILE = "users.json"
 ITEMS_FILE = "items.json"
 TITLES_FILE = "item_titles.json"
+HISTORIES_FILE = "train_histories.json"  # published folders only: every user's train items in the split's order
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+TOKENIZER_CONFIG_DROP = ("is_local", "local_files_only", "auto_map")  # load-time flags save_pretrained writes back
 INFERENCE_FILE = "graphgpt2_rec.json"  # published folders only: settings used at inference
 
 REC_SPLITS = ("train", "validation", "test")
@@ -259,7 +262,8 @@ class Corpus:
         """Every user's train item list (masked out of the ranking).
 
         From the train recommendation rows (the split's order, which fine-tuning's masking depends on) in a
-        dataset folder; from the train graph's edges in a published folder (same sets).
+        dataset folder; from ``maps/train_histories.json`` (the same lists, written by ``export_to``) in a
+        published folder, or from the train graph's edges (index order) for folders published before it existed.
         """
         if self._train_items is None:
             items: list[list[int]] = [[] for _ in range(self.num_users)]
@@ -267,6 +271,10 @@ class Corpus:
                 cols = self.dataset("recommendation", "train").select_columns(["user", "targets"]).to_dict()
                 for u, t in zip(cols["user"], cols["targets"]):
                     items[int(u)] = [int(x) for x in t]
+            elif (self.folder / MAPS_DIR / HISTORIES_FILE).is_file():  # published: the same order, stored
+                items = [[int(j) for j in h] for h in _read_json(self.folder / MAPS_DIR / HISTORIES_FILE)]
+                if len(items) != self.num_users:
+                    raise DataFolderError(f"{self.folder / MAPS_DIR / HISTORIES_FILE}: {len(items)} users, the manifest has {self.num_users}")
             else:
                 for u, j in self.hops.graph.edges.tolist():
                     items[u].append(j)
@@ -366,6 +374,12 @@ class Corpus:
                 shutil.rmtree(out / sub)
             shutil.copytree(self.folder / sub, out / sub)
         self.tokenizer.save_pretrained(str(out))
+        # a standard fast tokenizer for AutoTokenizer / PreTrainedTokenizerFast: no auto_map, no load-time flags
+        tok_config = _read_json(out / TOKENIZER_CONFIG_FILE)
+        atomic_write_text(out / TOKENIZER_CONFIG_FILE,
+                          json.dumps({k: v for k, v in tok_config.items() if k not in TOKENIZER_CONFIG_DROP}, indent=2) + "\n")
+        # the canonical (build) order of every user's train history: the prompts evaluation scored
+        atomic_write_text(out / MAPS_DIR / HISTORIES_FILE, json.dumps(self.train_items(), separators=(",", ":")) + "\n")
         shutil.copy2(self.folder / TOKENIZER_DIR / TOKENIZER_FILE, out / TOKENIZER_FILE)  # byte-identical: same sha
         settings = {"leave_user_out_hops": self.leave_user_out, **(inference_settings or {})}
         atomic_write_text(out / INFERENCE_FILE, json.dumps(settings, indent=2, sort_keys=True) + "\n")

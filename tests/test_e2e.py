@@ -104,7 +104,7 @@ def test_remote_code_load_without_package_same_recommendations(uninterrupted, tm
     # the published folder through the package gives the same lists
     assert Recommender.from_folder(out / "hub_model").recommend_users(users, k=10) == expected
     # ... and so does transformers' remote code in a process that cannot import this package
-    prompts = [before.encode_prompt(u, sorted(before.train_items[u])) for u in users]
+    prompts = [before.encode_prompt(u, before.train_items[u]) for u in users]
     batch = before.collate([{"input_ids": i, "node_positions": p} for i, p in prompts])
     torch.save({"batch": dict(batch), "exclude": [before.train_items[u] for u in users]}, tmp_path / "inputs.pt")
     script = textwrap.dedent(f"""

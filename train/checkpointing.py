@@ -49,6 +49,9 @@ def save_checkpoint(accelerator: Any, root: str | Path, index: int, state: dict,
         for stale in root.glob(".tmp-ckpt-*"):  # left by a crashed write
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
+    if not getattr(accelerator, "_drops_tied_weights", False):
+        accelerator.register_save_state_pre_hook(drop_tied_weights)
+        accelerator._drops_tied_weights = True
     try:
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
@@ -66,6 +69,22 @@ def save_checkpoint(accelerator: Any, root: str | Path, index: int, state: dict,
         raise
     accelerator.wait_for_everyone()
     return final
+
+
+def drop_tied_weights(models: list, weights: list[dict], output_dir: str) -> None:
+    """save_state pre-hook: leave out the tied copies the model declares (``_tied_weights_keys``, e.g. lm_head ->
+    wte) so the checkpoint stores each tensor once, as ``save_pretrained`` does. Without it accelerate's
+    safetensors clean-up drops them itself and warns "Removed shared tensor {'lm_head.weight'}" at every save.
+    Loading is unchanged: safetensors' strict ``load_model`` accepts a missing key that aliases a present one."""
+    for model, state in zip(models, weights):
+        net = getattr(model, "module", model)  # DDP wrapper
+        net = net.get_base_model() if hasattr(net, "get_base_model") else net  # PEFT wrapper
+        tied = getattr(net, "_tied_weights_keys", None) or {}
+        for copy, source in (tied.items() if isinstance(tied, dict) else []):
+            for key in [k for k in state if k == copy or k.endswith("." + copy)]:
+                src = key[: len(key) - len(copy)] + source
+                if src in state and state[key].data_ptr() == state[src].data_ptr():
+                    del state[key]
 
 
 def load_checkpoint(accelerator: Any, path: str | Path) -> dict:

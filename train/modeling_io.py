@@ -2,12 +2,31 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
+
+from transformers.utils import logging as hf_logging
+
+
+@contextmanager
+def no_hf_progress_bars():
+    """Hide transformers' per-call "Loading weights" / "Writing model shards" bars (the loops print their own)."""
+    active = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if active:
+            hf_logging.enable_progress_bar()
 
 
 def load_model(folder: str | Path, merge_lora: bool = True):
     """A GraphGPT2ForRecommendation from ``folder``; a PEFT adapter folder is loaded onto its base and merged."""
-    folder = Path(folder)
+    with no_hf_progress_bars():
+        return _load_model(Path(folder), merge_lora)
+
+
+def _load_model(folder: Path, merge_lora: bool):
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder not found: {folder}")
     from modeling_graphgpt2 import GraphGPT2ForRecommendation

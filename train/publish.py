@@ -4,10 +4,12 @@
 
 Folder layout (one ``upload_folder`` commit; everything ``Recommender.from_folder`` and a remote-code user need)::
 
-    config.json (auto_map), model.safetensors, configuration_graphgpt2.py, modeling_graphgpt2.py
+    config.json (auto_map, custom_pipelines), model.safetensors, configuration_graphgpt2.py, modeling_graphgpt2.py
+    pipeline_graphgpt2.py, handler.py   the graph-recommendation pipeline + Inference Endpoints handler (remote code)
     the dataset folder's manifest, tokenizer, train graph and id maps    written by ``Corpus.export_to`` (so
                                                                         ``Corpus(folder)`` opens it), plus the
                                                                         inference settings (prompt length, hops)
+                                                                        and maps/train_histories.json (canonical prompts)
     metrics.json, run_config.yaml, train_log.jsonl, training_curve.png, README.md (model card with model-index)
 
 LoRA adapters are merged before saving. The folder is written to a temp sibling and renamed into place.
@@ -21,9 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from data_builders.corpus import Corpus
+from data_builders.hub_dataset import stage_dataset_repo
 from train.io_utils import atomic_write_json, replace_dir
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "graphgpt2_rec.md"
+SERVING_DIR = Path(__file__).resolve().parents[1] / "modeling_graphgpt2"
+SERVING_FILES = ("pipeline_graphgpt2.py", "handler.py")  # remote code beside the model's: pipeline + endpoint handler
+CUSTOM_PIPELINES = {"graph-recommendation": {"impl": "pipeline_graphgpt2.GraphRecommendationPipeline",
+                                             "pt": ["AutoModel"], "type": "text"}}
 METRIC_LABELS = {"recall": "Recall", "ndcg": "NDCG"}
 
 
@@ -45,7 +52,32 @@ def eval_results(metrics: dict, dataset_name: str, dataset_type: str, split: str
     return out
 
 
-def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None) -> str:
+def split_facts(split: dict) -> dict:
+    """Card fields from the dataset's split record: recipe, sizes and per-split sha256 (short)."""
+    recipe = split.get("preprocess", {}).get("recipe") or split.get("recipe")
+    sizes = split.get("split_sizes") or {}
+    hashes = split.get("split_hashes") or {}
+    return {
+        "split_recipe": json.dumps(recipe)[:300] if recipe else "(no recipe recorded)",
+        "split_sizes": ", ".join(f"{k} {v:,}" for k, v in sizes.items()) or "(not recorded)",
+        "split_hashes": ", ".join(f"{k} `{v[:16]}`" for k, v in hashes.items()) or "(not recorded)",
+    }
+
+
+def usage_examples(corpus) -> dict:
+    """Real ids for the card's snippets: the first user with a history, two of their items, their prompt text."""
+    items = corpus.train_items()
+    u = next(i for i, h in enumerate(items) if h)
+    hist = [int(j) for j in items[u][:3]]
+    ids = corpus.item_ids
+    return {
+        "example_user": corpus.user_ids[u],
+        "example_history": json.dumps([ids[j] for j in hist[:2]]),
+        "example_prompt": f"user_{u} has interacted with " + " ".join(f"item_{j}" for j in hist) + f", user_{u} will interact with",
+    }
+
+
+def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None, dataset_repo: str | None = None) -> str:
     """README.md text: model-index metadata + the template in model_cards/."""
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -61,6 +93,7 @@ def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None) ->
         library_name="transformers",
         pipeline_tag=None,
         tags=["recommendation", "graph", "gpt2", "graphgpt2", "custom_code"],
+        datasets=[dataset_repo] if dataset_repo else None,
         model_name=cfg.output.model_name,
         eval_results=eval_results(result["test"], data_name, f"graphgpt2-rec/{data_name}"),
     )
@@ -71,7 +104,6 @@ def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None) ->
     plan = pretrain_plan(cfg.pretrain) if cfg.pretrain.do_pretrain else []
     plan_text = (f"{plan.count('content')} content epochs and {plan.count('collab')} collaborative epochs "
                  f"(order: {' '.join(plan[:12])}{' ...' if len(plan) > 12 else ''})") if plan else "none (NoPretrain)"
-    split = corpus.split_manifest
     card = ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE),
@@ -83,7 +115,10 @@ def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None) ->
         data_name=data_name,
         num_users=corpus.num_users,
         num_items=corpus.num_items,
-        split_recipe=json.dumps(split.get("recipe", split.get("filters", "see the dataset manifest")))[:300],
+        **split_facts(corpus.split_manifest),
+        **usage_examples(corpus),
+        dataset_link=(f"Prompt corpora, graph and split: the dataset repo [{dataset_repo}](https://huggingface.co/datasets/{dataset_repo}) "
+                      f'(`datasets.load_dataset("{dataset_repo}", "recommendation")`).\n' if dataset_repo else ""),
         num_edges=corpus.num_edges,
         max_hops=corpus.max_hops,
         tokenizer_source=corpus.tokenizer_source,
@@ -105,10 +140,10 @@ def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None) ->
 
 
 def publish(cfg, corpus, model_dir: Path, out_folder: Path, result: dict, command: str | None = None,
-            repo_id: str | None = None) -> Path:
+            repo_id: str | None = None, dataset_repo: str | None = None) -> Path:
     """Assemble the Hub-ready folder ``out_folder`` from the selected model and the dataset folder."""
     from train.logging_utils import plot_training_curves
-    from train.modeling_io import load_model
+    from train.modeling_io import load_model, no_hf_progress_bars
 
     out_folder = Path(out_folder)
     run_dir = Path(cfg.output.dir)
@@ -118,7 +153,11 @@ def publish(cfg, corpus, model_dir: Path, out_folder: Path, result: dict, comman
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        model.save_pretrained(str(tmp))  # config.json with auto_map + remote-code files + safetensors
+        model.config.custom_pipelines = CUSTOM_PIPELINES  # pipeline("graph-recommendation", model=repo, trust_remote_code=True)
+        with no_hf_progress_bars():
+            model.save_pretrained(str(tmp))  # config.json with auto_map + remote-code files + safetensors
+        for name in SERVING_FILES:
+            shutil.copy2(SERVING_DIR / name, tmp / name)
         corpus.export_to(tmp, {
             "max_length": cfg.data.max_length,
             "prompt_template": "user_i has interacted with item_a item_b ..., user_i will interact with",
@@ -131,7 +170,8 @@ def publish(cfg, corpus, model_dir: Path, out_folder: Path, result: dict, comman
         if log.is_file():
             shutil.copy2(log, tmp / "train_log.jsonl")
         plot_training_curves(log, tmp / "training_curve.png", cfg.finetune.selection_metric)
-        (tmp / "README.md").write_text(render_card(cfg, corpus, result, repo_id or cfg.output.push_to_hub or f"<org>/{cfg.output.model_name}", command))
+        (tmp / "README.md").write_text(render_card(cfg, corpus, result, repo_id or cfg.output.push_to_hub or f"<org>/{cfg.output.model_name}", command,
+                                                   dataset_repo))
         replace_dir(tmp, out_folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -171,12 +211,14 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = json.loads(result_file.read_text())
     corpus = Corpus(cfg.data.folder, cfg.data.leave_user_out_hops)
     folder = publish(cfg, corpus, Path(args.model_dir or run / "best"), Path(args.out or run / "hub_model"), result,
-                     command="python -m train.publish " + " ".join(argv or sys.argv[1:]), repo_id=cfg.output.push_to_hub)
+                     command="python -m train.publish " + " ".join(argv or sys.argv[1:]), repo_id=cfg.output.push_to_hub,
+                     dataset_repo=args.push_dataset_to_hub)
     print(f"wrote {folder}")
     if cfg.output.push_to_hub:
         print(push_folder(folder, cfg.output.push_to_hub))
     if args.push_dataset_to_hub:
-        print(push_folder(cfg.data.folder, args.push_dataset_to_hub, repo_type="dataset"))
+        staged = stage_dataset_repo(cfg.data.folder, run / "hub_dataset", model_repo=cfg.output.push_to_hub)
+        print(push_folder(staged, args.push_dataset_to_hub, repo_type="dataset"))
     return 0
 
 

@@ -4,8 +4,8 @@
     python -m train.recommend --model outputs/demo/hub_model --history 3 8 12 --k 10   # a user the model never saw
     python -m train.recommend --model outputs/demo/hub_model --all --out recs.jsonl     # every user, JSON lines
 
-A known user is scored from "user_u has interacted with <all train items, ascending index>, user_u will interact
-with" and their train items are excluded. An unseen user has no ID token, so the prompt is the builders' anonymous template
+A known user is scored from "user_u has interacted with <all train items, in the split's stored order>, user_u
+will interact with" (the prompt evaluation scored; maps/train_histories.json) and their train items are excluded. An unseen user has no ID token, so the prompt is the builders' anonymous template
 "A new user has interacted with <items>, the user will interact with": the items' collab embeddings and their
 train-graph hop distances (item-item via the known users) carry all the information; the given items are excluded.
 """
@@ -80,7 +80,7 @@ class Recommender:
             if isinstance(u, bool) or not isinstance(u, (int, np.integer)) or not 0 <= int(u) < self.num_users:
                 raise ValueError(f"unknown user index {u!r}: the model knows users 0..{self.num_users - 1} "
                                  "(use recommend_history for a new user)")
-            hist = sorted(self.train_items[int(u)])  # canonical order: same prompt from any source of the history
+            hist = list(self.train_items[int(u)])  # canonical order: the stored train order (evaluation's prompt)
             prompts.append(self.encode_prompt(int(u), hist))
             exclude.append(hist)
         return self._run(prompts, exclude, self._check_k(k), batch_size)

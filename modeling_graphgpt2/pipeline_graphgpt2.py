@@ -1,0 +1,364 @@
+"""GraphGPT2 recommendations from a published repo alone: the canonical prompt, the hop distances and a pipeline.
+
+Remote-code file: imports only numpy, torch, transformers and huggingface_hub, and nothing from the sibling
+files, so `pipeline("graph-recommendation", model=<repo>, trust_remote_code=True)` and the Inference Endpoints
+`handler.py` run without the graphgpt2-rec package. Layout:
+
+  RecPrompt            THE personalized predictive prompt (user, items) -> input_ids, node_positions; the
+                       package's `data_builders.prompts.RecPromptEncoder` must give the same ids (tested)
+  TrainGraph           train edges -> capped hop distances among a prompt's nodes (hop table or numpy BFS)
+  GraphRecommender     repo files -> top-k items for {"user": id} / {"history": [ids or titles]}
+  GraphRecommendationPipeline   the transformers Pipeline around GraphRecommender
+
+Canonical history order: a known user's train items in the order the split stored them (maps/
+train_histories.json; the order evaluation scored), a new user's history as given. Histories longer than the
+context are cut from the LEFT, so the trigger phrase at the end survives.
+"""
+
+import json
+import os
+
+import numpy as np
+import torch
+from transformers import Pipeline
+
+TASK = "graph-recommendation"
+META_FILE = "graphgpt2_rec.json"
+GRAPH_META_FILE = "graph/graph.json"
+EDGES_FILE = "graph/train_edges.npy"
+HISTORIES_FILE = "maps/train_histories.json"
+MAP_FILES = {"users": "maps/users.json", "items": "maps/items.json", "titles": "maps/item_titles.json"}
+
+
+def user_token(u):
+    return f"user_{u}"
+
+
+def item_token(j):
+    return f"item_{j}"
+
+
+class RecPrompt:
+    """``user_i has interacted with item_a item_b ..., user_i will interact with`` (known user) and
+    ``A new user has interacted with item_a ..., the user will interact with`` (``user=None``).
+
+    The fixed pieces are tokenised once; ``encode`` splices integer ids (ID token of user u = base + u, of
+    item j = base + U + j), equal to tokenising ``text(user, items)``.
+    """
+
+    def __init__(self, tokenizer, base_vocab_size, num_users, num_items, max_length):
+        def enc(s):
+            return np.asarray(tokenizer(s, add_special_tokens=False)["input_ids"], dtype=np.int64)
+
+        self.base_vocab_size, self.num_users, self.num_items = int(base_vocab_size), int(num_users), int(num_items)
+        self.max_length = int(max_length)
+        self._mid = enc(" has interacted with")  # after user_i
+        self._comma = enc(",")
+        self._tail = enc(" will interact with")  # after ", user_i"
+        self._anon_head = enc("A new user has interacted with")
+        self._anon_tail = enc(" the user will interact with")  # after ","
+        for piece in (self._mid, self._comma, self._tail, self._anon_head, self._anon_tail):
+            if (piece >= self.base_vocab_size).any():
+                raise ValueError("template piece tokenised into an ID token; tokenizer does not match base_vocab_size")
+
+    def text(self, user, items):
+        hist = "".join(" " + item_token(int(j)) for j in items)
+        if user is None:
+            return f"A new user has interacted with{hist}, the user will interact with"
+        return f"{user_token(user)} has interacted with{hist}, {user_token(user)} will interact with"
+
+    def encode(self, user, items):
+        """``{"input_ids": int64, "node_positions": int32 (-1 text, else graph node), "history": kept items}``."""
+        items = np.asarray(items, dtype=np.int64).ravel()
+        if len(items) and (items.min() < 0 or items.max() >= self.num_items):
+            raise ValueError(f"item index out of range [0, {self.num_items})")
+        if user is None:
+            head, tail = self._anon_head, np.concatenate([self._comma, self._anon_tail])
+        else:
+            if not 0 <= user < self.num_users:
+                raise ValueError(f"user index {user} out of range [0, {self.num_users}); pass None for an unseen user")
+            tok = np.array([self.base_vocab_size + user], dtype=np.int64)
+            head, tail = np.concatenate([tok, self._mid]), np.concatenate([self._comma, tok, self._tail])
+        room = self.max_length - len(head) - len(tail)
+        if room < 0:
+            raise ValueError(f"max_length={self.max_length} is shorter than the template")
+        if len(items) > room:
+            items = items[len(items) - room:]  # keep the most recent end of the list
+        ids = np.concatenate([head, self.base_vocab_size + self.num_users + items, tail])
+        pos = np.where(ids >= self.base_vocab_size, ids - self.base_vocab_size, -1).astype(np.int32)
+        return {"input_ids": ids, "node_positions": pos, "history": items.astype(np.int32)}
+
+
+class TrainGraph:
+    """The train user-item graph (nodes: users 0..U-1, items U..U+I-1) and capped hop distances.
+
+    Distances come from the repo's uint8 hop table (memory-mapped) when it ships one, else from a numpy
+    breadth-first search from the prompt's own nodes only. ``max_hops + 1`` = farther or unreachable.
+    """
+
+    def __init__(self, edges, num_users, num_items, max_hops, table=None):
+        edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+        self.num_users, self.num_items, self.max_hops = int(num_users), int(num_items), int(max_hops)
+        self.table = table
+        by_item = np.argsort(edges[:, 1], kind="stable")
+        by_user = np.argsort(edges[:, 0], kind="stable")
+        self._eu_by_item, self._items_sorted = edges[by_item, 0], edges[by_item, 1]
+        self._ei_by_user, self._users_sorted = edges[by_user, 1], edges[by_user, 0]
+        self.item_users = np.split(self._eu_by_item, np.searchsorted(self._items_sorted, np.arange(1, num_items)))
+        self.popularity = np.bincount(edges[:, 1], minlength=num_items)
+
+    def _bfs(self, sources):
+        """(len(sources), N) uint8 capped distances; one (sources x side) boolean frontier per hop."""
+        U, I, far = self.num_users, self.num_items, self.max_hops + 1
+        b = len(sources)
+        dist = np.full((b, U + I), far, dtype=np.uint8)
+        front = np.zeros((b, U + I), dtype=bool)
+        front[np.arange(b), sources] = True
+        dist[np.arange(b), sources] = 0
+        u_of_item, items_sorted = self._eu_by_item, self._items_sorted
+        i_of_user, users_sorted = self._ei_by_user, self._users_sorted
+        for hop in range(1, self.max_hops + 1):
+            reach = np.zeros_like(front)
+            if len(u_of_item):
+                # item j is reached when any of its users is on the frontier (and vice versa)
+                hit_i = front[:, u_of_item]
+                starts = np.flatnonzero(np.r_[True, items_sorted[1:] != items_sorted[:-1]])
+                reach[:, U + items_sorted[starts]] = np.logical_or.reduceat(hit_i, starts, axis=1)
+                hit_u = front[:, U + i_of_user]
+                starts = np.flatnonzero(np.r_[True, users_sorted[1:] != users_sorted[:-1]])
+                reach[:, users_sorted[starts]] = np.logical_or.reduceat(hit_u, starts, axis=1)
+            new = reach & (dist == far)
+            if not new.any():
+                break
+            dist[new] = hop
+            front = new
+        return dist
+
+    def pairwise(self, node_positions):
+        """(B, L) nodes (-1 = text/pad) -> (B, L, L) int64 hops, -1 where either token is not a node."""
+        pos = np.asarray(node_positions, dtype=np.int64)
+        is_node = pos >= 0
+        safe = np.where(is_node, pos, 0)
+        uniq, inv = np.unique(safe, return_inverse=True)
+        if self.table is not None:
+            sub = np.asarray(self.table[uniq][:, uniq])
+        else:
+            sub = self._bfs(uniq)[:, uniq]
+        inv = inv.reshape(safe.shape)
+        hops = sub[inv[:, :, None], inv[:, None, :]].astype(np.int64)
+        hops[~(is_node[:, :, None] & is_node[:, None, :])] = -1
+        return hops
+
+    def leave_user_out(self, hops, node_positions, own_items):
+        """Item-item hops of a personalized prompt measured without its user (`leave_user_out_hops` models):
+        2 if another train user has both items, else min(4, max_hops + 1); the package's rule."""
+        out = np.array(hops, copy=True)
+        U, far = self.num_users, min(4, self.max_hops + 1)
+        for b, row in enumerate(np.asarray(node_positions)):
+            users = row[(row >= 0) & (row < U)]
+            if not len(users):
+                continue
+            own = np.asarray(own_items[int(users[0])], dtype=np.int64)
+            item_tok = np.flatnonzero((row >= U) & np.isin(row - U, own))
+            if len(item_tok) < 2:
+                continue
+            uniq, inv = np.unique(row[item_tok] - U, return_inverse=True)
+            member = np.zeros((len(uniq), U), dtype=np.int64)
+            for k, j in enumerate(uniq):
+                member[k, self.item_users[j]] = 1
+            others = member @ member.T - 1  # co-interactions by users other than this one
+            new = np.where(others >= 1, 2, far)
+            new[np.arange(len(uniq)), np.arange(len(uniq))] = 0
+            out[b, item_tok[:, None], item_tok[None, :]] = new[inv[:, None], inv[None, :]]
+        return out
+
+
+def repo_file(name_or_path, relative, revision=None, required=True):
+    """Local path of a repo file: from a folder, or downloaded (cached) from the Hub; None if optional and absent."""
+    if os.path.isdir(name_or_path):
+        path = os.path.join(name_or_path, relative)
+        if os.path.isfile(path):
+            return path
+        if required:
+            raise FileNotFoundError(f"{path}: missing (a GraphGPT2-Rec repo written by train.publish has it)")
+        return None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    try:
+        return hf_hub_download(name_or_path, relative, revision=revision)
+    except (EntryNotFoundError, LocalEntryNotFoundError):
+        if required:
+            raise
+        return None
+
+
+def _read_json(path):
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+class GraphRecommender:
+    """Everything a top-k request needs, read from the repo: prompt, graph, id maps, titles, train histories."""
+
+    def __init__(self, model, tokenizer, name_or_path, revision=None):
+        self.model = model.eval()
+        cfg = model.config
+        meta = _read_json(repo_file(name_or_path, META_FILE, revision))
+        graph_meta = _read_json(repo_file(name_or_path, GRAPH_META_FILE, revision))
+        self.num_users, self.num_items = cfg.num_users, cfg.num_items
+        self.max_length = min(int(meta.get("max_length", cfg.n_positions)), cfg.n_positions)
+        self.leave_user_out = bool(meta.get("leave_user_out_hops", False))
+        self.prompt = RecPrompt(tokenizer, cfg.base_vocab_size, cfg.num_users, cfg.num_items, self.max_length)
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        table = None
+        if graph_meta.get("hop_table") and cfg.graph_bias != "none":
+            table_path = repo_file(name_or_path, "graph/" + graph_meta["hop_table"], revision, required=False)
+            table = np.load(table_path, mmap_mode="r") if table_path else None
+        edges = np.load(repo_file(name_or_path, EDGES_FILE, revision))
+        self.graph = TrainGraph(edges, cfg.num_users, cfg.num_items, graph_meta["max_hops"], table)
+        self.user_ids = _read_json(repo_file(name_or_path, MAP_FILES["users"], revision))
+        self.item_ids = _read_json(repo_file(name_or_path, MAP_FILES["items"], revision))
+        self.titles = [t or item_token(j) for j, t in enumerate(_read_json(repo_file(name_or_path, MAP_FILES["titles"], revision)))]
+        self.train_items = _read_json(repo_file(name_or_path, HISTORIES_FILE, revision))
+        if len(self.user_ids) != self.num_users or len(self.item_ids) != self.num_items or len(self.train_items) != self.num_users:
+            raise ValueError(f"{name_or_path}: maps/ do not match the model's {self.num_users} users / {self.num_items} items")
+        self._user_index = {u: i for i, u in enumerate(self.user_ids)}
+        self._item_index = {j: i for i, j in enumerate(self.item_ids)}
+        by_title = {}
+        for j, t in enumerate(self.titles):
+            by_title.setdefault(t, []).append(j)
+        self._title_index = by_title
+
+    # ---- requests -> (user index or None, history indices) -----------------------------------------------------
+    def resolve(self, request):
+        """``{"user": raw id}`` -> (u, train items in canonical order); ``{"history": [raw ids / titles]}`` -> (None, items)."""
+        if not isinstance(request, dict) or len({"user", "history"} & set(request)) != 1:
+            raise ValueError(f'a request is {{"user": "<raw user id>"}} or {{"history": ["<raw item id or title>", ...]}}, got {request!r}')
+        if "user" in request:
+            raw = str(request["user"])
+            if raw not in self._user_index:
+                raise ValueError(f"unknown user id {raw!r} (not in maps/users.json; pass {{'history': [...]}} for a new user)")
+            u = self._user_index[raw]
+            return u, [int(j) for j in self.train_items[u]]
+        history = request["history"]
+        if isinstance(history, str) or not isinstance(history, (list, tuple)):
+            raise ValueError(f'"history" must be a list of raw item ids or titles, got {history!r}')
+        items, unknown, ambiguous = [], [], []
+        for x in history:
+            x = str(x)
+            if x in self._item_index:
+                items.append(self._item_index[x])
+            elif len(self._title_index.get(x, [])) == 1:
+                items.append(self._title_index[x][0])
+            elif x in self._title_index:
+                ambiguous.append(x)
+            else:
+                unknown.append(x)
+        if unknown or ambiguous:
+            parts = [f"unknown item ids or titles {unknown}"] if unknown else []
+            parts += [f"titles shared by several items {ambiguous} (use the raw item id)"] if ambiguous else []
+            raise ValueError("; ".join(parts))
+        return None, items
+
+    # ---- scoring ----------------------------------------------------------------------------------------------
+    def hop_distances(self, node_positions):
+        hops = self.graph.pairwise(node_positions)
+        if self.leave_user_out:
+            hops = self.graph.leave_user_out(hops, node_positions, self.train_items)
+        return hops
+
+    def collate(self, encoded):
+        L = max(len(e["input_ids"]) for e in encoded)
+        ids = np.full((len(encoded), L), self.pad_token_id, dtype=np.int64)
+        pos = np.full((len(encoded), L), -1, dtype=np.int64)
+        mask = np.zeros((len(encoded), L), dtype=np.int64)
+        for b, e in enumerate(encoded):
+            n = len(e["input_ids"])
+            ids[b, :n], pos[b, :n], mask[b, :n] = e["input_ids"], e["node_positions"], 1
+        return ids, pos, mask
+
+    @torch.no_grad()
+    def score(self, resolved, top_k, exclude_seen=True):
+        """[(u or None, items)] -> one list of (item index, score) per request, best first; one forward pass."""
+        encoded = [self.prompt.encode(u, items) for u, items in resolved]
+        ids, pos, mask = self.collate(encoded)
+        device = next(self.model.parameters()).device
+        hops = None
+        if self.model.config.graph_bias != "none":
+            hops = self.hop_distances(pos)
+            hops = torch.from_numpy(hops).to(device)
+        exclude = [items if exclude_seen else [] for _, items in resolved]
+        k = min(int(top_k), self.num_items)
+        rec = self.model.recommend(torch.from_numpy(ids).to(device), attention_mask=torch.from_numpy(mask).to(device),
+                                   hop_distances=hops, k=k, exclude_items=exclude)
+        return [[(j, s) for j, s in zip(items, scores) if s != float("-inf")]
+                for items, scores in zip(rec.items.tolist(), rec.scores.tolist())]
+
+    def popular(self, top_k):
+        """Most-interacted train items (ties by index), scored by their train interaction counts."""
+        order = np.argsort(-self.graph.popularity, kind="stable")[:top_k]
+        return [(int(j), float(self.graph.popularity[j])) for j in order]
+
+    def recommend(self, requests, top_k=10, exclude_seen=True, batch_size=64):
+        """One list of ``{"item_id", "title", "score"}`` per request (``"source": "popularity"`` on the fallback)."""
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+        resolved = [self.resolve(r) for r in requests]
+        ranked = [None] * len(resolved)
+        model_rows = [i for i, (u, items) in enumerate(resolved) if u is not None or items]
+        for start in range(0, len(model_rows), batch_size):
+            chunk = model_rows[start:start + batch_size]
+            for i, recs in zip(chunk, self.score([resolved[i] for i in chunk], top_k, exclude_seen)):
+                ranked[i] = recs
+        out = []
+        for i, recs in enumerate(ranked):
+            source = "model"
+            if recs is None:  # an empty history: nothing to condition on, so the most popular train items
+                recs, source = self.popular(top_k), "popularity"
+            out.append([{"item_id": self.item_ids[j], "title": self.titles[j], "score": float(s),
+                         **({"source": source} if source != "model" else {})} for j, s in recs])
+        return out
+
+
+class GraphRecommendationPipeline(Pipeline):
+    """``pipeline("graph-recommendation", model=<repo>, trust_remote_code=True)``.
+
+    Call with ``{"user": "<raw user id>"}``, ``{"history": ["<raw item id or exact title>", ...]}`` or a list of
+    them; options ``top_k`` (default 10), ``exclude_seen`` (default True) and ``batch_size`` (default 64).
+    Returns one list of ``{"item_id", "title", "score"}`` per input (a single list for a single input). An empty
+    history is answered from train popularity and every entry carries ``"source": "popularity"``.
+    """
+
+    _load_tokenizer = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.recommender = GraphRecommender(self.model, self.tokenizer, self.model.config._name_or_path,
+                                            getattr(self.model.config, "_commit_hash", None))
+
+    def _sanitize_parameters(self, top_k=None, exclude_seen=None, **kwargs):
+        params = {}
+        if top_k is not None:
+            params["top_k"] = top_k
+        if exclude_seen is not None:
+            params["exclude_seen"] = bool(exclude_seen)
+        return {}, {}, params
+
+    def __call__(self, inputs, top_k=10, exclude_seen=True, batch_size=64, **kwargs):
+        if kwargs:
+            raise TypeError(f"unexpected options {sorted(kwargs)}; the graph-recommendation pipeline takes top_k, exclude_seen, batch_size")
+        single = isinstance(inputs, dict)
+        out = self.recommender.recommend([inputs] if single else list(inputs), top_k, exclude_seen, batch_size)
+        return out[0] if single else out
+
+    # Pipeline's abstract steps; __call__ above batches the whole request list itself (the hop tensor needs
+    # its own padding), so these serve only Pipeline internals that call them one input at a time.
+    def preprocess(self, inputs):
+        return {"inputs": inputs}
+
+    def _forward(self, model_inputs, **params):
+        return {"recs": self.recommender.recommend([model_inputs["inputs"]], **params)[0]}
+
+    def postprocess(self, model_outputs, **params):
+        return model_outputs["recs"]
