@@ -12,6 +12,7 @@ interaction matrices for baselines, and ``export_to(dir)`` for publishing. Graph
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -102,6 +103,15 @@ def has_manifest(folder: str | os.PathLike) -> bool:
     return (Path(folder) / MANIFEST_FILE).is_file()
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _read_json(path: Path):
     return json.loads(path.read_text(encoding="utf-8"))
 
@@ -140,10 +150,29 @@ class Corpus:
         self._titles: list[str | None] = _read_json(maps / TITLES_FILE)
         if len(self.user_ids) != self.num_users or len(self.item_ids) != self.num_items:
             raise DataFolderError(f"{maps}: id maps do not match the manifest's counts")
+        self._check_file_hashes()
         self._encoders: dict[int, RecPromptEncoder] = {}
         self._train_items: list[list[int]] | None = None
 
+    def _check_file_hashes(self) -> None:
+        """Every file the model's behaviour depends on and no other hash covers (id maps, titles, a dense hop
+        table) must match the sha256 the build recorded; tokenizer and graph are checked by their own hashes."""
+        for rel, want in self.files_sha256.items():
+            path = self.folder / rel
+            if not path.is_file():
+                raise DataFolderError(f"{path}: missing (listed in {self.folder / MANIFEST_FILE} files_sha256)")
+            got = file_sha256(path)
+            if got != want:
+                raise DataFolderError(f"{path}: sha256 {got[:12]}... does not match the {rel!r} entry of "
+                                      f"{self.folder / MANIFEST_FILE} files_sha256 ({want[:12]}...): a file from another build "
+                                      "or edited; rebuild the dataset folder or re-publish the model")
+
     # ---------------------------------------------------------------- sizes and fingerprints
+    @property
+    def files_sha256(self) -> dict[str, str]:
+        """sha256 per folder-relative path of the id maps, titles and hop table (empty for folders built before)."""
+        return dict(self.manifest.get("files_sha256") or {})
+
     @property
     def name(self) -> str:
         return str(self.manifest.get("name") or self.folder.name)
@@ -272,9 +301,12 @@ class Corpus:
                 for u, t in zip(cols["user"], cols["targets"]):
                     items[int(u)] = [int(x) for x in t]
             elif (self.folder / MAPS_DIR / HISTORIES_FILE).is_file():  # published: the same order, stored
-                items = [[int(j) for j in h] for h in _read_json(self.folder / MAPS_DIR / HISTORIES_FILE)]
-                if len(items) != self.num_users:
-                    raise DataFolderError(f"{self.folder / MAPS_DIR / HISTORIES_FILE}: {len(items)} users, the manifest has {self.num_users}")
+                path = self.folder / MAPS_DIR / HISTORIES_FILE
+                items = [[int(j) for j in h] for h in _read_json(path)]
+                edges = sorted(map(tuple, self.hops.graph.edges.tolist()))
+                if len(items) != self.num_users or sorted((u, j) for u, h in enumerate(items) for j in h) != edges:
+                    raise DataFolderError(f"{path}: the histories are not the train graph's edges ({self.folder / GRAPH_DIR}); "
+                                          "a file from another dataset or edited: re-publish the model")
             else:
                 for u, j in self.hops.graph.edges.tolist():
                     items[u].append(j)
@@ -358,6 +390,11 @@ class Corpus:
                     f"{self.folder}: {key.split('_')[0]} hash {have[:12]}... differs from the one the model was trained "
                     f"on ({want[:12]}...): a dataset folder from another tokenizer or graph"
                 )
+        trained_files = getattr(model_config, "files_sha256", None)
+        if trained_files and trained_files != self.files_sha256:
+            differ = sorted(k for k in set(trained_files) | set(self.files_sha256) if trained_files.get(k) != self.files_sha256.get(k))
+            raise DataFolderError(f"{self.folder}: {', '.join(differ)} differ from the files the model was trained with "
+                                  "(config.json files_sha256): id maps or hop table from another build")
 
     # ---------------------------------------------------------------- publishing
     def export_to(self, folder: str | os.PathLike, inference_settings: dict | None = None) -> Path:

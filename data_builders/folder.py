@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from .atomic import atomic_write_text, json_default, make_temp_dir
 from .corpus import (EDGES_FILE, FORMAT_NAME, FORMAT_VERSION, GRAPH_DIR, HOP_TABLE_FILE, ITEMS_FILE, MANIFEST_FILE, MAPS_DIR,
-                     README_FILE, TITLES_FILE, TOKENIZER_DIR, USERS_FILE)
+                     README_FILE, TITLES_FILE, TOKENIZER_DIR, USERS_FILE, file_sha256)
 from .graph import DEFAULT_MAX_HOPS, DEFAULT_TABLE_BUDGET_BYTES, HopDistances, InteractionGraph
 from .pair_hops import PAIR_COLUMNS, attach_pair_hops
 from .prompts import CONFIG_SPLITS, PromptConfig, build_config_rows, corpus_texts, row_kinds
@@ -255,6 +255,10 @@ def build_dataset_folder(
                 "hop_table": f"{GRAPH_DIR}/{HOP_TABLE_FILE}" if (save_hop_table and hops.is_dense) else None,
                 "edges_from": "train split only",
             },
+            # the files no other hash covers; Corpus checks them on every load (a swapped map changes every answer)
+            "files_sha256": {rel: file_sha256(tmp / rel) for rel in (
+                f"{MAPS_DIR}/{USERS_FILE}", f"{MAPS_DIR}/{ITEMS_FILE}", f"{MAPS_DIR}/{TITLES_FILE}",
+                *([f"{GRAPH_DIR}/{HOP_TABLE_FILE}"] if (save_hop_table and hops.is_dense) else []))},
             "prompts": prompt_config.to_dict(),
             "configs": [c for c in configs if c in files],
             "skipped_configs": skipped,

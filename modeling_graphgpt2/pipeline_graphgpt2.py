@@ -15,6 +15,7 @@ train_histories.json; the order evaluation scored), a new user's history as give
 context are cut from the LEFT, so the trigger phrase at the end survives.
 """
 
+import hashlib
 import json
 import os
 
@@ -24,6 +25,7 @@ from transformers import Pipeline
 
 TASK = "graph-recommendation"
 META_FILE = "graphgpt2_rec.json"
+MANIFEST_FILE = "manifest.json"
 GRAPH_META_FILE = "graph/graph.json"
 EDGES_FILE = "graph/train_edges.npy"
 HISTORIES_FILE = "maps/train_histories.json"
@@ -193,6 +195,33 @@ def repo_file(name_or_path, relative, revision=None, required=True):
         return None
 
 
+def _file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def graph_sha256(edges, num_users, num_items):
+    """The package's ``data_builders.graph.graph_sha256`` (equality tested): counts plus the sorted edge list."""
+    edges = np.ascontiguousarray(np.unique(np.asarray(edges, dtype=np.int32).reshape(-1, 2), axis=0))
+    h = hashlib.sha256()
+    h.update(f"graphgpt2-train-graph users={num_users} items={num_items} edges={len(edges)}\n".encode())
+    h.update(edges.tobytes())
+    return h.hexdigest()
+
+
+def verified_file(name_or_path, relative, revision, recorded):
+    """``repo_file`` plus a sha256 check against the repo manifest's ``files_sha256`` (when it records the file)."""
+    path = repo_file(name_or_path, relative, revision)
+    want = recorded.get(relative)
+    if want is not None and _file_sha256(path) != want:
+        raise ValueError(f"{path}: sha256 does not match the repo's {MANIFEST_FILE} files_sha256 entry: a file from another "
+                         "build or edited; re-publish the model")
+    return path
+
+
 def _read_json(path):
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
@@ -206,6 +235,8 @@ class GraphRecommender:
         cfg = model.config
         meta = _read_json(repo_file(name_or_path, META_FILE, revision))
         graph_meta = _read_json(repo_file(name_or_path, GRAPH_META_FILE, revision))
+        manifest_path = repo_file(name_or_path, MANIFEST_FILE, revision, required=False)  # absent in older repos
+        recorded = (_read_json(manifest_path).get("files_sha256") or {}) if manifest_path else {}
         self.num_users, self.num_items = cfg.num_users, cfg.num_items
         self.max_length = min(int(meta.get("max_length", cfg.n_positions)), cfg.n_positions)
         self.leave_user_out = bool(meta.get("leave_user_out_hops", False))
@@ -213,16 +244,22 @@ class GraphRecommender:
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         table = None
         if graph_meta.get("hop_table") and cfg.graph_bias != "none":
-            table_path = repo_file(name_or_path, "graph/" + graph_meta["hop_table"], revision, required=False)
-            table = np.load(table_path, mmap_mode="r") if table_path else None
+            table = np.load(verified_file(name_or_path, "graph/" + graph_meta["hop_table"], revision, recorded), mmap_mode="r")
         edges = np.load(repo_file(name_or_path, EDGES_FILE, revision))
+        trained_on = getattr(cfg, "graph_sha256", None)  # the graph the ID rows were trained with
+        if trained_on and graph_sha256(edges, cfg.num_users, cfg.num_items) != trained_on:
+            raise ValueError(f"{name_or_path}: {EDGES_FILE} is not the train graph this model was trained on (config.json graph_sha256)")
         self.graph = TrainGraph(edges, cfg.num_users, cfg.num_items, graph_meta["max_hops"], table)
-        self.user_ids = _read_json(repo_file(name_or_path, MAP_FILES["users"], revision))
-        self.item_ids = _read_json(repo_file(name_or_path, MAP_FILES["items"], revision))
-        self.titles = [t or item_token(j) for j, t in enumerate(_read_json(repo_file(name_or_path, MAP_FILES["titles"], revision)))]
+        self.user_ids = _read_json(verified_file(name_or_path, MAP_FILES["users"], revision, recorded))
+        self.item_ids = _read_json(verified_file(name_or_path, MAP_FILES["items"], revision, recorded))
+        titles = _read_json(verified_file(name_or_path, MAP_FILES["titles"], revision, recorded))
+        self.titles = [t or item_token(j) for j, t in enumerate(titles)]
         self.train_items = _read_json(repo_file(name_or_path, HISTORIES_FILE, revision))
         if len(self.user_ids) != self.num_users or len(self.item_ids) != self.num_items or len(self.train_items) != self.num_users:
             raise ValueError(f"{name_or_path}: maps/ do not match the model's {self.num_users} users / {self.num_items} items")
+        stored = np.array([(u, j) for u, h in enumerate(self.train_items) for j in h], dtype=np.int64).reshape(-1, 2)
+        if len(stored) != len(edges) or not np.array_equal(np.unique(stored, axis=0), np.unique(np.asarray(edges, np.int64), axis=0)):
+            raise ValueError(f"{name_or_path}: {HISTORIES_FILE} is not the train graph's edges: a file from another dataset or edited")
         self._user_index = {u: i for i, u in enumerate(self.user_ids)}
         self._item_index = {j: i for i, j in enumerate(self.item_ids)}
         by_title = {}

@@ -55,6 +55,7 @@ def build_model(cfg: RunConfig, corpus: Corpus):
     # fingerprints of the data the ID rows belong to; checked when the model meets a dataset folder again
     model.config.tokenizer_sha256 = corpus.tokenizer_sha256
     model.config.graph_sha256 = corpus.graph_sha256
+    model.config.files_sha256 = corpus.files_sha256
     return model
 
 
