@@ -28,13 +28,14 @@ Clients reach it through ``client_env(url, home)`` (environment for a subprocess
 ``HF_HUB_OFFLINE=0``, fresh caches, no telemetry, no parquet-export or download-count calls) or, in this process,
 ``point_clients_at`` (the same settings, also patched into the module constants that huggingface_hub and
 datasets read at import time). ``BLOCK_REMOTE_HOSTS`` is code for a subprocess that refuses to resolve any host
-other than 127.0.0.1/localhost; ``point_clients_at`` installs the same guard in this process.
+other than 127.0.0.1/localhost; ``point_clients_at`` installs the same guard in this process. The ``served_hub``
+fixture does all of it for one test (store, uploads, server, clients) and stops the server at teardown.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import re
 import shutil
 import socket
 import threading
@@ -120,6 +121,8 @@ class _Snapshot:
 
     def entry(self, path: str) -> dict:
         target = self.root / path
+        if ".." in Path(path).parts:  # never serve outside the snapshot
+            raise _HubError(404, "EntryNotFound", self.sha)
         commit = {"id": self.sha, "title": "upload", "date": self.date}
         if target.is_file():
             data = target.read_bytes()
@@ -136,7 +139,7 @@ class _Snapshot:
 
     def tree(self, path: str, recursive: bool) -> list[dict]:
         folder = self.root / path
-        if not folder.is_dir():
+        if ".." in Path(path).parts or not folder.is_dir():
             raise _HubError(404, "EntryNotFound", self.sha)
         children = folder.rglob("*") if recursive else folder.iterdir()
         return [self.entry(p.relative_to(self.root).as_posix()) for p in sorted(children)]
@@ -183,7 +186,7 @@ class FakeHubServer:
         if not (d / "refs" / "main").is_file():
             raise _HubError(401, "RepoNotFound")
         sha = (d / "refs" / "main").read_text().strip() if revision == "main" else revision
-        if not (d / "snapshots" / sha).is_dir():
+        if not re.fullmatch(r"[0-9a-f]{40}", sha) or not (d / "snapshots" / sha).is_dir():
             raise _HubError(404, "RevisionNotFound")
         return _Snapshot(repo_id, sha, d / "snapshots" / sha)
 
