@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from isolation import BLOCK_PACKAGE
-from test_publish import fake_hub  # noqa: F401  (the faked Hub fixture)
+from fake_hub_server import BLOCK_REMOTE_HOSTS, client_env, served_hub  # noqa: F401  (the faked Hub over HTTP)
 from train.testing import build_tiny_data, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,9 +157,10 @@ def _card_snippets(readme: str) -> list[str]:
 
 
 @pytest.mark.parametrize("hub", ["synthetic"], indirect=True)  # one folder is enough: the snippets are templated
-def test_card_snippets_run_verbatim_without_the_package(hub, pipe, fake_hub, tmp_path):  # noqa: F811
+def test_card_snippets_run_verbatim_without_the_package(hub, pipe, served_hub, tmp_path):  # noqa: F811
     """Publish for repo "org/graphgpt2-hub", push to the faked Hub, run every "How to use" snippet of the
-    README in a process that cannot import this package; each prints the pipeline's items for the example."""
+    README in a process that cannot import this package and reaches the repo only over HTTP (HF_ENDPOINT = the
+    fake Hub's server, empty caches); each prints the pipeline's items for the example."""
     from train.publish import publish, push_folder
 
     cfg, result, corpus, folder = hub
@@ -172,11 +173,11 @@ def test_card_snippets_run_verbatim_without_the_package(hub, pipe, fake_hub, tmp
     assert len(snippets) == 3 and "pipeline(" in snippets[0] and "EndpointHandler" in snippets[1] and "AutoModel" in snippets[2]
     example_user = re.search(r'\{"user": "([^"]+)"\}', snippets[0]).group(1)
     expected = pipe({"user": example_user}, top_k=5)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env = dict(os.environ, **client_env(served_hub.url, tmp_path / "snippet-hf-home"), OMP_NUM_THREADS="1")
     env.pop("PYTHONPATH", None)
     marker = "\n# ---- next snippet ----\n"
     script = marker.join(code + f"print({marker.strip()!r})\n" for code in snippets)  # one process: one torch import
-    proc = subprocess.run([sys.executable, "-I", "-c", BLOCK_PACKAGE + script], cwd=tmp_path, env=env,
+    proc = subprocess.run([sys.executable, "-I", "-c", BLOCK_PACKAGE + BLOCK_REMOTE_HOSTS + script], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     outputs = [o.strip() for o in proc.stdout.split(marker.strip())][:3]
@@ -185,14 +186,18 @@ def test_card_snippets_run_verbatim_without_the_package(hub, pipe, fake_hub, tmp
         assert re.findall(r"'item_id': '([^']+)'", printed.splitlines()[0]) == want
     assert "popularity" in outputs[0]
     assert re.search(r"tensor\(\[\[", outputs[2])
+    fetched = {path.rsplit("/", 1)[1] for method, path, status in served_hub.requests
+               if method == "GET" and status == 200 and path.startswith("/org/graphgpt2-hub/resolve/")}
+    assert {"config.json", "model.safetensors", "pipeline_graphgpt2.py", "handler.py", "tokenizer.json"} <= fetched
 
 
 @pytest.mark.parametrize("hub", ["synthetic"], indirect=True)
-def test_push_dataset_to_hub_with_card(hub, fake_hub, tmp_path):  # noqa: F811
-    """`train.publish --push-to-hub M --push-dataset-to-hub D`: the dataset repo has a card with configs, counts,
-    split hashes and a licence note, its rows load with `datasets.load_dataset`, and the model card links it."""
+def test_push_dataset_to_hub_with_card(hub, served_hub, tmp_path):  # noqa: F811
+    """`train.publish --push-to-hub M --push-dataset-to-hub D`, then over HTTP from the faked Hub: the dataset
+    repo has a card with configs, counts, split hashes and a licence note, `datasets.load_dataset(D,
+    "recommendation")` BY REPO ID gives the dataset folder's rows, and the model card links it."""
     import datasets
-    from huggingface_hub import ModelCard, snapshot_download
+    from huggingface_hub import ModelCard, hf_hub_download
 
     from train.publish import main as publish_main
 
@@ -200,21 +205,25 @@ def test_push_dataset_to_hub_with_card(hub, fake_hub, tmp_path):  # noqa: F811
     cfg.save(tmp_path / "run.yaml")
     assert publish_main(["--config", str(tmp_path / "run.yaml"), "--push-to-hub", "org/graphgpt2-m",
                          "--push-dataset-to-hub", "org/graphgpt2-d", "--out", str(tmp_path / "hub_model")]) == 0
-    assert [(r, t) for r, t, *_ in fake_hub["upload_folder"]] == [("org/graphgpt2-m", "model"), ("org/graphgpt2-d", "dataset")]
-    model_card = ModelCard.load(Path(snapshot_download("org/graphgpt2-m")) / "README.md")
+    assert [(r, t) for r, t, *_ in served_hub.calls["upload_folder"]] == [("org/graphgpt2-m", "model"), ("org/graphgpt2-d", "dataset")]
+    model_card = ModelCard.load(hf_hub_download("org/graphgpt2-m", "README.md"))
     assert model_card.data.datasets == ["org/graphgpt2-d"] and "huggingface.co/datasets/org/graphgpt2-d" in model_card.text
-    path = Path(snapshot_download("org/graphgpt2-d", repo_type="dataset"))
-    card = (path / "README.md").read_text()
+    card = Path(hf_hub_download("org/graphgpt2-d", "README.md", repo_type="dataset")).read_text()
     split = corpus.manifest["split"]
     assert all(h in card for h in split["split_hashes"].values())
     assert f"| recommendation | validation | {corpus.manifest['rows']['recommendation']['validation']:,} |" in card
     assert "`node_positions`" in card and "## Licence" in card
-    # datasets 5.2 refuses a repo id while HF_HUB_OFFLINE=1 (no HTTP in tests), so the pushed snapshot is read
-    # through the same README `configs:` metadata that a load by repo id uses
-    rec = datasets.load_dataset(str(path), "recommendation")
+
+    rec = datasets.load_dataset("org/graphgpt2-d", "recommendation")
     assert set(rec) == {"train", "validation", "test"}
     stored = corpus.dataset("recommendation", "validation")
     assert rec["validation"]["input_ids"] == stored["input_ids"] and rec["validation"]["targets"] == stored["targets"]
+    # the rows came over HTTP: every recommendation shard was downloaded from the server by the pushed commit
+    sha = (served_hub.store / "datasets--org--graphgpt2-d" / "refs" / "main").read_text()
+    shards = {p.relative_to(corpus.folder).as_posix() for p in (corpus.folder / "recommendation").glob("*.parquet")}
+    fetched = {path.split(f"/resolve/{sha}/", 1)[1] for method, path, status in served_hub.requests
+               if method == "GET" and status == 200 and path.startswith(f"/datasets/org/graphgpt2-d/resolve/{sha}/")}
+    assert shards and shards <= fetched
     assert (corpus.folder / "README.md").read_text() != card  # the dataset folder itself is untouched
 
 

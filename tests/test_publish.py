@@ -1,9 +1,7 @@
 """Publishing: the Hub-ready folder pushed to a FAKED Hub (create_repo / upload_folder write a hub-cache snapshot),
 then loaded by repo id with HF_HUB_OFFLINE=1 through remote code; the dataset folder goes the same way."""
-import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -14,50 +12,17 @@ import torch
 
 from train.testing import build_tiny_data, tiny_overrides
 from isolation import BLOCK_PACKAGE
+from fake_hub_server import install_fake_uploads
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def fake_hub(monkeypatch, tmp_path):
+def fake_hub(monkeypatch):
     """Stand-ins for HfApi.create_repo / create_commit / upload_folder that write the hub-cache layout
-    ``$HF_HUB_CACHE/<type>s--org--name/snapshots/<sha>/`` + ``refs/main`` (hf-stack-notes §3)."""
-    from huggingface_hub import CommitInfo, HfApi, RepoUrl
-
-    cache = Path(os.environ["HF_HUB_CACHE"])
-    calls = {"create_repo": [], "upload_folder": []}
-
-    def repo_dir(repo_id, repo_type):
-        return cache / f"{(repo_type or 'model')}s--{repo_id.replace('/', '--')}"
-
-    def create_repo(self, repo_id, *, repo_type=None, exist_ok=False, private=None, **kw):
-        d = repo_dir(repo_id, repo_type)
-        if d.exists() and not exist_ok:
-            raise FileExistsError(repo_id)
-        (d / "refs").mkdir(parents=True, exist_ok=True)
-        calls["create_repo"].append((repo_id, repo_type))
-        return RepoUrl(f"https://huggingface.co/{'datasets/' if repo_type == 'dataset' else ''}{repo_id}")
-
-    def upload_folder(self, *, folder_path, repo_id, repo_type=None, commit_message=None, ignore_patterns=None, **kw):
-        d = repo_dir(repo_id, repo_type)
-        if not (d / "refs").is_dir():
-            raise FileNotFoundError(f"repo {repo_id} was not created")
-        files = sorted(p for p in Path(folder_path).rglob("*") if p.is_file() and not p.name.startswith(".tmp-"))
-        sha = hashlib.sha1(b"".join(p.read_bytes() for p in files)).hexdigest()
-        snap = d / "snapshots" / sha
-        for p in files:
-            target = snap / p.relative_to(folder_path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(p, target)
-        (d / "refs" / "main").write_text(sha)
-        calls["upload_folder"].append((repo_id, repo_type, commit_message, [str(p.relative_to(folder_path)) for p in files]))
-        return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/{sha}", commit_message=commit_message or "",
-                          commit_description="", oid=sha)
-
-    monkeypatch.setattr(HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
-    monkeypatch.setattr(HfApi, "create_commit", lambda self, *a, **k: pytest.fail("unexpected create_commit"))
-    return calls
+    ``$HF_HUB_CACHE/<type>s--org--name/snapshots/<sha>/`` + ``refs/main`` (hf-stack-notes §3), so an
+    HF_HUB_OFFLINE=1 load by repo id finds the pushed files in the cache (tests/fake_hub_server.py)."""
+    return install_fake_uploads(monkeypatch, Path(os.environ["HF_HUB_CACHE"]))
 
 
 @pytest.fixture(scope="module")
