@@ -30,6 +30,7 @@ GRAPH_META_FILE = "graph/graph.json"
 EDGES_FILE = "graph/train_edges.npy"
 HISTORIES_FILE = "maps/train_histories.json"
 MAP_FILES = {"users": "maps/users.json", "items": "maps/items.json", "titles": "maps/item_titles.json"}
+SERVING_PATTERNS = [META_FILE, MANIFEST_FILE, "graph/*", "maps/*"]  # what a request needs beside the weights
 
 
 def user_token(u):
@@ -233,6 +234,10 @@ class GraphRecommender:
     def __init__(self, model, tokenizer, name_or_path, revision=None):
         self.model = model.eval()
         cfg = model.config
+        if not os.path.isdir(name_or_path):  # a Hub repo: every serving file from ONE resolved commit
+            from huggingface_hub import snapshot_download
+
+            name_or_path = snapshot_download(name_or_path, revision=revision, allow_patterns=SERVING_PATTERNS)
         meta = _read_json(repo_file(name_or_path, META_FILE, revision))
         graph_meta = _read_json(repo_file(name_or_path, GRAPH_META_FILE, revision))
         manifest_path = repo_file(name_or_path, MANIFEST_FILE, revision, required=False)  # absent in older repos

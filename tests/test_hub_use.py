@@ -189,6 +189,10 @@ def test_card_snippets_run_verbatim_without_the_package(hub, pipe, served_hub, t
     fetched = {path.rsplit("/", 1)[1] for method, path, status in served_hub.requests
                if method == "GET" and status == 200 and path.startswith("/org/graphgpt2-hub/resolve/")}
     assert {"config.json", "model.safetensors", "pipeline_graphgpt2.py", "handler.py", "tokenizer.json"} <= fetched
+    # the serving files (graph, maps, settings) come from one resolved commit, never from a moving "main"
+    serving = [path for method, path, status in served_hub.requests if method == "GET" and status == 200
+               and path.startswith("/org/graphgpt2-hub/resolve/") and ("/graph/" in path or "/maps/" in path)]
+    assert serving and all(re.match(r"/org/graphgpt2-hub/resolve/[0-9a-f]{40}/", p) for p in serving), serving
 
 
 @pytest.mark.parametrize("hub", ["synthetic"], indirect=True)
