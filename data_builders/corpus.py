@@ -267,19 +267,16 @@ class Corpus:
         return paths
 
     def _row_tables(self, config: str, split: str, rows: range | None, columns: list[str] | None):
-        """(first row index, Arrow table) per Parquet file holding rows of ``rows`` (all when None), cut to them."""
+        """(first row index, Arrow table) per Parquet file holding rows of ``rows`` (every file when None), cut to them."""
         import pyarrow.parquet as pq
 
+        if rows is not None and rows.step != 1:
+            raise ValueError(f"rows must be a contiguous range, got {rows}")
         first = 0
         for path in self._row_files(config, split):
-            n = pq.ParquetFile(path).metadata.num_rows if rows is not None else None
-            if rows is None:
-                table = pq.read_table(path, columns=columns)
-                yield first, table
-                first += table.num_rows
-                continue
-            lo, hi = max(rows.start, first), min(rows.stop, first + n)
-            if lo < hi:
+            n = pq.ParquetFile(path).metadata.num_rows
+            lo, hi = (first, first + n) if rows is None else (max(rows.start, first), min(rows.stop, first + n))
+            if rows is None or lo < hi:  # files outside the range are not read
                 yield lo, pq.read_table(path, columns=columns).slice(lo - first, hi - lo)
             first += n
 

@@ -190,3 +190,19 @@ def test_two_processes_read_disjoint_shards_and_match_one_process_metrics(tiny_d
             else:
                 assert value == one[key], (split, key)
         assert one["num_users"] == corpus.num_rows("recommendation", split)
+
+
+def test_popularity_baseline_streams_users_with_the_one_shot_metrics(tiny_data):
+    """Blocks of a few users at a time give the metrics of scoring the whole users x items matrix at once."""
+    from train.config import load_config
+    from train.evaluate import popularity_metrics
+    from train.metrics import evaluate_scores, item_popularity
+
+    corpus = Corpus(tiny_data)
+    cfg = load_config("demo", [f"data.folder={tiny_data}"])
+    examples = corpus.rec_examples("test")
+    counts = item_popularity(corpus.interaction_matrix("train"))
+    want = evaluate_scores(np.tile(counts, (len(examples), 1)), [np.array(e.targets) for e in examples],
+                           [np.array(corpus.train_items()[e.user]) for e in examples])
+    for max_scores in (corpus.num_items * 7, 1 << 24):  # 7 users per block; everyone in one block
+        assert popularity_metrics(corpus, "test", cfg, max_scores=max_scores) == want

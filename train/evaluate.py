@@ -28,7 +28,7 @@ from data_builders.corpus import Corpus
 from train.common import rank_rows
 from train.config import RunConfig
 from train.io_utils import atomic_write_json, atomic_write_text
-from train.metrics import evaluate_scores, item_popularity, metric_names, per_user_metrics, summarize
+from train.metrics import item_popularity, merge_per_user, metric_names, per_user_metrics, summarize
 
 
 def rec_rows(corpus: Corpus, examples: list, max_length: int) -> list[dict]:
@@ -149,19 +149,28 @@ def write_metrics(out_dir: str | Path, name: str, metrics: dict, names: list[str
     return jpath, mpath
 
 
-def popularity_metrics(corpus: Corpus, split: str, cfg: RunConfig) -> dict:
-    """The popularity baseline (train-interaction counts) on the same users, masks and metrics."""
-    examples = corpus.rec_examples(split)
-    train_items = corpus.train_items()
+def popularity_metrics(corpus: Corpus, split: str, cfg: RunConfig, max_scores: int = 1 << 24) -> dict:
+    """The popularity baseline (train-interaction counts) on the same users, masks and metrics.
+
+    Streams users in blocks of at most ``max_scores`` scores (users x items), so memory does not grow with
+    users x items.
+    """
     counts = item_popularity(corpus.interaction_matrix("train"))
-    scores = np.broadcast_to(counts, (len(examples), corpus.num_items))
-    return evaluate_scores(
-        scores,
-        relevant=[np.asarray(e.targets, dtype=np.int64) for e in examples],
-        exclude=[np.asarray(train_items[e.user], dtype=np.int64) for e in examples],
-        ks=cfg.eval.recall_ks,
-        ndcg_ks=cfg.eval.ndcg_ks,
-    )
+    train_ui = corpus.hops.graph.ui  # each user's train items (CSR rows), masked as in evaluate_model
+    cols = corpus.dataset("recommendation", split, columns=["user", "targets"]).to_dict()
+    users, targets = np.asarray(cols["user"], dtype=np.int64), cols["targets"]
+    block = max(1, max_scores // max(1, corpus.num_items))
+    parts = [
+        per_user_metrics(
+            np.broadcast_to(counts, (len(users[start:start + block]), corpus.num_items)),
+            relevant=[np.asarray(t, dtype=np.int64) for t in targets[start:start + block]],
+            exclude=train_ui[users[start:start + block]],
+            ks=cfg.eval.recall_ks,
+            ndcg_ks=cfg.eval.ndcg_ks,
+        )
+        for start in range(0, len(users), block)
+    ]
+    return summarize(merge_per_user(parts))
 
 
 def main(argv: list[str] | None = None) -> int:
