@@ -57,7 +57,7 @@ def build(users: int, items: int, edges: int, folder: Path, seed: int) -> dict:
             "build_peak_rss_gib": _peak_rss_gib(), "rows": built.manifest["rows"]["recommendation"]}
 
 
-def evaluate(folder: Path, batch_size: int) -> dict:
+def evaluate(folder: Path, batch_size: int, max_length: int = 1024) -> dict:
     import torch
     from accelerate import Accelerator
 
@@ -68,8 +68,8 @@ def evaluate(folder: Path, batch_size: int) -> dict:
 
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
     corpus = Corpus(folder)
-    cfg = load_config("demo", [f"data.folder={folder}", "data.max_length=1024", "model.n_layer=1", "model.n_embd=32",
-                               "model.n_head=2", "model.n_positions=1024", f"eval.batch_size={batch_size}"])
+    cfg = load_config("demo", [f"data.folder={folder}", f"data.max_length={max_length}", "model.n_layer=1", "model.n_embd=32",
+                               "model.n_head=2", f"model.n_positions={max_length}", f"eval.batch_size={batch_size}"])
     torch.manual_seed(0)
     model = build_model(cfg, corpus).eval()
     acc = Accelerator(cpu=True)
@@ -79,7 +79,7 @@ def evaluate(folder: Path, batch_size: int) -> dict:
     metrics = evaluate_model(acc, model, corpus, "test", cfg)
     out.update(eval_wall_s=time.perf_counter() - t, eval_cpu_s=_cpu_seconds() - cpu, total_cpu_s=_cpu_seconds() - cpu0,
                peak_rss_gib=_peak_rss_gib(), rss_end_gib=_rss_now_gib(), test_users=metrics["num_users"] + metrics["num_skipped"],
-               recall_at_20=metrics["recall@20"], batch_size=batch_size,
+               recall_at_20=metrics["recall@20"], batch_size=batch_size, max_length=max_length,
                dense_scores_gib=corpus.num_users * corpus.num_items * 4 / 1024**3)
     return out
 
@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "eval_scale.json"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=1024, help="prompt tokens (longer histories cut from the left)")
     p.add_argument("--eval-only", default=None, metavar="FOLDER", help="only the evaluation subprocess, on FOLDER")
     p.add_argument("--build-one", default=None, help=argparse.SUPPRESS)  # internal: users:items:edges:folder
     args = p.parse_args(argv)
@@ -99,13 +100,14 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(build(int(u), int(i), int(e), Path(folder), args.seed)))
         return 0
     if args.eval_only:
-        print(json.dumps(evaluate(Path(args.eval_only), args.batch_size)))
+        print(json.dumps(evaluate(Path(args.eval_only), args.batch_size, args.max_length)))
         return 0
     results = []
     for size in args.sizes:
         u, i, e = size.split(":")
         folder = Path(args.work) / f"pl_{u}_{i}_{e}"
-        me = [sys.executable, "-m", "benchmarks.bench_eval_scale", "--seed", str(args.seed), "--batch-size", str(args.batch_size)]
+        me = [sys.executable, "-m", "benchmarks.bench_eval_scale", "--seed", str(args.seed), "--batch-size", str(args.batch_size),
+              "--max-length", str(args.max_length)]
         if not (folder / "manifest.json").is_file():
             built = json.loads(subprocess.run(me + ["--build-one", f"{u}:{i}:{e}:{folder}"], cwd=ROOT, check=True,
                                               capture_output=True, text=True).stdout.strip().splitlines()[-1])

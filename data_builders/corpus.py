@@ -266,8 +266,9 @@ class Corpus:
                                       "(a published model folder holds no prompt rows)")
         return paths
 
-    def _row_tables(self, config: str, split: str, rows: range | None, columns: list[str] | None):
-        """(first row index, Arrow table) per Parquet file holding rows of ``rows`` (every file when None), cut to them."""
+    def _file_ranges(self, config: str, split: str, rows: range | None):
+        """(path, index of its first row, lo, hi) per Parquet file holding rows ``lo..hi-1`` of ``rows`` (every file,
+        whole, when None); files outside the range are left out."""
         import pyarrow.parquet as pq
 
         if rows is not None and rows.step != 1:
@@ -276,22 +277,37 @@ class Corpus:
         for path in self._row_files(config, split):
             n = pq.ParquetFile(path).metadata.num_rows
             lo, hi = (first, first + n) if rows is None else (max(rows.start, first), min(rows.stop, first + n))
-            if rows is None or lo < hi:  # files outside the range are not read
-                yield lo, pq.read_table(path, columns=columns).slice(lo - first, hi - lo)
+            if rows is None or lo < hi:
+                yield path, first, lo, hi
             first += n
+
+    def _row_tables(self, config: str, split: str, rows: range | None, columns: list[str] | None):
+        """(first row index, Arrow table) per Parquet file holding rows of ``rows`` (every file when None), cut to them."""
+        import pyarrow.parquet as pq
+
+        for path, first, lo, hi in self._file_ranges(config, split, rows):
+            yield lo, pq.read_table(path, columns=columns).slice(lo - first, hi - lo)
 
     def rec_examples(self, split: str, rows: range | None = None) -> list[RecExample]:
         """The stored personalized predictive prompts of ``split`` (train/validation/test); only ``rows`` when given."""
         return [ex for chunk in self.iter_rec_examples(split, rows) for ex in chunk]
 
     def iter_rec_examples(self, split: str, rows: range | None = None, chunk_rows: int = 4096):
-        """:meth:`rec_examples` in lists of at most ``chunk_rows``, one Parquet file in memory at a time."""
+        """:meth:`rec_examples` in lists of at most ``chunk_rows``, read from the Parquet files batch by batch
+        (memory does not grow with the rows)."""
         import datasets
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
-        for first, table in self._row_tables("recommendation", split, rows, None):
-            for start in range(0, table.num_rows, chunk_rows):
-                ds = datasets.Dataset(table.slice(start, chunk_rows))
-                yield self._rec_examples(ds, first + start)
+        for path, first, lo, hi in self._file_ranges("recommendation", split, rows):
+            pos = first
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+                a, b = max(lo, pos), min(hi, pos + batch.num_rows)
+                if a < b:
+                    yield self._rec_examples(datasets.Dataset(pa.Table.from_batches([batch.slice(a - pos, b - a)])), a)
+                pos += batch.num_rows
+                if pos >= hi:
+                    break
 
     def _rec_examples(self, ds, first_row: int) -> list[RecExample]:
         stored = "pair_hops" in ds.column_names
