@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from data_builders.corpus import has_manifest
+
 ROOT = Path(__file__).resolve().parents[1]
 GPT2_TOKENIZER = ROOT.parent / "shared" / "tokenizers" / "gpt2"
 
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(args.work) / f"pl_{u}_{i}_{e}"
         me = [sys.executable, "-m", "benchmarks.bench_eval_scale", "--seed", str(args.seed), "--batch-size", str(args.batch_size),
               "--max-length", str(args.max_length)]
-        if not (folder / "manifest.json").is_file():
+        if not has_manifest(folder):
             built = json.loads(subprocess.run(me + ["--build-one", f"{u}:{i}:{e}:{folder}"], cwd=ROOT, check=True,
                                               capture_output=True, text=True).stdout.strip().splitlines()[-1])
         else:
