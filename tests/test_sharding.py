@@ -115,11 +115,16 @@ RUN_SCRIPT = textwrap.dedent("""
     from train.pretrain import pretrain
 
     class RecordingCorpus(Corpus):
-        '''Records every block of rows this process reads from the dataset folder's Parquet files.'''
+        '''Records the rows of every block this process reads from the dataset folder's Parquet files.'''
         def _row_tables(self, config, split, rows, columns):
             for first, table in super()._row_tables(config, split, rows, columns):
-                self.reads.append([config, split, first, table.num_rows, columns])
+                self.reads.append([config, split, list(range(first, first + table.num_rows)), columns])
                 yield first, table
+
+        def iter_rec_examples(self, split, rows=None, chunk_rows=4096):
+            for chunk in super().iter_rec_examples(split, rows, chunk_rows):
+                self.reads.append(["recommendation", split, [ex.row for ex in chunk], None])
+                yield chunk
 
     cfg = load_config("demo", sys.argv[1:])
     corpus = RecordingCorpus(cfg.data.folder, cfg.data.leave_user_out_hops)
@@ -150,10 +155,10 @@ def test_two_processes_read_disjoint_shards_and_match_one_process_metrics(tiny_d
     for rank in (0, 1):
         reads = json.loads((out / f"reads_rank{rank}.json").read_text())
         rows: dict = {}
-        for config, split, first, n, columns in reads:
+        for config, split, read, columns in reads:
             if columns == ["targets"]:
                 continue  # the fine-tuning mask replay reads every row's target count (one column), by design
-            rows.setdefault((config, split), set()).update(range(first, first + n))
+            rows.setdefault((config, split), set()).update(read)
         per_rank.append(rows)
     assert set(per_rank[0]) | set(per_rank[1]) == ROW_CONFIGS
     for key in ROW_CONFIGS:
