@@ -71,6 +71,7 @@ class RecExample:
     pair_hops: Any = None  # the stored hop matrix over pair_nodes (data_builders.pair_hops), None if absent
     pair_hops_luo: Any = None
     pair_nodes: Any = None
+    row: int = -1  # the row's index in its split (a shard's rows keep their place in the whole split)
 
     def pair_fields(self) -> dict:
         """Row fields that let the collator take the hops of any prompt over a subset of this row's nodes
@@ -85,6 +86,16 @@ def _uint8_lists(ds, column: str) -> list:
     arr = ds.data.table.column(column).combine_chunks()
     offsets, values = arr.offsets.to_numpy(), arr.values.to_numpy(zero_copy_only=False)
     return [values[offsets[k] : offsets[k + 1]] for k in range(len(arr))]
+
+
+def shard_rows(num_rows: int, rank: int, world_size: int) -> range:
+    """Row indices of ``rank``'s contiguous shard out of ``world_size``: the split ``datasets``'
+    ``Dataset.shard(world_size, rank, contiguous=True)`` makes (sizes differ by at most one row)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+    size, extra = divmod(num_rows, world_size)
+    start = size * rank + min(rank, extra)
+    return range(start, start + size + (rank < extra))
 
 
 def read_manifest(folder: str | os.PathLike) -> dict:
@@ -247,8 +258,11 @@ class Corpus:
         return bool(files) and all((self.folder / rel).is_file() for rel in files)
 
     # ---------------------------------------------------------------- rows
-    def dataset(self, config: str, split: str = "train"):
+    def dataset(self, config: str, split: str = "train", rows: range | None = None, columns: list[str] | None = None):
         """The ``datasets.Dataset`` of one config/split: the same rows ``datasets.load_dataset(folder, config)`` gives.
+
+        ``rows`` (a contiguous range, e.g. one rank's :func:`shard_rows`) reads only the Parquet files that hold
+        them and keeps only them; ``columns`` reads only those columns.
 
         Read from the manifest's Parquet files rather than through ``load_dataset``: the datasets cache keys a
         local folder by its base name and config, so two folders both called ``data`` served each other's rows
@@ -256,32 +270,82 @@ class Corpus:
         """
         import datasets
         import pyarrow as pa
+
+        tables = [table for _, table in self._row_tables(config, split, rows, columns)]
+        if not tables:  # an empty range: the schema of the first file, no rows
+            tables = [next(self._row_tables(config, split, None, columns))[1].slice(0, 0)]
+        return datasets.Dataset(pa.concat_tables(tables))
+
+    def num_rows(self, config: str, split: str = "train") -> int:
+        """Rows of one config/split, from the Parquet files' footers (no rows read)."""
         import pyarrow.parquet as pq
 
+        return sum(pq.ParquetFile(path).metadata.num_rows for path in self._row_files(config, split))
+
+    def _row_files(self, config: str, split: str) -> list[Path]:
         if config not in self.manifest["configs"]:
             why = self.manifest.get("skipped_configs", {}).get(config, "not requested at build time")
             raise DataFolderError(f"{self.folder}: config {config!r} was not built ({why}); built: {self.manifest['configs']}")
         if split not in self.manifest["rows"][config]:
             raise DataFolderError(f"{self.folder}: config {config!r} has no split {split!r}; has {list(self.manifest['rows'][config])}")
-        tables = []
-        for rel in self.manifest["data_files"][config][split]:
-            path = self.folder / rel
+        paths = [self.folder / rel for rel in self.manifest["data_files"][config][split]]
+        for path in paths:
             if not path.is_file():
                 raise DataFolderError(f"{path}: listed in {self.folder / MANIFEST_FILE} but missing "
                                       "(a published model folder holds no prompt rows)")
-            tables.append(pq.read_table(path))
-        return datasets.Dataset(pa.concat_tables(tables))
+        return paths
 
-    def rec_examples(self, split: str) -> list[RecExample]:
-        """The stored personalized predictive prompts of ``split`` (train/validation/test)."""
-        ds = self.dataset("recommendation", split)
+    def _file_ranges(self, config: str, split: str, rows: range | None):
+        """(path, index of its first row, lo, hi) per Parquet file holding rows ``lo..hi-1`` of ``rows`` (every file,
+        whole, when None); files outside the range are left out."""
+        import pyarrow.parquet as pq
+
+        if rows is not None and rows.step != 1:
+            raise ValueError(f"rows must be a contiguous range, got {rows}")
+        first = 0
+        for path in self._row_files(config, split):
+            n = pq.ParquetFile(path).metadata.num_rows
+            lo, hi = (first, first + n) if rows is None else (max(rows.start, first), min(rows.stop, first + n))
+            if rows is None or lo < hi:
+                yield path, first, lo, hi
+            first += n
+
+    def _row_tables(self, config: str, split: str, rows: range | None, columns: list[str] | None):
+        """(first row index, Arrow table) per Parquet file holding rows of ``rows`` (every file when None), cut to them."""
+        import pyarrow.parquet as pq
+
+        for path, first, lo, hi in self._file_ranges(config, split, rows):
+            yield lo, pq.read_table(path, columns=columns).slice(lo - first, hi - lo)
+
+    def rec_examples(self, split: str, rows: range | None = None) -> list[RecExample]:
+        """The stored personalized predictive prompts of ``split`` (train/validation/test); only ``rows`` when given."""
+        return [ex for chunk in self.iter_rec_examples(split, rows) for ex in chunk]
+
+    def iter_rec_examples(self, split: str, rows: range | None = None, chunk_rows: int = 4096):
+        """:meth:`rec_examples` in lists of at most ``chunk_rows``, read from the Parquet files batch by batch
+        (memory does not grow with the rows)."""
+        import datasets
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        for path, first, lo, hi in self._file_ranges("recommendation", split, rows):
+            pos = first
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+                a, b = max(lo, pos), min(hi, pos + batch.num_rows)
+                if a < b:
+                    yield self._rec_examples(datasets.Dataset(pa.Table.from_batches([batch.slice(a - pos, b - a)])), a)
+                pos += batch.num_rows
+                if pos >= hi:
+                    break
+
+    def _rec_examples(self, ds, first_row: int) -> list[RecExample]:
         stored = "pair_hops" in ds.column_names
         cols = ds.select_columns(["user", "input_ids", "node_positions", "history", "targets"]).to_dict()
         # the uint8 matrices stay numpy views of the Arrow buffers (no Python int per pair)
         pairs = {c: _uint8_lists(ds, c) for c in ("pair_hops", "pair_hops_luo")} if stored else {}
         out = []
         for k, (u, ids, pos, h, t) in enumerate(zip(cols["user"], cols["input_ids"], cols["node_positions"], cols["history"], cols["targets"])):
-            ex = RecExample(int(u), list(ids), list(pos), list(h), list(t))
+            ex = RecExample(int(u), list(ids), list(pos), list(h), list(t), row=first_row + k)
             if stored:
                 ex.pair_hops, ex.pair_hops_luo, ex.pair_nodes = pairs["pair_hops"][k], pairs["pair_hops_luo"][k], row_nodes(pos)[0]
             out.append(ex)
@@ -423,4 +487,4 @@ class Corpus:
         return out
 
 
-__all__ = ["Corpus", "RecExample", "DataFolderError", "read_manifest", "has_manifest", "FORMAT_NAME", "FORMAT_VERSION"]
+__all__ = ["Corpus", "RecExample", "DataFolderError", "shard_rows", "read_manifest", "has_manifest", "FORMAT_NAME", "FORMAT_VERSION"]

@@ -5,9 +5,11 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
-from data_builders.corpus import Corpus
+from data_builders.corpus import Corpus, shard_rows
 from train.config import ModelConfig, RunConfig, StageConfig, model_config_fields
 
 
@@ -87,9 +89,38 @@ def warmup_linear(optimizer: torch.optim.Optimizer, total_steps: int, warmup_rat
 
 
 def steps_per_epoch(num_rows: int, batch_size: int, num_processes: int) -> int:
-    """Optimizer steps per process for one pass (accelerate pads the last batch so every rank has as many)."""
-    batches = math.ceil(num_rows / batch_size)
-    return math.ceil(batches / num_processes)
+    """Optimizer steps per process for one pass: every rank runs as many batches as the largest shard
+    (:func:`rank_rows`) needs (:func:`rank_loader` pads a shorter one)."""
+    return math.ceil(math.ceil(num_rows / num_processes) / batch_size)
+
+
+def rank_rows(accelerator, num_rows: int) -> range:
+    """The rows this process reads: its contiguous shard (the whole range with one process)."""
+    return shard_rows(num_rows, accelerator.process_index, accelerator.num_processes)
+
+
+def shard_order(order: np.ndarray, rows: range) -> np.ndarray:
+    """The global epoch order restricted to ``rows``, as positions within them: a rank visits its rows in the
+    order the one-process run would (the one-process run is unchanged)."""
+    order = np.asarray(order)
+    return order[(order >= rows.start) & (order < rows.stop)] - rows.start
+
+
+def rank_loader(accelerator, rows: list, batch_size: int, collate_fn, num_batches: int):
+    """Batches over this rank's own rows (already its shard: no second split), moved to the device.
+
+    DDP needs every rank to run ``num_batches`` steps; a shard one row shorter than the largest repeats its
+    first row(s) to reach them (as Accelerate's ``even_batches`` pads).
+    """
+    from accelerate.data_loader import prepare_data_loader
+
+    if num_batches and not rows:
+        raise ValueError(f"process {accelerator.process_index} of {accelerator.num_processes} got no rows: "
+                         "fewer rows than processes")
+    short = max(0, (num_batches - 1) * batch_size + 1 - len(rows))
+    rows = list(rows) + [rows[k % len(rows)] for k in range(short)]
+    dl = DataLoader(rows, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
+    return prepare_data_loader(dl, device=accelerator.device, num_processes=1, process_index=0, put_on_device=True)
 
 
 def apply_lora(model: torch.nn.Module, r: int, alpha: int, base_dir: str | Path, is_main_process: bool = True):

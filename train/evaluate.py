@@ -7,9 +7,11 @@ train history; the user's train items are masked (-inf) before ranking; validati
 nor masked at test time (the CLLM4Rec protocol). Metrics come from ``train.metrics`` (numpy): Recall@20/@40 with
 the min(k, |rel|) denominator (authors' code) and the |rel| one (paper Eq. 8, keys ``*_paper``), NDCG@100.
 
-Multi-process: users are sharded by Accelerate; every batch carries its row indices, and
-``accelerator.gather_for_metrics`` drops the padding duplicates of the last batch. The gathered row indices
-are checked to be exactly the split's rows, once each, before averaging.
+Streaming and multi-process: each process reads only its contiguous shard of the split's rows
+(``Corpus.iter_rec_examples``, a chunk of prompts at a time), takes the top-k of each batch's scores and keeps
+only the per-user metric values; the blocks of all processes are gathered once at the end (no padding, so no
+user is counted twice). The gathered row indices are checked to be exactly the split's rows, once each, before
+averaging in row order, so the means equal the one-process run's.
 """
 from __future__ import annotations
 
@@ -18,30 +20,51 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from accelerate.utils import gather_object, send_to_device
+from torch.utils.data import DataLoader, IterableDataset
 
 from data_builders.collate import MODEL_INPUT_KEYS
 from data_builders.corpus import Corpus
+from train.common import rank_rows
 from train.config import RunConfig
 from train.io_utils import atomic_write_json, atomic_write_text
-from train.metrics import evaluate_scores, item_popularity, metric_names, per_user_metrics, summarize
+from train.metrics import item_popularity, merge_per_user, metric_names, per_user_metrics, summarize
 
 
-def rec_loader(accelerator, corpus: Corpus, examples: list, batch_size: int, max_length: int):
-    """Sharded DataLoader of (model batch, row index) over personalized predictive prompts."""
-    collate = corpus.collator(max_length)
+def rec_rows(corpus: Corpus, examples: list, max_length: int) -> list[dict]:
+    """Collator rows of personalized predictive prompts (the history cut from the left past ``max_length``)."""
     rows = []
-    for i, ex in enumerate(examples):
+    for ex in examples:
         ids, pos = ex.input_ids, ex.node_positions
         if len(ids) > max_length:  # re-encode with the history cut from the left, keeping the trigger
             ids, pos = corpus.encode_rec_prompt(ex.user, ex.history, max_length)
-        rows.append({"input_ids": ids, "node_positions": pos, "labels": [-100] * len(ids), "_idx": i, **ex.pair_fields()})
+        rows.append({"input_ids": ids, "node_positions": pos, "labels": [-100] * len(ids), **ex.pair_fields()})
+    return rows
 
-    def collate_with_index(batch):
-        idx = torch.tensor([r["_idx"] for r in batch], dtype=torch.long)
-        return collate([{k: v for k, v in r.items() if k != "_idx"} for r in batch]), idx
 
-    return accelerator.prepare_data_loader(DataLoader(rows, batch_size=batch_size, shuffle=False, collate_fn=collate_with_index))
+def example_batches(chunks, batch_size: int):
+    """Lists of ``batch_size`` examples (the last one shorter) from a stream of chunks, across chunk (and file)
+    boundaries, so the batches are the same however the rows are stored."""
+    pending: list = []
+    for chunk in chunks:
+        pending.extend(chunk)
+        start = 0
+        while len(pending) - start >= batch_size:
+            yield pending[start:start + batch_size]
+            start += batch_size
+        pending = pending[start:]
+    if pending:
+        yield pending
+
+
+class _BatchStream(IterableDataset):
+    """An iterable dataset whose items are whole batches made by ``make()`` (a fresh generator per pass)."""
+
+    def __init__(self, make):
+        self.make = make
+
+    def __iter__(self):
+        return iter(self.make())
 
 
 @torch.no_grad()
@@ -52,38 +75,49 @@ def score_batch(model, batch: dict) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_model(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig) -> dict:
-    """Mean metrics over the split's users (all processes get the same dict)."""
-    examples = corpus.rec_examples(split)
-    train_items = corpus.train_items()
+def evaluate_model(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig, chunk_batches: int = 64) -> dict:
+    """Mean metrics over the split's users (all processes get the same dict); ``chunk_batches`` batches of
+    prompts are read at a time."""
+    num_rows = corpus.num_rows("recommendation", split)
+    mine = rank_rows(accelerator, num_rows)
+    train_ui = corpus.hops.graph.ui  # the train items of each user (CSR rows): masked out of the ranking
     ks, ndcg_ks = cfg.eval.recall_ks, cfg.eval.ndcg_ks
     names = metric_names(ks, ndcg_ks)
+    collate = corpus.collator(cfg.data.max_length)
     net = accelerator.unwrap_model(model)
     was_training = net.training
     net.eval()
-    loader = rec_loader(accelerator, corpus, examples, cfg.eval.batch_size, cfg.data.max_length)
-    all_idx, all_vals = [], []
-    for batch, idx in loader:
-        scores = score_batch(net, batch).cpu().numpy()
-        rows = idx.cpu().tolist()
+    bs = cfg.eval.batch_size
+    row_parts, user_parts, val_parts = [], [], []
+    # a DataLoader over the stream of batches, like every other loop: its iterator draws the one torch seed
+    # training's random stream has always seen at each evaluation
+    loader = DataLoader(_BatchStream(lambda: example_batches(corpus.iter_rec_examples(split, mine, chunk_rows=bs * chunk_batches), bs)),
+                        batch_size=None, collate_fn=lambda part: (collate(rec_rows(corpus, part, cfg.data.max_length)), part))
+    for batch, part in loader:
+        batch = send_to_device(batch, accelerator.device)
+        users = np.asarray([ex.user for ex in part], dtype=np.int64)
         pu = per_user_metrics(
-            scores,
-            relevant=[np.asarray(examples[i].targets, dtype=np.int64) for i in rows],
-            exclude=[np.asarray(train_items[examples[i].user], dtype=np.int64) for i in rows],
+            score_batch(net, batch).cpu().numpy(),
+            relevant=[np.asarray(ex.targets, dtype=np.int64) for ex in part],
+            exclude=train_ui[users],
             ks=ks,
             ndcg_ks=ndcg_ks,
         )
-        vals = torch.tensor(np.stack([pu[n] for n in names] + [pu["num_relevant"].astype(np.float64)], axis=1), device=idx.device)
-        g_idx, g_vals = accelerator.gather_for_metrics((idx, vals))
-        all_idx.append(g_idx.cpu())
-        all_vals.append(g_vals.cpu())
+        row_parts.append(np.asarray([ex.row for ex in part], dtype=np.int64))
+        user_parts.append(users)
+        val_parts.append(np.stack([pu[n] for n in names] + [pu["num_relevant"].astype(np.float64)], axis=1))
     if was_training:
         net.train()
-    idx = torch.cat(all_idx).numpy() if all_idx else np.zeros(0, np.int64)
-    vals = torch.cat(all_vals).numpy() if all_vals else np.zeros((0, len(names) + 1))
-    if len(idx) != len(examples) or len(np.unique(idx)) != len(examples):
+    local = (np.concatenate(row_parts) if row_parts else np.zeros(0, np.int64),
+             np.concatenate(user_parts) if user_parts else np.zeros(0, np.int64),
+             np.concatenate(val_parts) if val_parts else np.zeros((0, len(names) + 1)))
+    blocks = gather_object([local]) if accelerator.num_processes > 1 else [local]
+    idx = np.concatenate([b[0] for b in blocks])
+    users = np.concatenate([b[1] for b in blocks])
+    vals = np.concatenate([b[2] for b in blocks])
+    if len(idx) != num_rows or len(np.unique(idx)) != num_rows:
         raise RuntimeError(
-            f"evaluation gathered {len(idx)} rows ({len(np.unique(idx))} unique) for {len(examples)} users of '{split}': "
+            f"evaluation gathered {len(idx)} rows ({len(np.unique(idx))} unique) for {num_rows} users of '{split}': "
             "users were duplicated or missed across processes"
         )
     order = np.argsort(idx)
@@ -91,7 +125,7 @@ def evaluate_model(accelerator, model, corpus: Corpus, split: str, cfg: RunConfi
     per_user["num_relevant"] = vals[order, -1].astype(np.int64)
     result = summarize(per_user)
     result["split"] = split
-    result["users"] = [int(examples[i].user) for i in idx[order]]
+    result["users"] = [int(u) for u in users[order]]
     return result
 
 
@@ -115,19 +149,28 @@ def write_metrics(out_dir: str | Path, name: str, metrics: dict, names: list[str
     return jpath, mpath
 
 
-def popularity_metrics(corpus: Corpus, split: str, cfg: RunConfig) -> dict:
-    """The popularity baseline (train-interaction counts) on the same users, masks and metrics."""
-    examples = corpus.rec_examples(split)
-    train_items = corpus.train_items()
+def popularity_metrics(corpus: Corpus, split: str, cfg: RunConfig, max_scores: int = 1 << 24) -> dict:
+    """The popularity baseline (train-interaction counts) on the same users, masks and metrics.
+
+    Streams users in blocks of at most ``max_scores`` scores (users x items), so memory does not grow with
+    users x items.
+    """
     counts = item_popularity(corpus.interaction_matrix("train"))
-    scores = np.broadcast_to(counts, (len(examples), corpus.num_items))
-    return evaluate_scores(
-        scores,
-        relevant=[np.asarray(e.targets, dtype=np.int64) for e in examples],
-        exclude=[np.asarray(train_items[e.user], dtype=np.int64) for e in examples],
-        ks=cfg.eval.recall_ks,
-        ndcg_ks=cfg.eval.ndcg_ks,
-    )
+    train_ui = corpus.hops.graph.ui  # each user's train items (CSR rows), masked as in evaluate_model
+    cols = corpus.dataset("recommendation", split, columns=["user", "targets"]).to_dict()
+    users, targets = np.asarray(cols["user"], dtype=np.int64), cols["targets"]
+    block = max(1, max_scores // max(1, corpus.num_items))
+    parts = [
+        per_user_metrics(
+            np.broadcast_to(counts, (len(users[start:start + block]), corpus.num_items)),
+            relevant=[np.asarray(t, dtype=np.int64) for t in targets[start:start + block]],
+            exclude=train_ui[users[start:start + block]],
+            ks=cfg.eval.recall_ks,
+            ndcg_ks=cfg.eval.ndcg_ks,
+        )
+        for start in range(0, len(users), block)
+    ]
+    return summarize(merge_per_user(parts))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import DataLoader
+import pyarrow.compute as pc
 
 from data_builders.collate import MODEL_INPUT_KEYS
 from data_builders.corpus import Corpus, RecExample
@@ -30,6 +30,8 @@ from train.common import (
     freeze_backbone,
     make_accelerator,
     make_optimizer,
+    rank_loader,
+    rank_rows,
     seed_everything,
     steps_per_epoch,
     warmup_linear,
@@ -43,22 +45,40 @@ from train.modeling_io import load_model, save_model
 from train.trainer import Trainer
 
 
-def masked_prompts(corpus: Corpus, examples: list[RecExample], fraction: float, seed: int, epoch: int, max_length: int) -> list[dict]:
-    """One epoch of training prompts: each history re-masked and shuffled, target = all train items."""
+def masked_prompts(corpus: Corpus, examples: list[RecExample], fraction: float, seed: int, epoch: int, max_length: int,
+                   target_lengths: np.ndarray | None = None) -> list[dict]:
+    """One epoch of training prompts: each history re-masked and shuffled, target = all train items.
+
+    ``examples`` may be one rank's shard: ``target_lengths`` (every train row's number of items) lets the mask
+    draws of the other rows be replayed (one permutation each, no prompt built), so a row's mask and its place
+    in the epoch order are those of the one-process run. Without it, ``examples`` must be the whole split.
+    """
     rng = np.random.default_rng([seed, epoch])
-    rows = []
-    for ex in examples:
-        items = np.asarray(ex.targets, dtype=np.int64)  # train split: targets = all train items
-        n = len(items)
+    if target_lengths is None:
+        target_lengths = [len(ex.targets) for ex in examples]
+    mine = {ex.row: ex for ex in examples}
+    rows = {}
+    for row, n in enumerate(target_lengths):
+        n = int(n)
         n_mask = min(max(1, int(fraction * n)), n - 1) if (fraction > 0 and n > 1) else 0
         keep = rng.permutation(n)[n_mask:]
+        ex = mine.get(row)
+        if ex is None:  # another rank's row: only its draw is replayed
+            continue
+        items = np.asarray(ex.targets, dtype=np.int64)  # train split: targets = all train items
         ids, pos = corpus.encode_rec_prompt(ex.user, items[keep].tolist(), max_length)
-        row = {"input_ids": ids, "node_positions": pos, "labels": [-100] * len(ids), "targets": items.tolist()}
+        prompt = {"input_ids": ids, "node_positions": pos, "labels": [-100] * len(ids), "targets": items.tolist()}
         if len(ex.history) == n:  # the kept items are nodes of the stored full-history matrix: no graph search
-            row.update(ex.pair_fields())
-        rows.append(row)
-    order = rng.permutation(len(rows))
-    return [rows[i] for i in order]
+            prompt.update(ex.pair_fields())
+        rows[row] = prompt
+    order = rng.permutation(len(target_lengths))
+    return [rows[i] for i in order if i in rows]
+
+
+def train_target_lengths(corpus: Corpus) -> np.ndarray:
+    """Every train recommendation row's number of target items (only that column is read)."""
+    ds = corpus.dataset("recommendation", "train", columns=["targets"])
+    return pc.list_value_length(ds.data.column("targets")).to_numpy()
 
 
 def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None, init_dir: str | Path | None = None) -> dict:
@@ -80,10 +100,13 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
         freeze_backbone(model)
     if cfg.model.lora_r > 0:
         model = apply_lora(model, cfg.model.lora_r, cfg.model.lora_alpha, lora_base, accelerator.is_main_process)
-    train_examples = corpus.rec_examples("train")
+    num_train = corpus.num_rows("recommendation", "train")
+    train_examples = corpus.rec_examples("train", rank_rows(accelerator, num_train))  # this rank's shard only
+    target_lengths = train_target_lengths(corpus)
     collate = corpus.collator(cfg.data.max_length)
     names = metric_names(cfg.eval.recall_ks, cfg.eval.ndcg_ks)
-    total_steps = f.epochs * steps_per_epoch(len(train_examples), f.batch_size, accelerator.num_processes)
+    epoch_steps = steps_per_epoch(num_train, f.batch_size, accelerator.num_processes)
+    total_steps = f.epochs * epoch_steps
     optimizer = make_optimizer(model, f)
     best_dir = out / "best"
     trainer = Trainer(
@@ -96,8 +119,8 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
     )
 
     def batches(epoch: int):
-        rows = masked_prompts(corpus, train_examples, f.mask_fraction, cfg.seed, epoch, cfg.data.max_length)
-        return accelerator.prepare_data_loader(DataLoader(rows, batch_size=f.batch_size, shuffle=False, collate_fn=collate))
+        rows = masked_prompts(corpus, train_examples, f.mask_fraction, cfg.seed, epoch, cfg.data.max_length, target_lengths)
+        return rank_loader(accelerator, rows, f.batch_size, collate, epoch_steps)
 
     def loss(model, batch: dict, epoch: int):
         return model(**{k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS}, target_items=batch["target_items"],

@@ -54,13 +54,16 @@ def save_model(accelerator, model, folder: str | Path) -> None:
 
     folder = Path(folder)
     accelerator.wait_for_everyone()
+    net = accelerator.unwrap_model(model)
+    lora = hasattr(net, "merge_and_unload")
+    # every rank takes part: under FSDP the full weights exist only once gathered (one process: the model's own)
+    state_dict = None if lora else accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         tmp = folder.with_name(f".tmp-{folder.name}")
         shutil.rmtree(tmp, ignore_errors=True)
-        net = accelerator.unwrap_model(model)
-        if hasattr(net, "merge_and_unload"):
+        if lora:
             net.save_pretrained(str(tmp / "adapter"))
             net = copy.deepcopy(net).merge_and_unload()
-        net.save_pretrained(str(tmp))
+        net.save_pretrained(str(tmp), state_dict=state_dict)
         replace_dir(tmp, folder)
     accelerator.wait_for_everyone()

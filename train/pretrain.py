@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import DataLoader
 
 from data_builders.collate import MODEL_INPUT_KEYS
 from data_builders.corpus import Corpus
@@ -31,7 +30,10 @@ from train.common import (
     freeze_backbone,
     make_accelerator,
     make_optimizer,
+    rank_loader,
+    rank_rows,
     seed_everything,
+    shard_order,
     steps_per_epoch,
     warmup_linear,
 )
@@ -53,21 +55,35 @@ def pretrain_plan(p: PretrainConfig) -> list[str]:
     return plan
 
 
-def load_rows(corpus: Corpus, configs: list[str], max_length: int) -> list[dict]:
-    """Prompt rows (input_ids, node_positions, labels) of the given configs' train splits, cut to max_length."""
-    rows: list[dict] = []
+def load_rows(corpus: Corpus, configs: list[str], max_length: int, rows: range | None = None) -> list[dict]:
+    """Prompt rows (input_ids, node_positions, labels) of the given configs' train splits, cut to max_length.
+
+    The configs' rows are numbered in this order, one after another; ``rows`` (one rank's shard of that
+    numbering) keeps only those and reads only the files holding them.
+    """
+    out: list[dict] = []
+    first = 0
     for name in configs:
-        ds = corpus.dataset(name, "train").select_columns(["input_ids", "node_positions", "labels"])
+        n = corpus.num_rows(name, "train")
+        part = range(max(rows.start, first) - first, min(rows.stop, first + n) - first) if rows is not None else None
+        first += n
+        if part is not None and not len(part):
+            continue
+        ds = corpus.dataset(name, "train", rows=part, columns=["input_ids", "node_positions", "labels"])
         for r in ds.to_list():
-            rows.append({k: list(v)[:max_length] for k, v in r.items()})
-    return rows
+            out.append({k: list(v)[:max_length] for k, v in r.items()})
+    return out
 
 
-def run_epoch_loader(accelerator, rows: list[dict], collate, batch_size: int, seed: int, epoch: int):
-    """A sharded DataLoader over ``rows`` in an order fixed by (seed, epoch), so a resumed run sees the same batches."""
-    order = np.random.default_rng([seed, epoch]).permutation(len(rows))
-    dl = DataLoader([rows[i] for i in order], batch_size=batch_size, shuffle=False, collate_fn=collate)
-    return accelerator.prepare_data_loader(dl)
+def run_epoch_loader(accelerator, rows: list[dict], collate, batch_size: int, seed: int, epoch: int,
+                     num_rows: int | None = None):
+    """This rank's DataLoader over ``rows`` (its shard of ``num_rows``; all of them by default) in an order fixed by
+    (seed, epoch): the one-process order restricted to the shard, so a resumed run sees the same batches."""
+    num_rows = len(rows) if num_rows is None else num_rows
+    mine = rank_rows(accelerator, num_rows)
+    order = shard_order(np.random.default_rng([seed, epoch]).permutation(num_rows), mine)
+    return rank_loader(accelerator, [rows[i] for i in order], batch_size, collate,
+                       steps_per_epoch(num_rows, batch_size, accelerator.num_processes))
 
 
 def pretrain(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None) -> dict:
@@ -83,15 +99,16 @@ def pretrain(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None)
     if cfg.model.lora_r > 0:
         model = apply_lora(model, cfg.model.lora_r, cfg.model.lora_alpha, out / "lora_base_pretrain", accelerator.is_main_process)
     plan = pretrain_plan(p)
-    rows = {
-        "content": load_rows(corpus, cfg.data.pretrain_configs, cfg.data.max_length) if "content" in plan else [],
-        "collab": load_rows(corpus, ["interactions"], cfg.data.max_length) if "collab" in plan else [],
-    }
+    task_configs = {"content": list(cfg.data.pretrain_configs), "collab": ["interactions"]}
+    num_rows = {t: sum(corpus.num_rows(c, "train") for c in task_configs[t]) if t in plan else 0 for t in task_configs}
     batch_size = {"content": p.batch_size, "collab": p.collab_batch_size}
     for task in set(plan):
-        if not rows[task]:
+        if not num_rows[task]:
             raise ValueError(f"pre-training plan has {task} epochs but the dataset folder gave no {task} rows ({cfg.data.folder})")
-    total_steps = sum(steps_per_epoch(len(rows[t]), batch_size[t], accelerator.num_processes) for t in plan)
+    # each rank materialises only its shard of every task's rows
+    rows = {t: load_rows(corpus, task_configs[t], cfg.data.max_length, rank_rows(accelerator, num_rows[t])) if t in plan else []
+            for t in task_configs}
+    total_steps = sum(steps_per_epoch(num_rows[t], batch_size[t], accelerator.num_processes) for t in plan)
     optimizer = make_optimizer(model, p)
     trainer = Trainer(
         model, optimizer, warmup_linear(optimizer, total_steps, p.warmup_ratio),
@@ -104,7 +121,7 @@ def pretrain(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None)
 
     def batches(epoch: int):
         task = plan[epoch]
-        return run_epoch_loader(accelerator, rows[task], collate, batch_size[task], cfg.seed, epoch)
+        return run_epoch_loader(accelerator, rows[task], collate, batch_size[task], cfg.seed, epoch, num_rows[task])
 
     def loss(model, batch: dict, epoch: int):
         task = plan[epoch]
