@@ -62,7 +62,8 @@ class GraphGPT2Config(GPT2Config):
             `False` trains the whole GPT-2 as the paper's code does.
         graph_residual (`str`, defaults to `"none"`):
             Graph residual in the item head: recommendation scores become the model's item logits plus
-            `scale * x W`, where `x` is the multi-hot of the prompt's item tokens and `W` an item-item matrix
+            `scale * r / std(r)`, `r = x W` standardised over the items per prompt, where `x` is the multi-hot
+            of the prompt's item tokens and `W` an item-item matrix
             fitted on the TRAIN graph only and stored with the weights (buffers `graph_residual.indices` /
             `graph_residual.values`, the top `graph_residual_topn` entries of each row):
             - `"none"`: no residual (the model has no `graph_residual` weights).
@@ -74,7 +75,8 @@ class GraphGPT2Config(GPT2Config):
         graph_residual_lambda (`float`, defaults to 500.0):
             L2 weight of the `"ease"` residual (> 0); recorded for `"cooc"` but unused.
         graph_residual_scale_init (`float`, defaults to 0.0):
-            Initial value of the learned scalar `scale` (trained with the ID embeddings' learning rate).
+            Initial value of the learned scalar `scale` (in units of the residual's per-prompt standard
+            deviation; trained with the ID embeddings' learning rate).
     """
 
     model_type = "graphgpt2"

@@ -251,11 +251,13 @@ class GraphIDEmbeddings(nn.Module):
 
 
 class GraphItemResidual(nn.Module):
-    """Graph residual of the item head: `scale * x W`, x = multi-hot of the prompt's item tokens.
+    """Graph residual of the item head: `scale * r / std(r)`, r = x W, x = multi-hot of the prompt's item tokens.
 
     W (num_items x num_items, fitted on the train graph by the training code) is stored sparsely as the top
     `graph_residual_topn` entries of each row: `indices` (I, N) column indices and `values` (I, N), persistent
     buffers saved with the weights, so a published model reproduces its scores. `scale` is a learned scalar.
+    r is divided by its standard deviation over the items (per prompt): x W is ~1e-3 wide on Beauty where the
+    item logits are ~1 wide, so an unnormalised scale would have to travel to ~500 at the ID learning rate.
     """
 
     def __init__(self, config: GraphGPT2Config):
@@ -284,7 +286,8 @@ class GraphItemResidual(nn.Module):
         weights = self.values[item_index] * is_item.unsqueeze(-1).to(self.values.dtype)  # (B, L, N)
         residual = self.values.new_zeros(batch, num_items)
         residual.scatter_add_(1, self.indices[item_index].reshape(batch, -1), weights.reshape(batch, -1))
-        return self.scale * residual
+        spread = residual.std(dim=-1, keepdim=True).clamp_min(torch.finfo(residual.dtype).tiny)  # no items: 0 / tiny
+        return self.scale * (residual / spread)
 
 
 TASKS = ("content", "collab", "rec")

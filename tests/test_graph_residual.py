@@ -105,9 +105,12 @@ def test_scale_zero_gives_the_plain_scores_and_the_residual_is_the_prompts_items
         model.graph_residual.scale.fill_(0.7)
     scores = model(ids, attention_mask=mask, hop_distances=hop).scores
     w = torch.from_numpy(dense(model.graph_residual.indices.numpy(), model.graph_residual.values.numpy()))
-    expected = base.double() + 0.7 * prompt_items(ids, mask) @ w  # padded positions contribute nothing
+    residual = prompt_items(ids, mask) @ w  # padded positions contribute nothing
+    expected = base.double() + 0.7 * residual / residual.std(dim=1, keepdim=True)  # standardised per prompt
     assert not torch.allclose(scores, base)
     torch.testing.assert_close(scores.double(), expected, rtol=1e-5, atol=1e-5)
+    empty = model.graph_residual(torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, 5, dtype=torch.bool))
+    assert torch.equal(empty, torch.zeros(2, ITEMS))  # a prompt without item tokens: no residual, no NaN
     # recommend() ranks the same scores
     rec = model.recommend(ids, attention_mask=mask, hop_distances=hop, k=5)
     torch.testing.assert_close(rec.scores, torch.topk(scores, 5).values)
