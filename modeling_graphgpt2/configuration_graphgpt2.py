@@ -77,6 +77,9 @@ class GraphGPT2Config(GPT2Config):
         graph_residual_scale_init (`float`, defaults to 0.0):
             Initial value of the learned scalar `scale` (in units of the residual's per-prompt standard
             deviation; trained with the ID embeddings' learning rate).
+        graph_residual_learn_scale (`bool`, defaults to `True`):
+            `False` keeps `scale` fixed at `graph_residual_scale_init` (chosen on validation): the multinomial
+            likelihood prefers a much smaller scale than the ranking does, so a learned scale under-uses W.
     """
 
     model_type = "graphgpt2"
@@ -95,6 +98,7 @@ class GraphGPT2Config(GPT2Config):
     graph_residual_topn: int = 200
     graph_residual_lambda: float = 500.0
     graph_residual_scale_init: float = 0.0
+    graph_residual_learn_scale: bool = True
 
     def __post_init__(self, **kwargs):
         # `wte` / `lm_head` cover only text tokens; keep GPT-2's `vocab_size` in step with it.
@@ -134,6 +138,8 @@ class GraphGPT2Config(GPT2Config):
             raise GraphGPT2ConfigError("graph_residual",
                                        f"must be one of {GRAPH_RESIDUAL_KINDS}, got {self.graph_residual!r}")
         _int("graph_residual_topn", 1)
+        if not isinstance(self.graph_residual_learn_scale, bool):
+            raise GraphGPT2ConfigError("graph_residual_learn_scale", f"must be true/false, got {self.graph_residual_learn_scale!r}")
         for name, low in (("graph_residual_lambda", 0.0), ("graph_residual_scale_init", None)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value \

@@ -265,7 +265,8 @@ class GraphItemResidual(nn.Module):
         width = min(config.graph_residual_topn, config.num_items)
         self.register_buffer("indices", torch.zeros(config.num_items, width, dtype=torch.long))
         self.register_buffer("values", torch.zeros(config.num_items, width))
-        self.scale = nn.Parameter(torch.tensor(float(config.graph_residual_scale_init)))
+        self.scale = nn.Parameter(torch.tensor(float(config.graph_residual_scale_init)),
+                                  requires_grad=bool(config.graph_residual_learn_scale))
 
     @torch.no_grad()
     def set_matrix(self, indices, values) -> None:
@@ -324,6 +325,8 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         if model.config.freeze_backbone:
             model.set_backbone_trainable(False)
+        if model.graph_residual is not None:
+            model.graph_residual.scale.requires_grad_(bool(model.config.graph_residual_learn_scale))
         return loaded
 
     # ---- small helpers --------------------------------------------------------------------------------------

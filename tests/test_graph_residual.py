@@ -83,7 +83,7 @@ def test_option_off_keeps_the_state_dict_and_old_checkpoints_load(tmp_path):
     plain.save_pretrained(tmp_path)
     conf = json.loads((tmp_path / "config.json").read_text())
     old = {k: v for k, v in conf.items() if not k.startswith("graph_residual")}
-    assert len(old) == len(conf) - 4
+    assert len(old) == len(conf) - 5
     (tmp_path / "config.json").write_text(json.dumps(old))
     loaded, info = GraphGPT2ForRecommendation.from_pretrained(tmp_path, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and loaded.graph_residual is None
@@ -126,6 +126,15 @@ def test_scale_is_learned_at_lr_id_and_gets_a_gradient():
     groups = {g["name"]: g for g in model.optimizer_groups(1e-3, 1e-4, 0.0)}
     assert any(p is model.graph_residual.scale for p in groups["id_embeddings"]["params"])
     assert "graph_residual" in model.peft_modules_to_save()
+
+
+def test_a_fixed_scale_is_not_trained(tmp_path):
+    model = residual_model(3.0, graph_residual_learn_scale=False)
+    groups = model.optimizer_groups(1e-3, 1e-4, 0.0)
+    assert not any(p is model.graph_residual.scale for g in groups for p in g["params"])
+    model.save_pretrained(tmp_path)
+    loaded = GraphGPT2ForRecommendation.from_pretrained(tmp_path)
+    assert not loaded.graph_residual.scale.requires_grad and loaded.graph_residual.scale.item() == 3.0
 
 
 def test_save_load_round_trip_keeps_scores_with_strict_loading(tmp_path):

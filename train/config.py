@@ -81,6 +81,7 @@ class ModelConfig:
     graph_residual_topn: int = 200  # entries of W kept per item row
     graph_residual_lambda: float = 500.0  # EASE's L2 weight (kind "ease")
     graph_residual_scale_init: float = 0.0  # initial value of the learned scale (trained at the stage's lr_id)
+    graph_residual_learn_scale: bool = True  # false: the scale stays at graph_residual_scale_init
 
 
 @dataclass
@@ -248,6 +249,7 @@ def model_config_fields(m: ModelConfig) -> dict[str, Any]:
         max_hops=m.max_hops, bias_delta=m.bias_delta, mutual_reg_weight=m.mutual_reg_weight,
         freeze_backbone=m.freeze_backbone, graph_residual=m.graph_residual, graph_residual_topn=m.graph_residual_topn,
         graph_residual_lambda=m.graph_residual_lambda, graph_residual_scale_init=m.graph_residual_scale_init,
+        graph_residual_learn_scale=m.graph_residual_learn_scale,
     )
 
 
