@@ -9,8 +9,6 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-RESIDUAL_KINDS = ("ease", "cooc")
-
 
 def _binary_csr(x: sp.spmatrix) -> sp.csr_matrix:
     x = sp.csr_matrix(x, dtype=np.float32)
@@ -75,8 +73,8 @@ def residual_matrix(train: sp.spmatrix, kind: str, topn: int, lam: float = 500.0
     elif kind == "cooc":
         mat = cooccurrence_row_normalised(x)
     else:
-        raise ValueError(f"graph residual kind must be one of {RESIDUAL_KINDS}, got {kind!r}")
+        raise ValueError(f"graph residual kind must be 'ease' or 'cooc' (GraphGPT2Config.graph_residual), got {kind!r}")
     return top_n_per_row(mat, topn)
 
 
-__all__ = ["RESIDUAL_KINDS", "cooccurrence_row_normalised", "ease_closed_form", "residual_matrix", "top_n_per_row"]
+__all__ = ["cooccurrence_row_normalised", "ease_closed_form", "residual_matrix", "top_n_per_row"]

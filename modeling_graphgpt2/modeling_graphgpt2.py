@@ -256,7 +256,7 @@ class GraphItemResidual(nn.Module):
     W (num_items x num_items, fitted on the train graph by the training code) is stored sparsely as the top
     `graph_residual_topn` entries of each row: `indices` (I, N) column indices and `values` (I, N), persistent
     buffers saved with the weights, so a published model reproduces its scores. `scale` is a learned scalar.
-    r is divided by its standard deviation over the items (per prompt): x W is ~1e-3 wide on Beauty where the
+    r is divided by its standard deviation over the items (per prompt): x W is ~3e-3 wide on Beauty where the
     item logits are ~1 wide, so an unnormalised scale would have to travel to ~500 at the ID learning rate.
     """
 
