@@ -22,6 +22,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from data_builders.item_graph import ease_closed_form
 from train.metrics import item_popularity, merge_per_user, per_user_metrics, summarize
 from train.trainer import Trainer
 
@@ -188,14 +189,7 @@ class EASE(Recommender):
         self.select_metric = select_metric
         self.dtype = dtype
 
-    @staticmethod
-    def closed_form(x: sp.csr_matrix, lam: float, dtype=np.float64) -> np.ndarray:
-        gram = np.asarray((x.T @ x).todense(), dtype=dtype)
-        gram[np.diag_indices_from(gram)] += lam
-        p = np.linalg.inv(gram)
-        b = -p / np.diag(p)[None, :]  # B_ij = -P_ij / P_jj
-        b[np.diag_indices_from(b)] = 0.0
-        return b
+    closed_form = staticmethod(ease_closed_form)  # data_builders.item_graph: shared with the model's graph residual
 
     def fit(self, train, valid=None):
         self.train_ = _check_train(train, valid)

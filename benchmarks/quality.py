@@ -56,6 +56,9 @@ VARIANTS: dict[str, list[str]] = {
     # prompt tells which of the user's items other users also combine (HopDistances.leave_user_out)
     "leaveout": ["data.leave_user_out_hops=true"],
     "leaveout_learned": ["data.leave_user_out_hops=true", "model.graph_bias=learned"],
+    # not in the paper: item head + learned scale * (prompt items) @ W, W fitted on the train graph (issue 10)
+    "residual": ["model.graph_residual=ease"],
+    "residual_cooc": ["model.graph_residual=cooc"],
 }
 
 # --preset picks sizes: the train.config preset for variants and the Multi-VAE budget for baselines.

@@ -7,11 +7,12 @@ Importing the package registers `graphgpt2` with AutoConfig / AutoModel, and mar
 
 from transformers import AutoConfig, AutoModel
 
-from .configuration_graphgpt2 import GRAPH_BIAS_MODES, GraphGPT2Config
+from .configuration_graphgpt2 import GRAPH_BIAS_MODES, GRAPH_RESIDUAL_KINDS, GraphGPT2Config
 from .modeling_graphgpt2 import (
     GraphHopBias,
     GraphGPT2Attention,
     GraphGPT2ForRecommendation,
+    GraphItemResidual,
     GraphGPT2Model,
     GraphGPT2RecOutput,
     GraphGPT2Recommendations,
@@ -26,6 +27,7 @@ GraphGPT2ForRecommendation.register_for_auto_class("AutoModel")
 
 __all__ = [
     "GRAPH_BIAS_MODES",
+    "GRAPH_RESIDUAL_KINDS",
     "GraphHopBias",
     "GraphGPT2Attention",
     "GraphGPT2Config",
@@ -34,5 +36,6 @@ __all__ = [
     "GraphGPT2RecOutput",
     "GraphGPT2Recommendations",
     "GraphIDEmbeddings",
+    "GraphItemResidual",
     "graph_bias_values",
 ]

@@ -6,6 +6,7 @@ Remote-code file: imports only `transformers` (it is copied next to `config.json
 from transformers import GPT2Config
 
 GRAPH_BIAS_MODES = ("paper", "exp", "learned", "constant", "none")
+GRAPH_RESIDUAL_KINDS = ("none", "ease", "cooc")
 
 
 class GraphGPT2ConfigError(ValueError):
@@ -59,6 +60,26 @@ class GraphGPT2Config(GPT2Config):
         freeze_backbone (`bool`, defaults to `False`):
             `True` trains only the new parameters (ID embeddings, graph-bias parameters), as in CLLM4Rec;
             `False` trains the whole GPT-2 as the paper's code does.
+        graph_residual (`str`, defaults to `"none"`):
+            Graph residual in the item head: recommendation scores become the model's item logits plus
+            `scale * r / std(r)`, `r = x W` standardised over the items per prompt, where `x` is the multi-hot
+            of the prompt's item tokens and `W` an item-item matrix
+            fitted on the TRAIN graph only and stored with the weights (buffers `graph_residual.indices` /
+            `graph_residual.values`, the top `graph_residual_topn` entries of each row):
+            - `"none"`: no residual (the model has no `graph_residual` weights).
+            - `"ease"`: EASE's closed form with L2 weight `graph_residual_lambda` (zero diagonal).
+            - `"cooc"`: co-occurrence counts, each row normalised to sum 1 (zero diagonal).
+            The matrix is filled by the training code (`train/common.py:build_model`); the model only applies it.
+        graph_residual_topn (`int`, defaults to 200):
+            Entries kept per item row of the residual matrix (>= 1; capped at `num_items`).
+        graph_residual_lambda (`float`, defaults to 500.0):
+            L2 weight of the `"ease"` residual (> 0); recorded for `"cooc"` but unused.
+        graph_residual_scale_init (`float`, defaults to 0.0):
+            Initial value of the learned scalar `scale` (in units of the residual's per-prompt standard
+            deviation; trained with the ID embeddings' learning rate).
+        graph_residual_learn_scale (`bool`, defaults to `True`):
+            `False` keeps `scale` fixed at `graph_residual_scale_init` (chosen on validation): the multinomial
+            likelihood prefers a much smaller scale than the ranking does, so a learned scale under-uses W.
     """
 
     model_type = "graphgpt2"
@@ -73,6 +94,11 @@ class GraphGPT2Config(GPT2Config):
     graph_bias_per_head: bool = False
     mutual_reg_weight: float = 1.0
     freeze_backbone: bool = False
+    graph_residual: str = "none"
+    graph_residual_topn: int = 200
+    graph_residual_lambda: float = 500.0
+    graph_residual_scale_init: float = 0.0
+    graph_residual_learn_scale: bool = True
 
     def __post_init__(self, **kwargs):
         # `wte` / `lm_head` cover only text tokens; keep GPT-2's `vocab_size` in step with it.
@@ -108,6 +134,18 @@ class GraphGPT2Config(GPT2Config):
             self.graph_bias_layers = sorted(layers)
         if not isinstance(self.mutual_reg_weight, (int, float)) or self.mutual_reg_weight < 0:
             raise GraphGPT2ConfigError("mutual_reg_weight", f"must be >= 0, got {self.mutual_reg_weight!r}")
+        if self.graph_residual not in GRAPH_RESIDUAL_KINDS:
+            raise GraphGPT2ConfigError("graph_residual",
+                                       f"must be one of {GRAPH_RESIDUAL_KINDS}, got {self.graph_residual!r}")
+        _int("graph_residual_topn", 1)
+        if not isinstance(self.graph_residual_learn_scale, bool):
+            raise GraphGPT2ConfigError("graph_residual_learn_scale", f"must be true/false, got {self.graph_residual_learn_scale!r}")
+        for name, low in (("graph_residual_lambda", 0.0), ("graph_residual_scale_init", None)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value \
+                    or abs(value) == float("inf") or (low is not None and value <= low):
+                raise GraphGPT2ConfigError(name, f"must be a finite number{'' if low is None else f' > {low}'}, "
+                                                 f"got {value!r}")
         if self.n_embd % self.n_head != 0:
             raise GraphGPT2ConfigError("n_embd", f"({self.n_embd}) must be divisible by n_head ({self.n_head})")
 
@@ -123,4 +161,4 @@ class GraphGPT2Config(GPT2Config):
         return self.graph_bias_layers is None or layer_idx in self.graph_bias_layers
 
 
-__all__ = ["GraphGPT2Config", "GraphGPT2ConfigError", "GRAPH_BIAS_MODES"]
+__all__ = ["GraphGPT2Config", "GraphGPT2ConfigError", "GRAPH_BIAS_MODES", "GRAPH_RESIDUAL_KINDS"]

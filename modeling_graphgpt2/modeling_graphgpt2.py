@@ -10,6 +10,7 @@ Layout (top to bottom):
   GraphGPT2Attention       GPT2Attention that merges the bias into the mask transformers built
   GraphGPT2Model           GPT2Model with the attention of every block swapped (GPT-2 key names kept)
   GraphIDEmbeddings        user + item embedding tables of one ID-embedding set
+  GraphItemResidual        optional item-item residual of the item head (a train-graph matrix stored as buffers)
   GraphGPT2ForRecommendation  routing of token ids, two ID sets, content/collab/rec heads, recommend(),
                               loading of stock GPT-2 weights
 """
@@ -149,6 +150,8 @@ class GraphGPT2PreTrainedModel(GPT2PreTrainedModel):
                 init.copy_(module.table, paper.unsqueeze(0).expand_as(module.table).to(module.table.device))
             if hasattr(module, "head_scale"):
                 init.ones_(module.head_scale)
+        if isinstance(module, GraphItemResidual):
+            init.constant_(module.scale, float(self.config.graph_residual_scale_init))
 
 
 class GraphGPT2Model(GraphGPT2PreTrainedModel, GPT2Model):
@@ -247,6 +250,47 @@ class GraphIDEmbeddings(nn.Module):
         self.item = nn.Embedding(config.num_items, config.n_embd)
 
 
+class GraphItemResidual(nn.Module):
+    """Graph residual of the item head: `scale * r / std(r)`, r = x W, x = multi-hot of the prompt's item tokens.
+
+    W (num_items x num_items, fitted on the train graph by the training code) is stored sparsely as the top
+    `graph_residual_topn` entries of each row: `indices` (I, N) column indices and `values` (I, N), persistent
+    buffers saved with the weights, so a published model reproduces its scores. `scale` is a learned scalar.
+    r is divided by its standard deviation over the items (per prompt): x W is ~3e-3 wide on Beauty where the
+    item logits are ~1 wide, so an unnormalised scale would have to travel to ~500 at the ID learning rate.
+    """
+
+    def __init__(self, config: GraphGPT2Config):
+        super().__init__()
+        width = min(config.graph_residual_topn, config.num_items)
+        self.register_buffer("indices", torch.zeros(config.num_items, width, dtype=torch.long))
+        self.register_buffer("values", torch.zeros(config.num_items, width))
+        self.scale = nn.Parameter(torch.tensor(float(config.graph_residual_scale_init)),
+                                  requires_grad=bool(config.graph_residual_learn_scale))
+
+    @torch.no_grad()
+    def set_matrix(self, indices, values) -> None:
+        """Copy in a pruned matrix: (I, N) column indices and values (numpy arrays or tensors)."""
+        indices, values = torch.as_tensor(indices), torch.as_tensor(values)
+        if tuple(indices.shape) != tuple(self.indices.shape) or tuple(values.shape) != tuple(self.values.shape):
+            raise ValueError(f"graph residual matrix must be (num_items, topn) = {tuple(self.indices.shape)}, got "
+                             f"indices {tuple(indices.shape)} and values {tuple(values.shape)}")
+        num_items = self.indices.shape[0]
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= num_items):
+            raise ValueError(f"graph residual indices must be item indices in [0, {num_items})")
+        self.indices.copy_(indices)
+        self.values.copy_(values)
+
+    def forward(self, item_index: torch.Tensor, is_item: torch.Tensor) -> torch.Tensor:
+        """(B, L) item indices of the prompt's tokens and (B, L) bool "is an item token" -> (B, I) residual."""
+        batch, num_items = item_index.shape[0], self.indices.shape[0]
+        weights = self.values[item_index] * is_item.unsqueeze(-1).to(self.values.dtype)  # (B, L, N)
+        residual = self.values.new_zeros(batch, num_items)
+        residual.scatter_add_(1, self.indices[item_index].reshape(batch, -1), weights.reshape(batch, -1))
+        spread = residual.std(dim=-1, keepdim=True).clamp_min(torch.finfo(residual.dtype).tiny)  # no items: 0 / tiny
+        return self.scale * (residual / spread)
+
+
 TASKS = ("content", "collab", "rec")
 EMBEDDING_SETS = ("content", "collab")
 
@@ -256,7 +300,8 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
 
     - Token ids route to `transformer.wte` (text), `<set>_embeddings.user` or `<set>_embeddings.item`.
     - Two ID-embedding sets, `content_embeddings` and `collab_embeddings`, with a mutual regulariser.
-    - `lm_head` (text) is tied to `wte`; the item head is the active set's item table (no extra weights).
+    - `lm_head` (text) is tied to `wte`; the item head is the active set's item table (no extra weights), plus
+      the optional graph residual (`config.graph_residual`, `GraphItemResidual`) in the "rec" scores.
     """
 
     _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
@@ -267,6 +312,8 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
         self.content_embeddings = GraphIDEmbeddings(config)
         self.collab_embeddings = GraphIDEmbeddings(config)
         self.lm_head = nn.Linear(config.n_embd, config.base_vocab_size, bias=False)
+        # only with the option on, so state dicts without it are unchanged (old checkpoints load strictly)
+        self.graph_residual = GraphItemResidual(config) if config.graph_residual != "none" else None
         self.post_init()
         if config.freeze_backbone:
             self.set_backbone_trainable(False)
@@ -278,6 +325,8 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         if model.config.freeze_backbone:
             model.set_backbone_trainable(False)
+        if model.graph_residual is not None:
+            model.graph_residual.scale.requires_grad_(bool(model.config.graph_residual_learn_scale))
         return loaded
 
     # ---- small helpers --------------------------------------------------------------------------------------
@@ -309,9 +358,12 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
         self.lm_head.weight.requires_grad_(trainable)
 
     def new_parameters(self):
-        """The parameters GPT-2 does not have: both ID-embedding sets and the graph-bias parameters."""
+        """The parameters GPT-2 does not have: both ID-embedding sets, the graph-bias parameters and the graph
+        residual's scale."""
         yield from self.content_embeddings.parameters()
         yield from self.collab_embeddings.parameters()
+        if self.graph_residual is not None:
+            yield from self.graph_residual.parameters()
         for block in self.transformer.h:
             if block.attn.graph_bias is not None:
                 yield from block.attn.graph_bias.parameters()
@@ -352,8 +404,11 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
         return torch.optim.AdamW(groups, betas=betas, eps=eps)
 
     def peft_modules_to_save(self) -> list[str]:
-        """Module names to train in full under PEFT LoRA: the ID embeddings, plus graph-bias params if any."""
+        """Module names to train in full under PEFT LoRA: the ID embeddings, plus graph-bias params and the graph
+        residual if any."""
         names = ["content_embeddings", "collab_embeddings"]
+        if self.graph_residual is not None:
+            names.append("graph_residual")
         if any(".graph_bias." in n for n, _ in self.transformer.named_parameters()):
             names.append("graph_bias")
         return names
@@ -465,7 +520,7 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
         elif task == "collab":
             result = self.collab_head(outputs.last_hidden_state, input_ids, item_weight, labels)
         else:
-            result = self.rec_head(outputs.last_hidden_state, attention_mask, item_weight, target_items)
+            result = self.rec_head(outputs.last_hidden_state, attention_mask, item_weight, target_items, input_ids)
         result.hidden_states, result.attentions = outputs.hidden_states, outputs.attentions
         if result.loss is not None:
             weight = self.config.mutual_reg_weight if reg_weight is None else float(reg_weight)
@@ -494,12 +549,22 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
             result.item_loss = result.loss = self._shifted_cross_entropy(result.logits, targets)
         return result
 
-    def rec_head(self, hidden, attention_mask, item_weight, target_items=None) -> GraphGPT2RecOutput:
-        """Recommendation: item scores from the last non-pad token; multinomial NLL against multi-hot targets."""
+    def rec_head(self, hidden, attention_mask, item_weight, target_items=None, input_ids=None) -> GraphGPT2RecOutput:
+        """Recommendation: item scores from the last non-pad token (+ the graph residual of the prompt's item
+        tokens, when configured); multinomial NLL against multi-hot targets."""
         batch, seq_len = hidden.shape[:2]
         last = self.last_token_index(attention_mask, batch, seq_len, hidden.device)
         result = GraphGPT2RecOutput()
         result.scores = F.linear(hidden[torch.arange(batch, device=hidden.device), last], item_weight)
+        if self.graph_residual is not None:
+            if input_ids is None:
+                raise ValueError("the graph residual needs input_ids (the prompt's item tokens)")
+            first_item = self.config.base_vocab_size + self.config.num_users
+            is_item = input_ids >= first_item
+            if attention_mask is not None:
+                is_item = is_item & attention_mask.bool()
+            item_index = torch.where(is_item, input_ids - first_item, 0)
+            result.scores = result.scores + self.graph_residual(item_index, is_item).to(result.scores.dtype)
         if target_items is not None:
             if tuple(target_items.shape) != (batch, self.config.num_items):
                 raise ValueError(
@@ -663,6 +728,7 @@ __all__ = [
     "GraphGPT2RecOutput",
     "GraphGPT2Recommendations",
     "GraphIDEmbeddings",
+    "GraphItemResidual",
     "graph_bias_values",
     "merge_bias_into_mask",
 ]

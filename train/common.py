@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from data_builders.corpus import Corpus, shard_rows
+from data_builders.item_graph import residual_matrix
 from train.config import ModelConfig, RunConfig, StageConfig, model_config_fields
 
 
@@ -54,6 +55,11 @@ def build_model(cfg: RunConfig, corpus: Corpus):
                              f"but the dataset folder's tokenizer has {corpus.base_vocab_size}")
     else:
         model = GraphGPT2ForRecommendation(GraphGPT2Config(**model_config_kwargs(cfg.model, corpus)))
+    if model.graph_residual is not None:
+        # fitted on the TRAIN interactions only (the train graph's edges): no validation/test pair enters it
+        conf = model.config
+        model.graph_residual.set_matrix(*residual_matrix(corpus.interaction_matrix("train"), conf.graph_residual,
+                                                         conf.graph_residual_topn, conf.graph_residual_lambda))
     # fingerprints of the data the ID rows belong to; checked when the model meets a dataset folder again
     model.config.tokenizer_sha256 = corpus.tokenizer_sha256
     model.config.graph_sha256 = corpus.graph_sha256

@@ -19,7 +19,12 @@ from typing import Any, Optional
 import yaml
 
 from data_builders.preprocess import DEFAULT_SPLIT_SEED
-from modeling_graphgpt2.configuration_graphgpt2 import GRAPH_BIAS_MODES, GraphGPT2Config, GraphGPT2ConfigError
+from modeling_graphgpt2.configuration_graphgpt2 import (
+    GRAPH_BIAS_MODES,
+    GRAPH_RESIDUAL_KINDS,
+    GraphGPT2Config,
+    GraphGPT2ConfigError,
+)
 from train.metric_names import parse_metric_name
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -70,6 +75,13 @@ class ModelConfig:
     lora_r: int = 0  # >0: LoRA adapters on c_attn/c_proj/c_fc, ID embeddings trained in full
     lora_alpha: int = 16
     mutual_reg_weight: float = 1.0  # lambda_V of the content<->collab embedding regulariser
+    # Graph residual in the item head: rec scores + learned scale * (prompt items' multi-hot) @ W, W fitted on the
+    # TRAIN interactions when the model is built (train/common.py) and stored with the weights (docs/model.md).
+    graph_residual: str = "none"  # one of GRAPH_RESIDUAL_KINDS: "none" | "ease" | "cooc"
+    graph_residual_topn: int = 200  # entries of W kept per item row
+    graph_residual_lambda: float = 500.0  # EASE's L2 weight (kind "ease")
+    graph_residual_scale_init: float = 0.0  # initial value of the learned scale (trained at the stage's lr_id)
+    graph_residual_learn_scale: bool = True  # false: the scale stays at graph_residual_scale_init
 
 
 @dataclass
@@ -157,6 +169,7 @@ class RunConfig:
 
 _ALLOWED_CHOICES = {
     "model.graph_bias": GRAPH_BIAS_MODES,
+    "model.graph_residual": GRAPH_RESIDUAL_KINDS,
     "mixed_precision": ("no", "fp16", "bf16"),
 }
 
@@ -234,7 +247,9 @@ def model_config_fields(m: ModelConfig) -> dict[str, Any]:
         resid_pdrop=m.dropout, embd_pdrop=m.dropout, attn_pdrop=m.dropout,
         graph_bias=m.graph_bias, graph_bias_layers=m.graph_bias_layers, graph_bias_per_head=m.graph_bias_per_head,
         max_hops=m.max_hops, bias_delta=m.bias_delta, mutual_reg_weight=m.mutual_reg_weight,
-        freeze_backbone=m.freeze_backbone,
+        freeze_backbone=m.freeze_backbone, graph_residual=m.graph_residual, graph_residual_topn=m.graph_residual_topn,
+        graph_residual_lambda=m.graph_residual_lambda, graph_residual_scale_init=m.graph_residual_scale_init,
+        graph_residual_learn_scale=m.graph_residual_learn_scale,
     )
 
 

@@ -1,0 +1,80 @@
+"""Item-item matrices fitted on a (users x items) interaction matrix: EASE's closed form and row-normalised
+co-occurrence, and their top-N-per-row pruning.
+
+One owner for these formulas: the EASE baseline (benchmarks/baselines.py) and the model's graph residual
+(``model.graph_residual``, built in train/common.py from the TRAIN interactions only) both call them.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def _binary_csr(x: sp.spmatrix) -> sp.csr_matrix:
+    x = sp.csr_matrix(x, dtype=np.float32)
+    x.data[:] = 1.0
+    return x
+
+
+def ease_closed_form(x: sp.spmatrix, lam: float, dtype=np.float64) -> np.ndarray:
+    """EASE (Steck, 2019): B = I - P diag(1/diag(P)), P = (XᵀX + λI)⁻¹, i.e. B_ij = -P_ij / P_jj and diag(B) = 0."""
+    gram = np.asarray((x.T @ x).todense(), dtype=dtype)
+    gram[np.diag_indices_from(gram)] += lam
+    p = np.linalg.inv(gram)
+    b = -p / np.diag(p)[None, :]
+    b[np.diag_indices_from(b)] = 0.0
+    return b
+
+
+def cooccurrence_row_normalised(x: sp.spmatrix) -> sp.csr_matrix:
+    """C_ij = |U_i ∩ U_j| / sum_k |U_i ∩ U_k| (k != i), diagonal 0: row i is "users of i also hold j"."""
+    x = _binary_csr(x)
+    co = (x.T @ x).tocsr().astype(np.float64)
+    co.setdiag(0)
+    co.eliminate_zeros()
+    sums = np.asarray(co.sum(axis=1)).ravel()
+    inv = np.divide(1.0, sums, out=np.zeros_like(sums), where=sums > 0)
+    return sp.csr_matrix(sp.diags(inv) @ co)
+
+
+def top_n_per_row(mat: np.ndarray | sp.spmatrix, n: int, block_rows: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Keep each row's ``n`` entries of largest magnitude: (rows, n) int64 column indices and float32 values,
+    sorted by decreasing magnitude; rows with fewer non-zeros are padded with (column 0, value 0)."""
+    num_rows, num_cols = mat.shape
+    n = min(int(n), num_cols)
+    indices = np.zeros((num_rows, n), dtype=np.int64)
+    values = np.zeros((num_rows, n), dtype=np.float32)
+    if sp.issparse(mat):
+        csr = sp.csr_matrix(mat)
+        for i in range(num_rows):
+            s, e = csr.indptr[i], csr.indptr[i + 1]
+            cols, vals = csr.indices[s:e], csr.data[s:e]
+            order = np.argsort(-np.abs(vals), kind="stable")[:n]
+            indices[i, : len(order)], values[i, : len(order)] = cols[order], vals[order]
+        return indices, values
+    for start in range(0, num_rows, block_rows):  # blocks bound the temporary (block, num_cols) arrays
+        block = np.asarray(mat[start : start + block_rows])
+        mag = np.abs(block)
+        part = np.argpartition(-mag, n - 1, axis=1)[:, :n] if n < num_cols else np.tile(np.arange(num_cols), (len(block), 1))
+        order = np.argsort(-np.take_along_axis(mag, part, axis=1), axis=1, kind="stable")
+        cols = np.take_along_axis(part, order, axis=1)
+        indices[start : start + len(block)] = cols
+        values[start : start + len(block)] = np.take_along_axis(block, cols, axis=1)
+    indices[values == 0] = 0  # structural zeros point nowhere in particular
+    return indices, values
+
+
+def residual_matrix(train: sp.spmatrix, kind: str, topn: int, lam: float = 500.0) -> tuple[np.ndarray, np.ndarray]:
+    """The item-item matrix of the model's graph residual, fitted on ``train`` (pass the TRAIN split only) and
+    pruned to its ``topn`` largest-magnitude entries per row: (indices, values), each (num_items, min(topn, I))."""
+    x = _binary_csr(train)
+    if kind == "ease":
+        mat = ease_closed_form(x, lam)
+    elif kind == "cooc":
+        mat = cooccurrence_row_normalised(x)
+    else:
+        raise ValueError(f"graph residual kind must be 'ease' or 'cooc' (GraphGPT2Config.graph_residual), got {kind!r}")
+    return top_n_per_row(mat, topn)
+
+
+__all__ = ["cooccurrence_row_normalised", "ease_closed_form", "residual_matrix", "top_n_per_row"]

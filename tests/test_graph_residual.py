@@ -1,0 +1,211 @@
+"""Graph residual in the item head (issue 10): scores + scale * (prompt items) @ W, W fitted on the train graph only,
+stored with the weights; off = today's state dict."""
+import json
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from benchmarks.baselines import EASE, to_csr
+from data_builders.corpus import Corpus
+from data_builders.item_graph import cooccurrence_row_normalised, residual_matrix, top_n_per_row
+from modeling_graphgpt2 import GraphGPT2ForRecommendation
+from train.common import build_model
+from train.config import ConfigError, load_config
+from train.testing import build_tiny_data, tiny_overrides
+
+try:  # tests/ is on sys.path under pytest's default import mode
+    from test_model_core import BASE, ITEMS, USERS, item_token, make_batch, tiny_model
+except ImportError:  # tests/ made a package
+    from tests.test_model_core import BASE, ITEMS, USERS, item_token, make_batch, tiny_model
+
+
+def random_interactions(users=50, items=ITEMS, per_user=6, seed=0) -> sp.csr_matrix:
+    rng = np.random.default_rng(seed)
+    return to_csr([rng.choice(items, per_user, replace=False) for _ in range(users)], items)
+
+
+def dense(indices: np.ndarray, values: np.ndarray) -> np.ndarray:
+    out = np.zeros((indices.shape[0], indices.shape[0]), dtype=np.float64)
+    np.add.at(out, (np.repeat(np.arange(indices.shape[0]), indices.shape[1]), indices.ravel()), values.ravel())
+    return out
+
+
+def prompt_items(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, I) multi-hot of the item tokens the model sees (padding excluded), computed independently."""
+    x = torch.zeros(ids.shape[0], ITEMS, dtype=torch.float64)
+    for b in range(ids.shape[0]):
+        for t in range(ids.shape[1]):
+            token = int(ids[b, t])
+            if mask[b, t] and token >= BASE + USERS:
+                x[b, token - BASE - USERS] += 1
+    return x
+
+
+# ---------------------------------------------------------------------------------------------- the matrices
+def test_cooccurrence_rows_sum_to_one_and_top_n_keeps_the_largest():
+    x = random_interactions()
+    c = cooccurrence_row_normalised(x).toarray()
+    co = (x.T @ x).toarray()
+    np.fill_diagonal(co, 0)
+    assert np.allclose(np.diag(c), 0)
+    held = co.sum(1) > 0
+    np.testing.assert_allclose(c[held], co[held] / co[held].sum(1, keepdims=True), rtol=1e-6)
+    b = EASE.closed_form(x, 5.0)  # the baseline's closed form is the shared one
+    for mat in (c, b, sp.csr_matrix(b)):
+        idx, val = top_n_per_row(mat, 7)
+        m = mat.toarray() if sp.issparse(mat) else mat
+        assert idx.shape == val.shape == (ITEMS, 7)
+        kept = val != 0  # padding (rows with fewer non-zeros) is (column 0, value 0)
+        np.testing.assert_allclose(val[kept], np.take_along_axis(m, idx, 1)[kept], rtol=1e-6)  # values sit in their columns
+        kth = -np.sort(-np.abs(m), axis=1)[:, 6]
+        assert np.all(np.abs(val).min(1) >= kth - 1e-6)  # nothing larger was dropped
+    np.testing.assert_allclose(dense(*top_n_per_row(b, ITEMS)), b, rtol=1e-6, atol=1e-7)  # N = I keeps all
+    with pytest.raises(ValueError, match="kind"):
+        residual_matrix(x, "itemknn", 5)
+
+
+# ---------------------------------------------------------------------------------------------- the model
+def residual_model(scale: float, seed: int = 0, **overrides) -> GraphGPT2ForRecommendation:
+    model = tiny_model(seed, graph_residual="ease", graph_residual_topn=20, graph_residual_scale_init=scale, **overrides)
+    model.graph_residual.set_matrix(*residual_matrix(random_interactions(), "ease", 20, lam=3.0))
+    return model
+
+
+def test_option_off_keeps_the_state_dict_and_old_checkpoints_load(tmp_path):
+    plain = tiny_model()
+    assert not any("graph_residual" in k for k in plain.state_dict())
+    with_residual = residual_model(0.0)
+    extra = set(with_residual.state_dict()) - set(plain.state_dict())
+    assert extra == {"graph_residual.indices", "graph_residual.values", "graph_residual.scale"}
+    # a checkpoint written before the option existed (no graph_residual* in config.json) loads strictly, as "none"
+    plain.save_pretrained(tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    old = {k: v for k, v in conf.items() if not k.startswith("graph_residual")}
+    assert len(old) == len(conf) - 5
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    loaded, info = GraphGPT2ForRecommendation.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and loaded.graph_residual is None
+    ids, mask, hop = make_batch(pad=True)
+    assert torch.equal(loaded.eval()(ids, attention_mask=mask, hop_distances=hop).scores,
+                       plain(ids, attention_mask=mask, hop_distances=hop).scores)
+
+
+def test_scale_zero_gives_the_plain_scores_and_the_residual_is_the_prompts_items_times_w():
+    plain = tiny_model()
+    model = residual_model(0.0)
+    missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
+    assert set(missing) == {"graph_residual.indices", "graph_residual.values", "graph_residual.scale"} and not unexpected
+    model.graph_residual.set_matrix(*residual_matrix(random_interactions(), "ease", 20, lam=3.0))  # reloaded over
+    ids, mask, hop = make_batch(pad=True)
+    base = plain(ids, attention_mask=mask, hop_distances=hop).scores
+    assert torch.equal(model(ids, attention_mask=mask, hop_distances=hop).scores, base)
+    with torch.no_grad():
+        model.graph_residual.scale.fill_(0.7)
+    scores = model(ids, attention_mask=mask, hop_distances=hop).scores
+    w = torch.from_numpy(dense(model.graph_residual.indices.numpy(), model.graph_residual.values.numpy()))
+    residual = prompt_items(ids, mask) @ w  # padded positions contribute nothing
+    expected = base.double() + 0.7 * residual / residual.std(dim=1, keepdim=True)  # standardised per prompt
+    assert not torch.allclose(scores, base)
+    torch.testing.assert_close(scores.double(), expected, rtol=1e-5, atol=1e-5)
+    empty = model.graph_residual(torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, 5, dtype=torch.bool))
+    assert torch.equal(empty, torch.zeros(2, ITEMS))  # a prompt without item tokens: no residual, no NaN
+    # recommend() ranks the same scores
+    rec = model.recommend(ids, attention_mask=mask, hop_distances=hop, k=5)
+    torch.testing.assert_close(rec.scores, torch.topk(scores, 5).values)
+
+
+def test_scale_is_learned_at_lr_id_and_gets_a_gradient():
+    model = residual_model(0.0).train()
+    ids, mask, hop = make_batch(pad=True)
+    targets = torch.zeros(ids.shape[0], ITEMS)
+    targets[:, :5] = 1
+    model(ids, attention_mask=mask, hop_distances=hop, target_items=targets).loss.backward()
+    assert model.graph_residual.scale.grad is not None and float(model.graph_residual.scale.grad) != 0.0
+    groups = {g["name"]: g for g in model.optimizer_groups(1e-3, 1e-4, 0.0)}
+    assert any(p is model.graph_residual.scale for p in groups["id_embeddings"]["params"])
+    assert "graph_residual" in model.peft_modules_to_save()
+
+
+def test_a_fixed_scale_is_not_trained(tmp_path):
+    model = residual_model(3.0, graph_residual_learn_scale=False)
+    groups = model.optimizer_groups(1e-3, 1e-4, 0.0)
+    assert not any(p is model.graph_residual.scale for g in groups for p in g["params"])
+    model.save_pretrained(tmp_path)
+    loaded = GraphGPT2ForRecommendation.from_pretrained(tmp_path)
+    assert not loaded.graph_residual.scale.requires_grad and loaded.graph_residual.scale.item() == 3.0
+
+
+def test_save_load_round_trip_keeps_scores_with_strict_loading(tmp_path):
+    model = residual_model(0.3, graph_bias="learned")
+    ids, mask, hop = make_batch(pad=True)
+    expected = model(ids, attention_mask=mask, hop_distances=hop).scores
+    model.save_pretrained(tmp_path)
+    loaded, info = GraphGPT2ForRecommendation.from_pretrained(tmp_path, output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    loaded.eval()
+    for name in ("indices", "values", "scale"):
+        assert torch.equal(getattr(loaded.graph_residual, name), getattr(model.graph_residual, name))
+    assert torch.equal(loaded(ids, attention_mask=mask, hop_distances=hop).scores, expected)
+
+
+def test_config_fields_are_checked_and_name_the_run_config_key():
+    from modeling_graphgpt2 import GRAPH_RESIDUAL_KINDS, GraphGPT2Config
+    from modeling_graphgpt2.configuration_graphgpt2 import GraphGPT2ConfigError
+    from train.config import _ALLOWED_CHOICES, model_config
+
+    assert _ALLOWED_CHOICES["model.graph_residual"] is GRAPH_RESIDUAL_KINDS
+    for override, key in (("model.graph_residual=knn", "model.graph_residual"),
+                          ("model.graph_residual_topn=0", "model.graph_residual_topn"),
+                          ("model.graph_residual_lambda=0", "model.graph_residual_lambda")):
+        with pytest.raises(ConfigError, match=f"key '{key}'"):
+            load_config("demo", [override])
+    with pytest.raises(GraphGPT2ConfigError, match="graph_residual_scale_init"):
+        GraphGPT2Config(num_users=2, num_items=3, graph_residual="cooc", graph_residual_scale_init=float("nan"))
+    cfg = load_config("demo", ["model.graph_residual=cooc", "model.graph_residual_topn=7",
+                               "model.graph_residual_lambda=50", "model.graph_residual_scale_init=0.5"])
+    conf = model_config(cfg.model, num_users=3, num_items=4, base_vocab_size=10)
+    assert (conf.graph_residual, conf.graph_residual_topn, conf.graph_residual_lambda,
+            conf.graph_residual_scale_init) == ("cooc", 7, 50.0, 0.5)
+
+
+# ---------------------------------------------------------------------------------------------- train-only matrix
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_data(tmp_path_factory.mktemp("residual") / "tiny")
+
+
+@pytest.mark.parametrize("kind", ["ease", "cooc"])
+def test_the_built_models_matrix_comes_from_the_train_pairs_only(tiny, tmp_path, kind):
+    corpus = Corpus(tiny)
+    cfg = load_config("demo", tiny_overrides(tiny, tmp_path, f"model.graph_residual={kind}",
+                                             "model.graph_residual_topn=15", "model.graph_residual_lambda=20"))
+    model = build_model(cfg, corpus)
+    got = (model.graph_residual.indices.numpy(), model.graph_residual.values.numpy())
+    # the train pairs read another way: the train recommendation rows' targets (not the graph edges)
+    train_lists = [[] for _ in range(corpus.num_users)]
+    for ex in corpus.rec_examples("train"):
+        train_lists[ex.user] = list(ex.targets)
+    train = to_csr(train_lists, corpus.num_items)
+    want = residual_matrix(train, kind, 15, lam=20.0)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])
+    # one test pair more changes the matrix: a leak would show
+    ex = next(e for e in corpus.rec_examples("test") if e.targets)
+    leaked = train.tolil()
+    leaked[ex.user, ex.targets[0]] = 1.0
+    assert not np.array_equal(dense(*residual_matrix(leaked.tocsr(), kind, 15, lam=20.0)), dense(*got))
+
+
+def test_finetuning_learns_the_scale_and_the_best_model_keeps_the_matrix(tiny, tmp_path):
+    from train.finetune import finetune
+    from train.modeling_io import load_model
+
+    cfg = load_config("demo", tiny_overrides(tiny, tmp_path, "pretrain.do_pretrain=false", "model.graph_residual=cooc",
+                                             "model.graph_residual_topn=10", "finetune.epochs=1"))
+    result = finetune(cfg)
+    best = load_model(result["model_dir"])
+    assert best.graph_residual.scale.item() != 0.0  # started at 0, moved by the rec loss
+    want = residual_matrix(Corpus(tiny).interaction_matrix("train"), "cooc", 10)
+    np.testing.assert_array_equal(best.graph_residual.values.numpy(), want[1])
