@@ -12,9 +12,7 @@ the ratio to the stock model is computed per step (neighbouring steps) and repor
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel

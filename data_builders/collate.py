@@ -82,7 +82,6 @@ class GraphCollator:
             L = -(-L // self.pad_to_multiple_of) * self.pad_to_multiple_of
         lengths = np.array([len(x) for x in ids])
         attention = (np.arange(L)[None, :] < lengths[:, None]).astype(np.int64)
-        node_pos = _pad(pos, L, -1)
         batch = {
             "input_ids": torch.from_numpy(_pad(ids, L, self.pad_token_id)),
             "attention_mask": torch.from_numpy(attention),

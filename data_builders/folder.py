@@ -131,7 +131,7 @@ def dataset_card(manifest: dict, configs: list[str]) -> str:
         "(validation/test interactions never enter a pre-training or fine-tuning input, a review prompt or the graph).",
         "",
         f"- users: {manifest['num_users']:,}, items: {manifest['num_items']:,}, base vocabulary: {manifest['base_vocab_size']:,}",
-        f"- token id of `user_u` = base_vocab_size + u; of `item_j` = base_vocab_size + num_users + j",
+        "- token id of `user_u` = base_vocab_size + u; of `item_j` = base_vocab_size + num_users + j",
         f"- graph: train edges only, hop distances capped at {manifest['max_hops']} (sha256 `{manifest['graph']['sha256'][:16]}...`)",
         f"- tokenizer sha256 `{manifest['tokenizer']['sha256'][:16]}...` (folder `tokenizer/`)",
         "",

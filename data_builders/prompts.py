@@ -35,7 +35,7 @@ Validation/test interactions never enter any prompt: only ``split.train`` and tr
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import numpy as np

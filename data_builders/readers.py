@@ -20,7 +20,6 @@ in `RawDataset.source`.
 from __future__ import annotations
 
 import ast
-import gzip
 import hashlib
 import html
 import json

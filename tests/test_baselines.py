@@ -1,7 +1,6 @@
 """benchmarks/baselines.py on a tiny dataset with planted cluster structure."""
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
 from benchmarks.baselines import EASE, ItemKNN, LightGCN, MultiVAE, Popularity, evaluate_recommender, make_baseline, to_csr
 

@@ -15,10 +15,7 @@ from train.common import build_model
 from train.config import ConfigError, load_config
 from train.testing import build_tiny_data, tiny_overrides
 
-try:  # tests/ is on sys.path under pytest's default import mode
-    from test_model_core import BASE, ITEMS, USERS, item_token, make_batch, tiny_model
-except ImportError:  # tests/ made a package
-    from tests.test_model_core import BASE, ITEMS, USERS, item_token, make_batch, tiny_model
+from test_model_core import BASE, ITEMS, USERS, make_batch, tiny_model
 
 
 def random_interactions(users=50, items=ITEMS, per_user=6, seed=0) -> sp.csr_matrix:

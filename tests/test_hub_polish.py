@@ -1,6 +1,5 @@
 """Polish of a run's output: checkpoints store tied weights once without the "Removed shared tensor" warning,
 model loading prints no progress bars, the published tokenizer is a standard fast tokenizer (no remote code)."""
-import json
 import logging
 
 import torch

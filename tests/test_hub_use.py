@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from isolation import BLOCK_PACKAGE
 from fake_hub_server import BLOCK_REMOTE_HOSTS, client_env, served_hub  # noqa: F401  (the faked Hub over HTTP)

@@ -1,6 +1,5 @@
 """Publishing: the Hub-ready folder pushed to a FAKED Hub (create_repo / upload_folder write a hub-cache snapshot),
 then loaded by repo id with HF_HUB_OFFLINE=1 through remote code; the dataset folder goes the same way."""
-import json
 import os
 import subprocess
 import sys

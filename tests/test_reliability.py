@@ -453,7 +453,7 @@ def test_saved_models_follow_the_umask(tmp_path, umask_022):
     import torch
     from safetensors.torch import save_file
 
-    from train.io_utils import replace_dir
+    from data_builders.atomic import replace_dir
 
     tmp = tmp_path / ".tmp-model"
     tmp.mkdir(mode=0o700)

@@ -1,5 +1,4 @@
 """Tokenizer: DESIGN.md id layout, ID tokens atomic, no stray space tokens, saved tokenizer == builder ids."""
-import numpy as np
 import pytest
 
 from data_builders.prompts import RecPromptEncoder

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from data_builders.atomic import atomic_write_text, json_default, replace_dir  # noqa: F401  (replace_dir: re-exported)
+from data_builders.atomic import atomic_write_text, json_default
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from data_builders.build import BuildConfig, build, parse_build_config
 from data_builders.corpus import Corpus, has_manifest
-from train.config import ConfigError, RunConfig, load_config
+from train.config import ConfigError, RunConfig
 
 
 def build_config(cfg: RunConfig) -> BuildConfig:
@@ -123,8 +123,6 @@ def print_summary(cfg: RunConfig, result: dict) -> None:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    import argparse
-
     from train.cli_args import config_from_args, report_user_errors, stage_parser
 
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -50,7 +50,7 @@ def save_model(accelerator, model, folder: str | Path) -> None:
     import copy
     import shutil
 
-    from train.io_utils import replace_dir
+    from data_builders.atomic import replace_dir
 
     folder = Path(folder)
     accelerator.wait_for_everyone()

@@ -24,7 +24,8 @@ from typing import Any
 
 from data_builders.corpus import Corpus
 from data_builders.hub_dataset import stage_dataset_repo
-from train.io_utils import atomic_write_json, replace_dir
+from data_builders.atomic import replace_dir
+from train.io_utils import atomic_write_json
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "graphgpt2_rec.md"
 SERVING_DIR = Path(__file__).resolve().parents[1] / "modeling_graphgpt2"
