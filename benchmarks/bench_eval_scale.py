@@ -11,7 +11,9 @@ with one process. Reported: RSS after opening the folder and model, peak RSS of 
 and CPU seconds, and the size a dense users x items float32 score matrix would have had.
 
 ``--eval-only FOLDER`` runs just the evaluation subprocess on a built folder (e.g. with ``PYTHONPATH`` set to
-another checkout, to measure other code on the same folder).
+another checkout, to measure other code on the same folder). ``--recommend-all FOLDER`` instead times
+``train.recommend``'s ``Recommender.write_all`` (top-20 of every user as JSON lines, what ``recommend --all`` runs)
+with the same model, writing to ``--recs-out``.
 """
 from __future__ import annotations
 
@@ -59,21 +61,28 @@ def build(users: int, items: int, edges: int, folder: Path, seed: int) -> dict:
             "build_peak_rss_gib": _peak_rss_gib(), "rows": built.manifest["rows"]["recommendation"]}
 
 
-def evaluate(folder: Path, batch_size: int, max_length: int = 1024) -> dict:
+def _open(folder: Path, batch_size: int, max_length: int):
+    """The folder's Corpus, the run config and a randomly initialised small model (weights do not change memory)."""
     import torch
-    from accelerate import Accelerator
 
     from data_builders.corpus import Corpus
     from train.common import build_model
     from train.config import load_config
-    from train.evaluate import evaluate_model
 
-    t0, cpu0 = time.perf_counter(), _cpu_seconds()
     corpus = Corpus(folder)
     cfg = load_config("demo", [f"data.folder={folder}", f"data.max_length={max_length}", "model.n_layer=1", "model.n_embd=32",
                                "model.n_head=2", f"model.n_positions={max_length}", f"eval.batch_size={batch_size}"])
     torch.manual_seed(0)
-    model = build_model(cfg, corpus).eval()
+    return corpus, cfg, build_model(cfg, corpus).eval()
+
+
+def evaluate(folder: Path, batch_size: int, max_length: int = 1024) -> dict:
+    from accelerate import Accelerator
+
+    from train.evaluate import evaluate_model
+
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
+    corpus, cfg, model = _open(folder, batch_size, max_length)
     acc = Accelerator(cpu=True)
     out = {"users": corpus.num_users, "items": corpus.num_items, "train_edges": corpus.num_edges,
            "open_s": time.perf_counter() - t0, "rss_after_open_gib": _rss_now_gib(), "peak_rss_after_open_gib": _peak_rss_gib()}
@@ -86,6 +95,24 @@ def evaluate(folder: Path, batch_size: int, max_length: int = 1024) -> dict:
     return out
 
 
+def recommend_all(folder: Path, batch_size: int, max_length: int, recs_out: Path) -> dict:
+    from train.recommend import Recommender
+
+    t0 = time.perf_counter()
+    corpus, _, model = _open(folder, batch_size, max_length)
+    rec = Recommender.from_corpus(model, corpus, max_length)
+    out = {"users": corpus.num_users, "items": corpus.num_items, "train_edges": corpus.num_edges,
+           "open_s": time.perf_counter() - t0, "rss_after_open_gib": _rss_now_gib(), "peak_rss_after_open_gib": _peak_rss_gib()}
+    t, cpu = time.perf_counter(), _cpu_seconds()
+    rec.write_all(recs_out, k=20, batch_size=batch_size)
+    with open(recs_out, "rb") as f:
+        lines = sum(1 for _ in f)
+    out.update(write_all_wall_s=time.perf_counter() - t, write_all_cpu_s=_cpu_seconds() - cpu, peak_rss_gib=_peak_rss_gib(),
+               rss_end_gib=_rss_now_gib(), lines=lines, recs_bytes=recs_out.stat().st_size, batch_size=batch_size,
+               max_length=max_length, dense_scores_gib=corpus.num_users * corpus.num_items * 4 / 1024**3)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", nargs="+", default=["30000:20000:240000", "100000:20000:800000"], help="users:items:edges")
@@ -95,11 +122,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-length", type=int, default=1024, help="prompt tokens (longer histories cut from the left)")
     p.add_argument("--eval-only", default=None, metavar="FOLDER", help="only the evaluation subprocess, on FOLDER")
+    p.add_argument("--recommend-all", default=None, metavar="FOLDER", help="time recommend --all (write_all) on FOLDER")
+    p.add_argument("--recs-out", default="/tmp/bench_eval_scale_recs.jsonl", help="where --recommend-all writes")
     p.add_argument("--build-one", default=None, help=argparse.SUPPRESS)  # internal: users:items:edges:folder
     args = p.parse_args(argv)
     if args.build_one:
         u, i, e, folder = args.build_one.split(":", 3)
         print(json.dumps(build(int(u), int(i), int(e), Path(folder), args.seed)))
+        return 0
+    if args.recommend_all:
+        print(json.dumps(recommend_all(Path(args.recommend_all), args.batch_size, args.max_length, Path(args.recs_out))))
         return 0
     if args.eval_only:
         print(json.dumps(evaluate(Path(args.eval_only), args.batch_size, args.max_length)))

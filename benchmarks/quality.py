@@ -29,6 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from benchmarks.baselines import BASELINES, evaluate_recommender, make_baseline, to_csr
 from data_builders.atomic import atomic_write, json_default
@@ -39,6 +40,8 @@ from train.metrics import metric_names
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPORT_METRICS = metric_names((20, 40), (100,))  # recall@20, recall@20_paper, recall@40, recall@40_paper, ndcg@100
+
+RESIDUAL_SCALE_GRID = (0, 0.5, 0.75, 1, 1.25, 1.5, 2, 3)  # standardised residual; Beauty seed 0 (validation) peaks at 1
 
 # GraphGPT2 variants = dotted config overrides of train.config.RunConfig (paper Table 2 / Figs 4-6 ablations).
 VARIANTS: dict[str, list[str]] = {
@@ -59,6 +62,10 @@ VARIANTS: dict[str, list[str]] = {
     # not in the paper: item head + learned scale * (prompt items) @ W, W fitted on the train graph (issue 10)
     "residual": ["model.graph_residual=ease"],
     "residual_cooc": ["model.graph_residual=cooc"],
+    # the two-stage recipe: the transformer is fine-tuned alone (scale fixed at 0), then the scale of the EASE
+    # residual is chosen on validation; run_variant also reports the same model at scale 0 ("-noresidual")
+    "residual_val": ["model.graph_residual=ease", "model.graph_residual_lambda=100", "model.graph_residual_learn_scale=false",
+                     "model.graph_residual_scale_init=0", f"finetune.residual_scale_grid={list(RESIDUAL_SCALE_GRID)}"],
 }
 
 # --preset picks sizes: the train.config preset for variants and the Multi-VAE budget for baselines.
@@ -180,8 +187,9 @@ def variant_config(variant: str, data: SplitData, seed: int, train_config: str, 
     return load_config(train_config, overrides), overrides
 
 
-def run_variant(variant: str, data: SplitData, seed: int, train_config: str, out_dir: Path, extra: Sequence[str] = ()) -> dict:
-    """Train and evaluate one GraphGPT2 variant through the training engineer's ``train.main.run_pipeline``."""
+def run_variant(variant: str, data: SplitData, seed: int, train_config: str, out_dir: Path, extra: Sequence[str] = ()) -> list[dict]:
+    """Train and evaluate one GraphGPT2 variant through ``train.main.run_pipeline``: its result row (and, for a
+    two-stage residual run, the same model without the residual)."""
     from train.main import run_pipeline
 
     cfg, overrides = variant_config(variant, data, seed, train_config, out_dir, extra)
@@ -189,15 +197,31 @@ def run_variant(variant: str, data: SplitData, seed: int, train_config: str, out
     result = run_pipeline(cfg)
     wall = time.perf_counter() - t0
     valid, test = _pipeline_metrics(result)
-    return {
-        "model": f"graphgpt2-{variant}",
-        "kind": "graphgpt2",
-        "seed": seed,
-        "valid": valid,
-        "test": test,
-        "wall_s": wall,
-        "info": {"train_config": train_config, "overrides": overrides},
-    }
+    info = {"train_config": train_config, "overrides": overrides, "history": result.get("history"),
+            "residual_scale_sweep": result.get("residual_scale_sweep")}
+    rows = [{"model": f"graphgpt2-{variant}", "kind": "graphgpt2", "seed": seed, "valid": valid, "test": test,
+             "wall_s": wall, "info": info}]
+    if result.get("residual_scale_sweep") and 0 in cfg.finetune.residual_scale_grid:
+        rows.append(_without_residual(cfg, result, rows[0]))
+    return rows
+
+
+def _without_residual(cfg, result: dict, row: dict) -> dict:
+    """The ablation row of a two-stage run: the selected model with the residual's scale at 0, i.e. the
+    transformer that was trained (the residual never entered training); its own single test evaluation."""
+    from accelerate import Accelerator
+
+    from train.evaluate import evaluate_model
+    from train.modeling_io import load_model
+
+    model = load_model(result["paths"]["best_model"]).eval()
+    with torch.no_grad():
+        model.graph_residual.scale.fill_(0.0)
+    corpus, acc = Corpus(cfg.data.folder, cfg.data.leave_user_out_hops), Accelerator(cpu=True)
+    valid = evaluate_model(acc, model, corpus, "validation", cfg)
+    test = evaluate_model(acc, model, corpus, "test", cfg)
+    strip = lambda m: {k: v for k, v in m.items() if k != "users"}  # noqa: E731
+    return {**row, "model": row["model"] + "-noresidual", "valid": strip(valid), "test": strip(test)}
 
 
 def _pipeline_metrics(result: Any) -> tuple[dict, dict]:
@@ -343,7 +367,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split-seed", type=int, default=DEFAULT_SPLIT_SEED, help="raw data only")
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
     p.add_argument("--tag", default=None, help="file name stem (default: date and time)")
+    p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
+                   help="no training: gather the runs of these result files (same split as --data) into one table")
     return p.parse_args(argv)
+
+
+def merged_runs(paths: Sequence[Path], split_hash: str) -> list[dict]:
+    """The runs of several result files (e.g. one seed each, run in parallel), refusing a file of another split."""
+    rows = []
+    for path in paths:
+        payload = json.loads(Path(path).read_text())
+        if payload["split_hash"] != split_hash:
+            raise ValueError(f"{path}: split {payload['split_hash'][:12]} is not --data's split {split_hash[:12]}")
+        rows.extend(payload["runs"])
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
@@ -360,18 +397,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         "multivae": dict(preset["multivae"], **({"epochs": args.multivae_epochs} if args.multivae_epochs else {})),
         "lightgcn": dict(preset["lightgcn"], **({"epochs": args.lightgcn_epochs} if args.lightgcn_epochs else {})),
     }
-    rows = []
-    for name in args.baselines:
+    rows = merged_runs(args.merge, data.split_hash) if args.merge else []
+    for name in args.baselines if not args.merge else []:
         for seed in args.seeds if BASELINES[name].stochastic else [None]:
             row = run_baseline(name, data, seed or 0, **kwargs.get(name, {}))
             rows.append(row)
             print(f"[quality] {name} seed={row['seed']}: test " + _fmt(row["test"]) + f" ({row['wall_s']:.1f} s)", flush=True)
     train_config = args.train_config or preset["train_config"]
-    for variant in args.variants:
+    for variant in args.variants if not args.merge else []:
         for seed in args.seeds:
-            row = run_variant(variant, data, seed, train_config, args.out / _slug(data.name) / "runs", args.override)
-            rows.append(row)
-            print(f"[quality] graphgpt2-{variant} seed={seed}: test " + _fmt(row["test"]) + f" ({row['wall_s']:.1f} s)", flush=True)
+            for row in run_variant(variant, data, seed, train_config, args.out / _slug(data.name) / "runs", args.override):
+                rows.append(row)
+                print(f"[quality] {row['model']} seed={seed}: test " + _fmt(row["test"]) + f" ({row['wall_s']:.1f} s)", flush=True)
     paths = write_results(rows, data, args.out, command, args.tag)
     print(markdown_table(summarize_runs(rows)))
     print("[quality] wrote " + ", ".join(str(p) for p in paths.values()))

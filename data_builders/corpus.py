@@ -360,10 +360,13 @@ class Corpus:
         """
         if self._train_items is None:
             items: list[list[int]] = [[] for _ in range(self.num_users)]
-            if self.has_rows:
-                cols = self.dataset("recommendation", "train").select_columns(["user", "targets"]).to_dict()
-                for u, t in zip(cols["user"], cols["targets"]):
-                    items[int(u)] = [int(x) for x in t]
+            if self.has_rows:  # only these two columns are read, as arrays (no per-row Python dicts)
+                table = self.dataset("recommendation", "train", columns=["user", "targets"]).data.table
+                users = table.column("user").to_numpy()
+                targets = table.column("targets").combine_chunks()
+                offsets, values = targets.offsets.to_numpy(), targets.values.to_numpy()
+                for row, u in enumerate(users.tolist()):
+                    items[u] = values[offsets[row]:offsets[row + 1]].tolist()
             elif (self.folder / MAPS_DIR / HISTORIES_FILE).is_file():  # published: the same order, stored
                 path = self.folder / MAPS_DIR / HISTORIES_FILE
                 items = [[int(j) for j in h] for h in _read_json(path)]

@@ -218,7 +218,9 @@ class GraphGPT2RecOutput(ModelOutput):
         rec_loss: multinomial negative log-likelihood over all items (task "rec").
         reg_loss: weighted mutual regulariser between the two ID-embedding sets (already in `loss`).
         logits: (B, L, base_vocab_size) text logits ("content") or (B, L, num_items) item logits ("collab").
-        scores: (B, num_items) item scores from the last non-pad token ("rec").
+        scores: (B, num_items) item scores from the last non-pad token ("rec"), the graph residual included.
+        graph_residual: (B, num_items) the standardised graph residual x W / std(x W) before its scale ("rec", when
+            the model has one): `scores` = item logits + `graph_residual.scale` * this.
         hidden_states, attentions: as in transformers (with output_hidden_states / output_attentions).
     """
 
@@ -229,6 +231,7 @@ class GraphGPT2RecOutput(ModelOutput):
     reg_loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     scores: torch.FloatTensor | None = None
+    graph_residual: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
@@ -255,7 +258,8 @@ class GraphItemResidual(nn.Module):
 
     W (num_items x num_items, fitted on the train graph by the training code) is stored sparsely as the top
     `graph_residual_topn` entries of each row: `indices` (I, N) column indices and `values` (I, N), persistent
-    buffers saved with the weights, so a published model reproduces its scores. `scale` is a learned scalar.
+    buffers saved with the weights, so a published model reproduces its scores. `scale` is a learned scalar, or a
+    fixed one that the training code chooses on validation after fine-tuning (`finetune.residual_scale_grid`).
     r is divided by its standard deviation over the items (per prompt): x W is ~3e-3 wide on Beauty where the
     item logits are ~1 wide, so an unnormalised scale would have to travel to ~500 at the ID learning rate.
     """
@@ -283,12 +287,16 @@ class GraphItemResidual(nn.Module):
 
     def forward(self, item_index: torch.Tensor, is_item: torch.Tensor) -> torch.Tensor:
         """(B, L) item indices of the prompt's tokens and (B, L) bool "is an item token" -> (B, I) residual."""
+        return self.scale * self.standardised(item_index, is_item)
+
+    def standardised(self, item_index: torch.Tensor, is_item: torch.Tensor) -> torch.Tensor:
+        """(B, I) x W / std(x W), before the scale."""
         batch, num_items = item_index.shape[0], self.indices.shape[0]
         weights = self.values[item_index] * is_item.unsqueeze(-1).to(self.values.dtype)  # (B, L, N)
         residual = self.values.new_zeros(batch, num_items)
         residual.scatter_add_(1, self.indices[item_index].reshape(batch, -1), weights.reshape(batch, -1))
         spread = residual.std(dim=-1, keepdim=True).clamp_min(torch.finfo(residual.dtype).tiny)  # no items: 0 / tiny
-        return self.scale * (residual / spread)
+        return residual / spread
 
 
 TASKS = ("content", "collab", "rec")
@@ -564,7 +572,8 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
             if attention_mask is not None:
                 is_item = is_item & attention_mask.bool()
             item_index = torch.where(is_item, input_ids - first_item, 0)
-            result.scores = result.scores + self.graph_residual(item_index, is_item).to(result.scores.dtype)
+            result.graph_residual = self.graph_residual.standardised(item_index, is_item).to(result.scores.dtype)
+            result.scores = result.scores + self.graph_residual.scale * result.graph_residual
         if target_items is not None:
             if tuple(target_items.shape) != (batch, self.config.num_items):
                 raise ValueError(

@@ -1,4 +1,4 @@
-"""The CPU benchmark presets (train/configs/mi_cpu.yaml, beauty_cpu.yaml) load, share the data builders'
+"""The CPU benchmark presets (train/configs/mi_cpu.yaml, beauty_cpu.yaml, amazon_cpu.yaml) load, share the data builders'
 default split, never rebuild the folder under a training seed, and take every quality-harness variant."""
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 
 from benchmarks.quality import VARIANTS, SplitData, variant_config
 from data_builders.preprocess import build_split
-from train.config import CONFIG_DIR, load_config
+from train.config import CONFIG_DIR, ConfigError, load_config
 
-PRESETS = ("mi_cpu", "beauty_cpu")
+PRESETS = ("mi_cpu", "beauty_cpu", "amazon_cpu")
 
 
 def _default_split_seed() -> int:
@@ -39,6 +39,10 @@ def test_preset_uses_default_split_and_a_prebuilt_folder(name):
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_every_variant_applies_to_preset(name, variant, tmp_path):
     data = SplitData(name="x", train=None, valid=None, test=None, split_hash="h", folder=str(tmp_path / "folder"))
+    if variant == "nofinetune" and not load_config(name).pretrain.do_pretrain:
+        with pytest.raises(ConfigError, match="nothing would be trained"):  # a fine-tuning-only preset has no NoFineTune
+            variant_config(variant, data, seed=1, train_config=name, out_dir=tmp_path)
+        return
     cfg, overrides = variant_config(variant, data, seed=1, train_config=name, out_dir=tmp_path)
     assert cfg.seed == 1 and cfg.data.folder == data.folder and cfg.data.build is False
     assert cfg.data.split_seed == _default_split_seed()  # the training seed never touches the split

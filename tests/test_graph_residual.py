@@ -206,3 +206,49 @@ def test_finetuning_learns_the_scale_and_the_best_model_keeps_the_matrix(tiny, t
     assert best.graph_residual.scale.item() != 0.0  # started at 0, moved by the rec loss
     want = residual_matrix(Corpus(tiny).interaction_matrix("train"), "cooc", 10)
     np.testing.assert_array_equal(best.graph_residual.values.numpy(), want[1])
+
+
+# ---------------------------------------------------------------------------------------------- scale chosen on validation
+def test_one_pass_over_the_scales_equals_evaluating_each_scale(tiny, tmp_path):
+    from accelerate import Accelerator
+
+    from train.evaluate import evaluate_model, evaluate_residual_scales
+
+    corpus = Corpus(tiny)
+    cfg = load_config("demo", tiny_overrides(tiny, tmp_path, "model.graph_residual=ease", "model.graph_residual_topn=15",
+                                             "model.graph_residual_scale_init=0.7"))
+    torch.manual_seed(0)
+    model = build_model(cfg, corpus).eval()
+    acc = Accelerator(cpu=True)
+    scales = [0.0, 0.7, 4.0]
+    swept = evaluate_residual_scales(acc, model, corpus, "validation", cfg, scales)
+    for s, got in zip(scales, swept):
+        with torch.no_grad():
+            model.graph_residual.scale.fill_(s)
+        want = evaluate_model(acc, model, corpus, "validation", cfg)
+        for name in ("recall@20", "recall@40", "ndcg@100"):
+            assert got[name] == pytest.approx(want[name], abs=1e-9)
+    assert swept[0]["recall@20"] != swept[2]["recall@20"]  # the scale matters on this data: the check can fail
+
+
+def test_finetuning_chooses_the_residual_scale_on_validation_and_saves_it(tiny, tmp_path):
+    from train.finetune import finetune
+    from train.modeling_io import load_model
+
+    grid = [0.0, 1.0, 3.0, 10.0]
+    cfg = load_config("demo", tiny_overrides(tiny, tmp_path, "pretrain.do_pretrain=false", "model.graph_residual=ease",
+                                             "model.graph_residual_topn=15", "model.graph_residual_learn_scale=false",
+                                             "finetune.epochs=1", f"finetune.residual_scale_grid={grid}"))
+    result = finetune(cfg)
+    sweep = result["residual_scale_sweep"]
+    assert sweep["scales"] == grid and len(sweep["values"]) == len(grid)
+    assert sweep["chosen"] == grid[int(np.argmax(sweep["values"]))]
+    assert load_model(result["model_dir"]).graph_residual.scale.item() == pytest.approx(sweep["chosen"])
+    assert result["validation"]["recall@20"] == pytest.approx(max(sweep["values"]), abs=1e-9)
+
+
+def test_a_scale_grid_needs_a_residual_and_finite_scales():
+    with pytest.raises(ConfigError, match="key 'finetune.residual_scale_grid'"):
+        load_config("demo", ["finetune.residual_scale_grid=[0, 1]"])
+    with pytest.raises(ConfigError, match="key 'finetune.residual_scale_grid'"):
+        load_config("demo", ["model.graph_residual=cooc", "finetune.residual_scale_grid=[-1]"])

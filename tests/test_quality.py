@@ -144,7 +144,7 @@ def test_variant_run_goes_through_run_pipeline(tmp_path, monkeypatch):
         return {"validation": dict(metrics), "test": dict(metrics, **{"recall@20": 0.25}), "best_epoch": 1}
 
     monkeypatch.setattr(train.main, "run_pipeline", fake_run_pipeline)
-    row = quality.run_variant("constant", data, 2, "quick", tmp_path / "runs")
+    [row] = quality.run_variant("constant", data, 2, "quick", tmp_path / "runs")
     assert seen[0].model.graph_bias == "constant" and seen[0].seed == 2
     assert seen[0].output.dir.endswith("constant/seed2")
     assert row["model"] == "graphgpt2-constant" and row["test"]["recall@20"] == 0.25 and row["valid"]["ndcg@100"] == 0.5
@@ -157,3 +157,40 @@ def test_real_builder_folder_loads_and_matches_its_split_hashes(syn_folder):
     assert data.split_hash == corpus.split_hash
     sizes = corpus.split_manifest["split_sizes"]
     assert (data.train.nnz, data.valid.nnz, data.test.nnz) == (sizes["train"], sizes["valid"], sizes["test"])
+
+
+def test_two_stage_residual_variant_reports_the_model_and_its_ablation_without_the_residual(syn_folder, tmp_path):
+    """``residual_val``: the chosen scale's run, and the same selected model at scale 0 as its own row."""
+    from train.modeling_io import load_model
+    from train.testing import tiny_overrides
+
+    data = load_split(syn_folder)
+    extra = [o for o in tiny_overrides(syn_folder, tmp_path, "pretrain.do_pretrain=false", "finetune.epochs=1",
+                                       "model.graph_residual_topn=10")
+             if not o.startswith(("data.folder", "output.dir", "data.build"))]
+    with_res, without = quality.run_variant("residual_val", data, 0, "demo", tmp_path / "runs", extra)
+    sweep = with_res["info"]["residual_scale_sweep"]
+    assert sweep["scales"] == list(quality.RESIDUAL_SCALE_GRID)
+    assert with_res["valid"]["recall@20"] == pytest.approx(max(sweep["values"]), abs=1e-9)
+    assert without["model"] == "graphgpt2-residual_val-noresidual"
+    assert without["valid"]["recall@20"] == pytest.approx(sweep["values"][0], abs=1e-9)  # the grid's scale 0
+    best = load_model(tmp_path / "runs" / "residual_val" / "seed0" / "best")
+    assert best.graph_residual.scale.item() == pytest.approx(sweep["chosen"])  # the ablation did not touch the saved model
+
+
+def test_merge_gathers_runs_of_the_same_split_and_refuses_another(raw_folder, tmp_path):
+    out = tmp_path / "results"
+    one = quality.main(["--data", str(raw_folder), "--baselines", "multivae", "--seeds", "0", "--multivae-epochs", "2",
+                        "--out", str(out), "--tag", "s0"])["json"]
+    two = quality.main(["--data", str(raw_folder), "--baselines", "multivae", "--seeds", "1", "--multivae-epochs", "2",
+                        "--out", str(out), "--tag", "s1"])["json"]
+    merged = json.loads(quality.main(["--data", str(raw_folder), "--merge", str(one), str(two), "--out", str(out),
+                                      "--tag", "both"])["json"].read_text())
+    assert [(r["model"], r["seed"]) for r in merged["runs"]] == [("multivae", 0), ("multivae", 1)]
+    values = [json.loads(p.read_text())["runs"][0]["test"]["recall@20"] for p in (one, two)]
+    assert merged["summary_test"][0]["recall@20"]["mean"] == pytest.approx(np.mean(values))
+    other = json.loads(one.read_text())
+    other["split_hash"] = "0" * 64
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="is not --data's split"):
+        quality.main(["--data", str(raw_folder), "--merge", str(tmp_path / "other.json"), "--out", str(out)])

@@ -116,6 +116,11 @@ class FinetuneConfig(StageConfig):
     mask_fraction: float = 0.2  # share of each train history removed from the prompt every epoch (>= 1 item)
     selection_metric: str = "recall@20"  # ONE validation criterion that picks the epoch (see train/evaluate.py)
     patience: int = 0  # stop after this many epochs without improvement; 0 = never stop early
+    # Two-stage graph residual: after training, the residual's scale is set to the value of this grid with the best
+    # selection_metric on validation (the selected epoch's model, one pass; ties keep the earlier value). Empty =
+    # keep the model's scale. Train with model.graph_residual_learn_scale=false and scale_init=0 for the recipe
+    # "fine-tune the transformer alone, then mix in W" (docs/model.md).
+    residual_scale_grid: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -301,6 +306,10 @@ def _validate(cfg: RunConfig) -> None:
     if not (p.do_pretrain or f.do_finetune):
         raise ConfigError("keys 'pretrain.do_pretrain' and 'finetune.do_finetune' are both false: nothing would be trained")
     _require(cfg, "finetune.patience", non_negative, ">= 0 (0 = never stop early)")
+    _require(cfg, "finetune.residual_scale_grid", lambda g: all(v >= 0 and v != float("inf") for v in g),
+             "a list of finite scales >= 0")
+    if f.residual_scale_grid and cfg.model.graph_residual == "none":
+        raise ConfigError("key 'finetune.residual_scale_grid' needs a graph residual (model.graph_residual=ease or cooc)")
     if not 0.0 <= f.mask_fraction < 1.0:
         raise ConfigError(f"key 'finetune.mask_fraction' must be in [0, 1), got {f.mask_fraction}")
     for name in ("recall_ks", "ndcg_ks"):

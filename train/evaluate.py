@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -68,16 +69,36 @@ class _BatchStream(IterableDataset):
 
 
 @torch.no_grad()
-def score_batch(model, batch: dict) -> torch.Tensor:
-    """(B, I) item scores from the last non-pad token (task="rec")."""
+def score_batch(model, batch: dict, residual_scales: Sequence[float] | None = None) -> list[torch.Tensor]:
+    """(B, I) item scores from the last non-pad token (task="rec"): ``[scores]``, or with ``residual_scales`` one
+    matrix per scale s, the item logits + s * the model's standardised graph residual (the model runs once)."""
     out = model(**{k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS}, task="rec")
-    return out.scores.float()
+    if residual_scales is None:
+        return [out.scores.float()]
+    residual = out.graph_residual.float()
+    logits = out.scores.float() - float(model.graph_residual.scale) * residual
+    return [logits + s * residual for s in residual_scales]
 
 
-@torch.no_grad()
 def evaluate_model(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig, chunk_batches: int = 64) -> dict:
     """Mean metrics over the split's users (all processes get the same dict); ``chunk_batches`` batches of
     prompts are read at a time."""
+    return _evaluate(accelerator, model, corpus, split, cfg, chunk_batches)[0]
+
+
+def evaluate_residual_scales(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig, scales: Sequence[float],
+                             chunk_batches: int = 64) -> list[dict]:
+    """The metrics of ``evaluate_model`` with the graph residual's scale set to each of ``scales`` in turn, from
+    one pass over the split (how ``finetune.residual_scale_grid`` is searched on validation)."""
+    if accelerator.unwrap_model(model).graph_residual is None:
+        raise ValueError("evaluate_residual_scales needs a model with a graph residual (model.graph_residual)")
+    return _evaluate(accelerator, model, corpus, split, cfg, chunk_batches, list(scales))
+
+
+@torch.no_grad()
+def _evaluate(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig, chunk_batches: int,
+              residual_scales: list[float] | None = None) -> list[dict]:
+    """One metrics dict per score variant (``score_batch``)."""
     num_rows = corpus.num_rows("recommendation", split)
     mine = rank_rows(accelerator, num_rows)
     train_ui = corpus.hops.graph.ui  # the train items of each user (CSR rows): masked out of the ranking
@@ -88,7 +109,8 @@ def evaluate_model(accelerator, model, corpus: Corpus, split: str, cfg: RunConfi
     was_training = net.training
     net.eval()
     bs = cfg.eval.batch_size
-    row_parts, user_parts, val_parts = [], [], []
+    variants = 1 if residual_scales is None else len(residual_scales)
+    row_parts, user_parts, val_parts = [], [], [[] for _ in range(variants)]
     # a DataLoader over the stream of batches, like every other loop: its iterator draws the one torch seed
     # training's random stream has always seen at each evaluation
     loader = DataLoader(_BatchStream(lambda: example_batches(corpus.iter_rec_examples(split, mine, chunk_rows=bs * chunk_batches), bs)),
@@ -96,37 +118,36 @@ def evaluate_model(accelerator, model, corpus: Corpus, split: str, cfg: RunConfi
     for batch, part in loader:
         batch = send_to_device(batch, accelerator.device)
         users = np.asarray([ex.user for ex in part], dtype=np.int64)
-        pu = per_user_metrics(
-            score_batch(net, batch).cpu().numpy(),
-            relevant=[np.asarray(ex.targets, dtype=np.int64) for ex in part],
-            exclude=train_ui[users],
-            ks=ks,
-            ndcg_ks=ndcg_ks,
-        )
+        relevant = [np.asarray(ex.targets, dtype=np.int64) for ex in part]
+        for parts, scores in zip(val_parts, score_batch(net, batch, residual_scales)):
+            pu = per_user_metrics(scores.cpu().numpy(), relevant=relevant, exclude=train_ui[users], ks=ks, ndcg_ks=ndcg_ks)
+            parts.append(np.stack([pu[n] for n in names] + [pu["num_relevant"].astype(np.float64)], axis=1))
         row_parts.append(np.asarray([ex.row for ex in part], dtype=np.int64))
         user_parts.append(users)
-        val_parts.append(np.stack([pu[n] for n in names] + [pu["num_relevant"].astype(np.float64)], axis=1))
     if was_training:
         net.train()
     local = (np.concatenate(row_parts) if row_parts else np.zeros(0, np.int64),
              np.concatenate(user_parts) if user_parts else np.zeros(0, np.int64),
-             np.concatenate(val_parts) if val_parts else np.zeros((0, len(names) + 1)))
+             [np.concatenate(parts) if parts else np.zeros((0, len(names) + 1)) for parts in val_parts])
     blocks = gather_object([local]) if accelerator.num_processes > 1 else [local]
     idx = np.concatenate([b[0] for b in blocks])
     users = np.concatenate([b[1] for b in blocks])
-    vals = np.concatenate([b[2] for b in blocks])
     if len(idx) != num_rows or len(np.unique(idx)) != num_rows:
         raise RuntimeError(
             f"evaluation gathered {len(idx)} rows ({len(np.unique(idx))} unique) for {num_rows} users of '{split}': "
             "users were duplicated or missed across processes"
         )
     order = np.argsort(idx)
-    per_user = {n: vals[order, j] for j, n in enumerate(names)}
-    per_user["num_relevant"] = vals[order, -1].astype(np.int64)
-    result = summarize(per_user)
-    result["split"] = split
-    result["users"] = [int(u) for u in users[order]]
-    return result
+    results = []
+    for v in range(variants):
+        vals = np.concatenate([b[2][v] for b in blocks])
+        per_user = {n: vals[order, j] for j, n in enumerate(names)}
+        per_user["num_relevant"] = vals[order, -1].astype(np.int64)
+        result = summarize(per_user)
+        result["split"] = split
+        result["users"] = [int(u) for u in users[order]]
+        results.append(result)
+    return results
 
 
 def metrics_table(rows: dict[str, dict], names: list[str]) -> str:

@@ -11,7 +11,8 @@ The loop is ``train.trainer.Trainer.fit``. After each epoch the model is evaluat
 the best ``finetune.selection_metric`` (one criterion, ties keep the earlier epoch) is saved to
 ``<output.dir>/best``; ``finetune.patience`` epochs without improvement stop training. Test is evaluated ONCE, after
 training, with that model. Starts from ``<output.dir>/pretrained`` when pre-training ran (else a fresh model:
-the NoPretrain ablation).
+the NoPretrain ablation). With ``finetune.residual_scale_grid``, the selected model's graph-residual scale is
+then chosen on validation from that grid (``choose_residual_scale``) before the final evaluations.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
+import torch
 
 from data_builders.collate import MODEL_INPUT_KEYS
 from data_builders.corpus import Corpus, RecExample
@@ -37,7 +39,7 @@ from train.common import (
     warmup_linear,
 )
 from train.config import RunConfig
-from train.evaluate import evaluate_model
+from train.evaluate import evaluate_model, evaluate_residual_scales
 from train.io_utils import atomic_write_json
 from train.logging_utils import RunLogger
 from train.metrics import metric_names
@@ -79,6 +81,19 @@ def train_target_lengths(corpus: Corpus) -> np.ndarray:
     """Every train recommendation row's number of target items (only that column is read)."""
     ds = corpus.dataset("recommendation", "train", columns=["targets"])
     return pc.list_value_length(ds.data.column("targets")).to_numpy()
+
+
+def choose_residual_scale(accelerator, model, corpus: Corpus, cfg: RunConfig, model_dir: Path) -> dict:
+    """Set the graph residual's scale to the grid value with the best validation selection metric (first of
+    equals) and save the model again; returns the sweep (scale -> that metric) and the chosen scale."""
+    grid, metric = cfg.finetune.residual_scale_grid, cfg.finetune.selection_metric
+    values = [m[metric] for m in evaluate_residual_scales(accelerator, model, corpus, "validation", cfg, grid)]
+    best = grid[int(np.argmax(values))]
+    with torch.no_grad():
+        model.graph_residual.scale.fill_(best)
+    save_model(accelerator, model, model_dir)
+    accelerator.print(f"graph residual scale chosen on validation: {best} ({metric} {max(values):.4f})")
+    return {"metric": metric, "scales": list(grid), "values": values, "chosen": best}
 
 
 def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None, init_dir: str | Path | None = None) -> dict:
@@ -144,6 +159,7 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
         final = final.merge_and_unload() if hasattr(final, "merge_and_unload") else final
         save_model(accelerator, final, best_dir)
     final = final.to(accelerator.device)
+    scale_sweep = choose_residual_scale(accelerator, final, corpus, cfg, best_dir) if f.residual_scale_grid else None
     val = evaluate_model(accelerator, final, corpus, "validation", cfg)
     test = evaluate_model(accelerator, final, corpus, "test", cfg)
     result = {
@@ -157,6 +173,7 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
         "train_wall_s": train_wall,
         "model_dir": str(best_dir),
         "steps": fit.global_step,
+        "residual_scale_sweep": scale_sweep,
     }
     if accelerator.is_main_process:
         atomic_write_json(out / "finetune_result.json", result)
