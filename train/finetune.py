@@ -85,15 +85,17 @@ def train_target_lengths(corpus: Corpus) -> np.ndarray:
 
 def choose_residual_scale(accelerator, model, corpus: Corpus, cfg: RunConfig, model_dir: Path) -> dict:
     """Set the graph residual's scale to the grid value with the best validation selection metric (first of
-    equals) and save the model again; returns the sweep (scale -> that metric) and the chosen scale."""
+    equals) and save the model again; returns the sweep (scales, that metric per scale, the chosen scale) and the
+    chosen scale's validation metrics."""
     grid, metric = cfg.finetune.residual_scale_grid, cfg.finetune.selection_metric
-    values = [m[metric] for m in evaluate_residual_scales(accelerator, model, corpus, "validation", cfg, grid)]
-    best = grid[int(np.argmax(values))]
+    swept = evaluate_residual_scales(accelerator, model, corpus, "validation", cfg, grid)
+    values = [m[metric] for m in swept]
+    best = int(np.argmax(values))
     with torch.no_grad():
-        model.graph_residual.scale.fill_(best)
+        model.graph_residual.scale.fill_(grid[best])
     save_model(accelerator, model, model_dir)
-    accelerator.print(f"graph residual scale chosen on validation: {best} ({metric} {max(values):.4f})")
-    return {"metric": metric, "scales": list(grid), "values": values, "chosen": best}
+    accelerator.print(f"graph residual scale chosen on validation: {grid[best]} ({metric} {values[best]:.4f})")
+    return {"metric": metric, "scales": list(grid), "values": values, "chosen": grid[best]}, swept[best]
 
 
 def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None, init_dir: str | Path | None = None) -> dict:
@@ -159,8 +161,10 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
         final = final.merge_and_unload() if hasattr(final, "merge_and_unload") else final
         save_model(accelerator, final, best_dir)
     final = final.to(accelerator.device)
-    scale_sweep = choose_residual_scale(accelerator, final, corpus, cfg, best_dir) if f.residual_scale_grid else None
-    val = evaluate_model(accelerator, final, corpus, "validation", cfg)
+    if f.residual_scale_grid:  # the sweep's pass gives the chosen scale's validation metrics
+        scale_sweep, val = choose_residual_scale(accelerator, final, corpus, cfg, best_dir)
+    else:
+        scale_sweep, val = None, evaluate_model(accelerator, final, corpus, "validation", cfg)
     test = evaluate_model(accelerator, final, corpus, "test", cfg)
     result = {
         "selection_metric": f.selection_metric,
