@@ -106,6 +106,7 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
     seed_everything(cfg.seed)
     corpus = corpus or Corpus(cfg.data.folder, cfg.data.leave_user_out_hops)
     init_dir = Path(init_dir) if init_dir else out / "pretrained"
+    stage_s, t_model = {}, time.time()  # wall seconds of each stage (benchmarks/RESULTS.md reports them)
     if cfg.pretrain.do_pretrain and init_dir.is_dir():
         model = load_model(init_dir, merge_lora=True)
         corpus.check_model(model.config)
@@ -117,6 +118,7 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
         freeze_backbone(model)
     if cfg.model.lora_r > 0:
         model = apply_lora(model, cfg.model.lora_r, cfg.model.lora_alpha, lora_base, accelerator.is_main_process)
+    stage_s["model_s"] = time.time() - t_model  # with a graph residual: fitting W on the train graph
     num_train = corpus.num_rows("recommendation", "train")
     train_examples = corpus.rec_examples("train", rank_rows(accelerator, num_train))  # this rank's shard only
     target_lengths = train_target_lengths(corpus)
@@ -151,7 +153,7 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
     fit = trainer.fit(f.epochs if f.do_finetune else 0, batches, loss, validate=validate,
                       on_best=lambda epoch: save_model(accelerator, trainer.model, best_dir),
                       epoch_info=lambda epoch: {"task": "rec"}, resume=resume, also_clear=(best_dir,))
-    train_wall = time.time() - t0
+    train_wall = stage_s["train_s"] = time.time() - t0  # the epochs with their validation passes
 
     # Test once, with the selected model (or the starting model when fine-tuning is off: NoFineTune).
     if best_dir.is_dir():
@@ -161,11 +163,14 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
         final = final.merge_and_unload() if hasattr(final, "merge_and_unload") else final
         save_model(accelerator, final, best_dir)
     final = final.to(accelerator.device)
+    t0 = time.time()
     if f.residual_scale_grid:  # the sweep's pass gives the chosen scale's validation metrics
         scale_sweep, val = choose_residual_scale(accelerator, final, corpus, cfg, best_dir)
     else:
         scale_sweep, val = None, evaluate_model(accelerator, final, corpus, "validation", cfg)
+    stage_s["select_s"], t0 = time.time() - t0, time.time()  # final validation (the residual-scale sweep)
     test = evaluate_model(accelerator, final, corpus, "test", cfg)
+    stage_s["test_s"] = time.time() - t0
     result = {
         "selection_metric": f.selection_metric,
         "best_epoch": fit.best_epoch,
@@ -175,6 +180,7 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
         "history": fit.history,
         "stopped_early": fit.stopped_early,
         "train_wall_s": train_wall,
+        "stage_s": stage_s,
         "model_dir": str(best_dir),
         "steps": fit.global_step,
         "residual_scale_sweep": scale_sweep,

@@ -65,6 +65,7 @@ def run_pipeline(cfg: RunConfig, resume: bool = False, command: str | None = Non
     t = time.time()
     fin = finetune(cfg, resume=resume, corpus=corpus)
     walls["finetune_s"] = time.time() - t
+    walls.update({f"finetune_{k}": v for k, v in fin["stage_s"].items()})  # model_s, train_s, select_s, test_s
 
     from accelerate import PartialState
 
