@@ -176,6 +176,8 @@ def test_two_stage_residual_variant_reports_the_model_and_its_ablation_without_t
     assert without["valid"]["recall@20"] == pytest.approx(sweep["values"][0], abs=1e-9)  # the grid's scale 0
     best = load_model(tmp_path / "runs" / "residual_val" / "seed0" / "best")
     assert best.graph_residual.scale.item() == pytest.approx(sweep["chosen"])  # the ablation did not touch the saved model
+    card = (tmp_path / "runs" / "residual_val" / "seed0" / "hub_model" / "README.md").read_text()
+    assert f"scale {sweep['chosen']:g}, chosen on validation recall@20" in card
 
 
 def test_merge_gathers_runs_of_the_same_split_and_refuses_another(raw_folder, tmp_path):

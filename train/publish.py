@@ -105,6 +105,13 @@ def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None, da
     plan = pretrain_plan(cfg.pretrain) if cfg.pretrain.do_pretrain else []
     plan_text = (f"{plan.count('content')} content epochs and {plan.count('collab')} collaborative epochs "
                  f"(order: {' '.join(plan[:12])}{' ...' if len(plan) > 12 else ''})") if plan else "none (NoPretrain)"
+    m, sweep = cfg.model, result.get("residual_scale_sweep")
+    residual_text = ("none" if m.graph_residual == "none" else
+                     f"scores + scale x (prompt items x W) / std, W = `{m.graph_residual}`"
+                     + (f" (lambda {m.graph_residual_lambda:g})" if m.graph_residual == "ease" else "")
+                     + f" of the train graph, top {m.graph_residual_topn} per row (buffers in `model.safetensors`); scale "
+                     + (f"{sweep['chosen']:g}, chosen on validation {sweep['metric']} from {sweep['scales']} after fine-tuning"
+                        if sweep else ("learned" if m.graph_residual_learn_scale else f"fixed at {m.graph_residual_scale_init:g}")))
     card = ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE),
@@ -129,6 +136,7 @@ def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None, da
         n_embd=cfg.model.n_embd,
         n_head=cfg.model.n_head,
         graph_bias=cfg.model.graph_bias,
+        graph_residual=residual_text,
         mutual_reg_weight=cfg.model.mutual_reg_weight,
         command=command or f"graphgpt2-rec run --config {cfg.preset}",
         pretrain_plan=plan_text,
