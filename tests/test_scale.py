@@ -199,3 +199,29 @@ def test_powerlaw_data_builds_every_config_with_stored_pair_hops(tmp_path, gpt2_
             for r, w in zip(rows, want):
                 got = r["pair_hops_luo"] if (luo and r["pair_hops_luo"]) else r["pair_hops"]
                 assert np.array_equal(np.asarray(got, np.uint8).reshape(w.shape), w), config
+
+
+def test_check_folder_finds_stored_hops_equal_to_the_dense_table_and_flags_a_difference(tmp_path, gpt2_tokenizer_dir, monkeypatch):
+    """benchmarks.bench_scale --check-folder (the same-seed argument for real folders): every row of every config,
+    and re-masked fine-tuning prompts, give the old dense-table lookup's hops; a table off by one is caught."""
+    from benchmarks.bench_scale import check_folder
+    from data_builders.corpus import Corpus
+    from data_builders.folder import build_dataset_folder
+    from data_builders.graph import HopDistances
+
+    split = build_split(make_powerlaw(300, 150, 3000, seed=4), k_core=5, seed=1)
+    build_dataset_folder(split, tmp_path / "pl", tokenizer_source=gpt2_tokenizer_dir)
+    res = check_folder(tmp_path / "pl", batch=64)
+    c = Corpus(tmp_path / "pl")
+    assert res["configs"]["recommendation/test"]["rows"] == c.num_rows("recommendation", "test") > 0
+    assert res["configs"]["recommendation/train re-masked epoch 0"]["rows"] == c.num_rows("recommendation", "train")
+    assert all(v["mismatched_rows"] == 0 for v in res["configs"].values()), res
+    pairwise = HopDistances.pairwise
+
+    def off_by_one(self, pos):
+        hops = pairwise(self, pos)
+        return np.where(hops > 0, hops + 1, hops) if self.table is not None else hops
+
+    monkeypatch.setattr(HopDistances, "pairwise", off_by_one)
+    bad = check_folder(tmp_path / "pl", batch=64)["configs"]
+    assert bad["recommendation/test"]["mismatched_rows"] == bad["recommendation/test"]["rows"]
