@@ -32,7 +32,8 @@ class GraphCollator:
 
     Returns ``input_ids`` (B, L) long, ``attention_mask`` (B, L) long, ``labels`` (B, L) long with -100 on pad
     (only when rows have labels), ``hop_distances`` (B, L, L) long (-1 where either token is text or pad),
-    and ``target_items`` (B, I) float multi-hot when rows have ``targets`` (needs ``num_items``).
+    and ``target_items`` (B, I) float multi-hot when rows have ``targets`` (needs ``num_items``; a row's optional
+    ``target_weights``, one per target, replace its ones).
     A row's hops come from its ``pair_hops`` (``pair_hops_luo`` with ``leave_user_out`` when non-empty), over
     ``pair_nodes`` when given (a re-masked prompt pointing into its full-history matrix); rows without
     ``pair_hops`` are measured on the train graph.
@@ -94,8 +95,9 @@ class GraphCollator:
             if self.num_items is None:
                 raise ValueError("rows carry targets but GraphCollator was built without num_items")
             multi_hot = np.zeros((len(rows), self.num_items), dtype=np.float32)
-            for b, r in enumerate(rows):
-                multi_hot[b, np.asarray(r["targets"], dtype=np.int64)] = 1.0
+            for b, r in enumerate(rows):  # optional per-target weights (finetune.visible_target_weight)
+                weights = r.get("target_weights")
+                multi_hot[b, np.asarray(r["targets"], dtype=np.int64)] = 1.0 if weights is None else weights
             batch["target_items"] = torch.from_numpy(multi_hot)
         return batch
 

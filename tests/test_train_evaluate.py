@@ -55,3 +55,32 @@ def test_masked_prompts_follow_cllm4rec(tmp_path):
         n = len(r["targets"])
         assert len(shown) == n - min(max(1, int(0.2 * n)), n - 1)  # max(1, int(0.2 n)) removed
         assert set(shown) < set(r["targets"])  # target = ALL train items, including the shown ones
+
+
+def test_visible_target_weight_weighs_the_items_left_in_the_prompt(tmp_path):
+    """finetune.visible_target_weight: the items still shown in the prompt weigh w in the target, the removed
+    ones 1; the same mask as w = 1 (which adds no weights); the collator writes the weights into target_items."""
+    from data_builders.corpus import Corpus
+    from train.finetune import masked_prompts
+
+    corpus = Corpus(build_tiny_data(tmp_path / "tiny"))
+    ex = corpus.rec_examples("train")
+    plain = masked_prompts(corpus, ex, 0.2, seed=0, epoch=0, max_length=96)
+    weighted = masked_prompts(corpus, ex, 0.2, seed=0, epoch=0, max_length=96, visible_weight=0.25)
+    assert all("target_weights" not in r for r in plain)
+    assert [r["input_ids"] for r in plain] == [r["input_ids"] for r in weighted]
+    base, users = corpus.base_vocab_size, corpus.num_users
+    batch = corpus.collator(96)(weighted)
+    for b, r in enumerate(weighted):
+        shown = {t - base - users for t in r["input_ids"] if t >= base + users}
+        want = {item: (0.25 if item in shown else 1.0) for item in r["targets"]}
+        assert dict(zip(r["targets"], r["target_weights"])) == want
+        row = batch["target_items"][b].numpy()
+        assert all(row[item] == w for item, w in want.items()) and row.sum() == pytest.approx(sum(want.values()))
+
+
+def test_visible_target_weight_is_checked():
+    from train.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="finetune.visible_target_weight"):
+        load_config("demo", ["finetune.visible_target_weight=1.5"])

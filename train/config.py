@@ -114,6 +114,9 @@ class FinetuneConfig(StageConfig):
     do_finetune: bool = True  # False = NoFineTune ablation (pre-trained model evaluated as is)
     epochs: int = 2
     mask_fraction: float = 0.2  # share of each train history removed from the prompt every epoch (>= 1 item)
+    # weight of the items still visible in the prompt in the multinomial target (the removed ones weigh 1); 1 = the
+    # paper's target (every train item alike). Below 1 the loss leans on the items attention cannot copy.
+    visible_target_weight: float = 1.0
     selection_metric: str = "recall@20"  # ONE validation criterion that picks the epoch (see train/evaluate.py)
     patience: int = 0  # stop after this many epochs without improvement; 0 = never stop early
     # Two-stage graph residual: after training, the residual's scale is set to the value of this grid with the best
@@ -310,6 +313,8 @@ def _validate(cfg: RunConfig) -> None:
              "a list of finite scales >= 0")
     if f.residual_scale_grid and cfg.model.graph_residual == "none":
         raise ConfigError("key 'finetune.residual_scale_grid' needs a graph residual (model.graph_residual=ease or cooc)")
+    if not 0.0 <= f.visible_target_weight <= 1.0:
+        raise ConfigError(f"key 'finetune.visible_target_weight' must be in [0, 1], got {f.visible_target_weight}")
     if not 0.0 <= f.mask_fraction < 1.0:
         raise ConfigError(f"key 'finetune.mask_fraction' must be in [0, 1), got {f.mask_fraction}")
     for name in ("recall_ks", "ndcg_ks"):

@@ -48,8 +48,9 @@ from train.trainer import Trainer
 
 
 def masked_prompts(corpus: Corpus, examples: list[RecExample], fraction: float, seed: int, epoch: int, max_length: int,
-                   target_lengths: np.ndarray | None = None) -> list[dict]:
-    """One epoch of training prompts: each history re-masked and shuffled, target = all train items.
+                   target_lengths: np.ndarray | None = None, visible_weight: float = 1.0) -> list[dict]:
+    """One epoch of training prompts: each history re-masked and shuffled, target = all train items (those left
+    visible in the prompt weighted ``visible_weight``, given as ``target_weights`` when below 1).
 
     ``examples`` may be one rank's shard: ``target_lengths`` (every train row's number of items) lets the mask
     draws of the other rows be replayed (one permutation each, no prompt built), so a row's mask and its place
@@ -70,6 +71,10 @@ def masked_prompts(corpus: Corpus, examples: list[RecExample], fraction: float, 
         items = np.asarray(ex.targets, dtype=np.int64)  # train split: targets = all train items
         ids, pos = corpus.encode_rec_prompt(ex.user, items[keep].tolist(), max_length)
         prompt = {"input_ids": ids, "node_positions": pos, "labels": [-100] * len(ids), "targets": items.tolist()}
+        if visible_weight != 1.0:
+            weights = np.ones(n, dtype=np.float32)
+            weights[keep] = visible_weight
+            prompt["target_weights"] = weights.tolist()
         if len(ex.history) == n:  # the kept items are nodes of the stored full-history matrix: no graph search
             prompt.update(ex.pair_fields())
         rows[row] = prompt
@@ -138,7 +143,8 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
     )
 
     def batches(epoch: int):
-        rows = masked_prompts(corpus, train_examples, f.mask_fraction, cfg.seed, epoch, cfg.data.max_length, target_lengths)
+        rows = masked_prompts(corpus, train_examples, f.mask_fraction, cfg.seed, epoch, cfg.data.max_length, target_lengths,
+                              f.visible_target_weight)
         return rank_loader(accelerator, rows, f.batch_size, collate, epoch_steps)
 
     def loss(model, batch: dict, epoch: int):
