@@ -52,3 +52,12 @@ def test_every_variant_applies_to_preset(name, variant, tmp_path):
         assert cfg.model.graph_bias == "none" != base.model.graph_bias
     if variant == "nopretrain":
         assert cfg.pretrain.do_pretrain is False
+    if variant == "alltargets":  # the ablation of the visible-target weight: the paper's all-items target
+        assert cfg.finetune.visible_target_weight == 1.0
+
+
+def test_only_the_main_preset_weighs_the_visible_targets():
+    """amazon_cpu leans the target on the removed items; the paper-faithful presets keep the paper's target."""
+    assert load_config("amazon_cpu").finetune.visible_target_weight == 0.3
+    for name in ("mi_cpu", "beauty_cpu", "paper", "released", "demo"):
+        assert load_config(name).finetune.visible_target_weight == 1.0, name
