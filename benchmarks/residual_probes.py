@@ -4,6 +4,14 @@
     python -m benchmarks.residual_probes calibrate <folder> ease 100          # likelihood of softmax(t x W) per t
     python -m benchmarks.residual_probes scale     <folder> <residual model> N s1 s2 ...   # re-weighted residual
     python -m benchmarks.residual_probes posthoc   <folder> <model> <model holding W> s1 s2 ...
+    python -m benchmarks.residual_probes mixgrid   <folder> <model> <out.json> 100,200 200,400 [<checkpoint folder>]
+    python -m benchmarks.residual_probes buckets   <folder> <validation logits .npy> <out.json>
+    python -m benchmarks.residual_probes ensemble  <folder> <validation logits .npy> <validation logits .npy> ...
+
+``mixgrid`` caches the model's (or an epoch checkpoint's) validation logits as ``val_logits.npy`` beside it and
+scores logits + s * the standardised x W for every EASE lambda x top-N x s; ``buckets`` chooses one scale per
+train-history-length bucket on half of the validation users and reads it on the other half (and vice versa);
+``ensemble`` averages the logits of several epochs before the mix.
 
 All fit W on the TRAIN interactions and choose on VALIDATION; only ``posthoc`` reads test, once, with the s that
 is best on validation (the issue's post-hoc mix of a model trained WITHOUT residual and the pruned matrix).
@@ -13,6 +21,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -21,6 +30,7 @@ import torch
 from benchmarks.baselines import evaluate_recommender
 from data_builders.corpus import Corpus
 from data_builders.item_graph import cooccurrence_row_normalised, ease_closed_form, residual_matrix, top_n_per_row
+from train.evaluate import rec_rows, score_batch
 from train.metrics import per_user_metrics, summarize
 from train.modeling_io import load_model
 
@@ -137,8 +147,110 @@ def posthoc(folder: str, model_dir: str, w_dir: str, *grid: str) -> None:
                       "test": {k: test[k] for k in ("recall@20", "recall@40", "ndcg@100")}, "wall_s": round(time.time() - t0, 1)}))
 
 
+MIX_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+
+
+class ValidationMix:
+    """Validation users, targets and train masks of a folder, scoring `logits + s * r / std(r)` with r = x W (x the
+    user's train items) in numpy, 4,096 users at a time."""
+
+    def __init__(self, folder: str):
+        self.corpus = Corpus(folder)
+        self.train = self.corpus.interaction_matrix("train")
+        examples = [ex for chunk in self.corpus.iter_rec_examples("validation") for ex in chunk]
+        self.examples = examples
+        self.users = np.asarray([ex.user for ex in examples])
+        self.targets = [np.asarray(ex.targets, dtype=np.int64) for ex in examples]
+        self.exclude = self.corpus.hops.graph.ui[self.users]
+
+    def residual(self, w) -> np.ndarray:
+        r = self.train[self.users] @ w
+        r = np.asarray(r.todense() if sp.issparse(r) else r, dtype=np.float32)
+        return r / np.maximum(r.std(axis=1, keepdims=True), 1e-30)
+
+    def per_user(self, scores: np.ndarray) -> dict:
+        block = 4096
+        parts = [per_user_metrics(scores[a:a + block], self.targets[a:a + block], self.exclude[a:a + block])
+                 for a in range(0, len(self.users), block)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def metrics(self, scores: np.ndarray) -> dict:
+        m = summarize(self.per_user(scores))
+        return {k: round(float(m[k]), 5) for k in ("recall@20", "recall@40", "ndcg@100")}
+
+    def logits(self, model_dir: str, checkpoint: str | None = None) -> np.ndarray:
+        """The model's validation logits at scale 0, cached as val_logits.npy in the model (or checkpoint) folder."""
+        cache = Path(checkpoint or model_dir) / "val_logits.npy"
+        if cache.exists():
+            return np.load(cache)
+        model = load_model(model_dir).eval()
+        if checkpoint:  # an epoch checkpoint's weights (Accelerate's model.safetensors; the text head is tied)
+            from safetensors.torch import load_file
+
+            missing, unexpected = model.load_state_dict(load_file(str(Path(checkpoint) / "model.safetensors")), strict=False)
+            if set(missing) - {"lm_head.weight"} or unexpected:
+                raise RuntimeError(f"checkpoint {checkpoint} does not fit the model: {missing} {unexpected}")
+            model.tie_weights()
+        collate = self.corpus.collator(128)
+        parts = []
+        for start in range(0, len(self.examples), 256):
+            batch = collate(rec_rows(self.corpus, self.examples[start:start + 256], 128))
+            parts.append(score_batch(model, batch, [0.0])[0].numpy())
+        logits = np.concatenate(parts).astype(np.float32)
+        np.save(cache, logits)
+        return logits
+
+
+def mixgrid(folder: str, model_dir: str, out: str, lams: str = "100", topns: str = "200", checkpoint: str | None = None) -> None:
+    v = ValidationMix(folder)
+    logits = v.logits(model_dir, checkpoint)
+    results = {"model_only": v.metrics(logits)}
+    print(results, flush=True)
+    for lam in (float(x) for x in lams.split(",")):
+        mat = ease_closed_form(v.train, lam)
+        for n in (int(x) for x in topns.split(",")):
+            r = v.residual(mat.astype(np.float32) if n >= mat.shape[0] else sparse_w(*top_n_per_row(mat, n)))
+            key = f"lam{lam:g}_top{n}"
+            results[key + "_alone"] = v.metrics(r)
+            for s_ in MIX_SCALES:
+                results[f"{key}_s{s_}"] = v.metrics(logits + s_ * r)
+                print(key, s_, results[f"{key}_s{s_}"], flush=True)
+            Path(out).write_text(json.dumps(results, indent=1))
+
+
+def buckets(folder: str, logits_path: str, out: str) -> None:
+    v = ValidationMix(folder)
+    logits = np.load(logits_path)
+    r = v.residual(sparse_w(*residual_matrix(v.train, "ease", 200, 100.0)))
+    scales = [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0]
+    recall = np.stack([v.per_user(logits + s_ * r)["recall@20"] for s_ in scales], 1)  # (users, scales)
+    edges = [0, 3, 4, 5, 7, 10, 10**9]
+    bucket = np.digitize(np.asarray(v.train[v.users].sum(1)).ravel(), edges[1:-1])
+    half = np.random.default_rng(0).random(len(v.users)) < 0.5
+    res = {"bucket_edges": edges, "bucket_sizes": np.bincount(bucket).tolist()}
+    for name, choose, read in (("A->B", half, ~half), ("B->A", ~half, half)):
+        g = int(np.nanargmax(np.nanmean(recall[choose], 0)))
+        chosen = [int(np.nanargmax(np.nanmean(recall[choose & (bucket == b)], 0))) if (choose & (bucket == b)).any() else g
+                  for b in range(len(edges) - 1)]
+        per_user = recall[np.arange(len(v.users)), [chosen[b] for b in bucket]]
+        res[name] = {"global_scale": scales[g], "global_read": float(np.nanmean(recall[read, g])),
+                     "bucket_scales": [scales[c] for c in chosen], "bucket_read": float(np.nanmean(per_user[read]))}
+        print(name, res[name], flush=True)
+    Path(out).write_text(json.dumps(res, indent=1))
+
+
+def ensemble(folder: str, *logits_paths: str) -> None:
+    v = ValidationMix(folder)
+    mean = sum(np.load(p) for p in logits_paths) / len(logits_paths)
+    r = v.residual(sparse_w(*residual_matrix(v.train, "ease", 200, 100.0)))
+    print("mean logits alone", v.metrics(mean))
+    for s_ in MIX_SCALES[:4]:
+        print(f"mean logits + {s_} r", v.metrics(mean + s_ * r), flush=True)
+
+
 if __name__ == "__main__":
-    commands = {"alone": alone, "calibrate": calibrate, "scale": scale, "posthoc": posthoc}
+    commands = {"alone": alone, "calibrate": calibrate, "scale": scale, "posthoc": posthoc, "mixgrid": mixgrid,
+                "buckets": buckets, "ensemble": ensemble}
     if len(sys.argv) < 3 or sys.argv[1] not in commands:
         raise SystemExit(__doc__)
     commands[sys.argv[1]](*sys.argv[2:])
