@@ -220,7 +220,7 @@ def check_folder(folder: Path, batch: int = 256, epochs: int = 1) -> dict:
             for start in range(0, len(ds), batch):
                 n, b = compare([dict(r) for r in ds.select(range(start, min(len(ds), start + batch)))])
                 checked, bad = checked + n, bad + b
-            res["configs"][f"{config}/{split}"] = {"rows": checked, "mismatched_rows": bad}
+            res["configs"][f"{config} {split}"] = {"rows": checked, "mismatched_rows": bad}
     examples = corpus.rec_examples("train")
     for epoch in range(epochs):
         rows = masked_prompts(corpus, examples, 0.2, 0, epoch, corpus.prompt_max_length)
@@ -228,7 +228,7 @@ def check_folder(folder: Path, batch: int = 256, epochs: int = 1) -> dict:
         for start in range(0, len(rows), batch):
             n, b = compare(rows[start:start + batch])
             checked, bad = checked + n, bad + b
-        res["configs"][f"recommendation/train re-masked epoch {epoch}"] = {"rows": checked, "mismatched_rows": bad}
+        res["configs"][f"recommendation train re-masked epoch {epoch}"] = {"rows": checked, "mismatched_rows": bad}
     res["seconds"] = round(time.perf_counter() - t, 1)
     return res
 

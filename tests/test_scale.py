@@ -213,8 +213,8 @@ def test_check_folder_finds_stored_hops_equal_to_the_dense_table_and_flags_a_dif
     build_dataset_folder(split, tmp_path / "pl", tokenizer_source=gpt2_tokenizer_dir)
     res = check_folder(tmp_path / "pl", batch=64)
     c = Corpus(tmp_path / "pl")
-    assert res["configs"]["recommendation/test"]["rows"] == c.num_rows("recommendation", "test") > 0
-    assert res["configs"]["recommendation/train re-masked epoch 0"]["rows"] == c.num_rows("recommendation", "train")
+    assert res["configs"]["recommendation test"]["rows"] == c.num_rows("recommendation", "test") > 0
+    assert res["configs"]["recommendation train re-masked epoch 0"]["rows"] == c.num_rows("recommendation", "train")
     assert all(v["mismatched_rows"] == 0 for v in res["configs"].values()), res
     pairwise = HopDistances.pairwise
 
@@ -224,4 +224,4 @@ def test_check_folder_finds_stored_hops_equal_to_the_dense_table_and_flags_a_dif
 
     monkeypatch.setattr(HopDistances, "pairwise", off_by_one)
     bad = check_folder(tmp_path / "pl", batch=64)["configs"]
-    assert bad["recommendation/test"]["mismatched_rows"] == bad["recommendation/test"]["rows"]
+    assert bad["recommendation test"]["mismatched_rows"] == bad["recommendation test"]["rows"]
