@@ -4,7 +4,8 @@
 
 Every epoch re-masks each user's train history (CLLM4Rec, reference-code-notes §3): ``max(1, int(f * n))``
 items (``f = finetune.mask_fraction``, 0.2) are removed from the prompt -- at most ``n - 1`` so the prompt keeps
-one item -- the rest are shuffled, and the target is the multi-hot of ALL train items. The mask is drawn from
+one item -- the rest are shuffled, and the target is the multi-hot of ALL train items (the kept ones weighted
+``finetune.visible_target_weight``, 1 by default). The mask is drawn from
 ``default_rng([seed, epoch])`` so a resumed run masks exactly as an uninterrupted one.
 
 The loop is ``train.trainer.Trainer.fit``. After each epoch the model is evaluated on validation; the epoch with
@@ -49,8 +50,9 @@ from train.trainer import Trainer
 
 def masked_prompts(corpus: Corpus, examples: list[RecExample], fraction: float, seed: int, epoch: int, max_length: int,
                    target_lengths: np.ndarray | None = None, visible_weight: float = 1.0) -> list[dict]:
-    """One epoch of training prompts: each history re-masked and shuffled, target = all train items (those left
-    visible in the prompt weighted ``visible_weight``, given as ``target_weights`` when below 1).
+    """One epoch of training prompts: each history re-masked and shuffled, target = all train items (those the mask
+    keeps in the prompt weighted ``visible_weight``, given as ``target_weights`` when below 1; a history cut at
+    ``max_length`` loses its oldest kept items from the prompt but they keep that weight).
 
     ``examples`` may be one rank's shard: ``target_lengths`` (every train row's number of items) lets the mask
     draws of the other rows be replayed (one permutation each, no prompt built), so a row's mask and its place
