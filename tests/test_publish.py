@@ -47,6 +47,7 @@ def test_model_card_has_model_index_and_curve(published):
     assert all(r.dataset_split == "test" for r in card.data.eval_results)
     assert card.data.library_name == "transformers"
     assert "pytest tiny run" in card.text and "Popularity (test)" in card.text
+    assert "the ones left in the prompt weighted 1.0 (1 = the paper's target)" in " ".join(card.text.split())  # demo
     assert (folder / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

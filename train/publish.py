@@ -142,6 +142,7 @@ def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None, da
         pretrain_plan=plan_text,
         finetune_epochs=cfg.finetune.epochs if cfg.finetune.do_finetune else 0,
         mask_fraction=cfg.finetune.mask_fraction,
+        visible_target_weight=cfg.finetune.visible_target_weight,
         wall=", ".join(f"{k} {v:.0f}s" for k, v in result.get("wall", {}).items()),
         repo_id=repo_id,
     )
