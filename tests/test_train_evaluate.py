@@ -84,3 +84,14 @@ def test_visible_target_weight_is_checked():
 
     with pytest.raises(ConfigError, match="finetune.visible_target_weight"):
         load_config("demo", ["finetune.visible_target_weight=1.5"])
+
+
+def test_evaluation_batches_come_from_length_sorted_chunks():
+    from types import SimpleNamespace
+
+    from train.evaluate import example_batches, length_sorted
+
+    chunks = [[SimpleNamespace(row=r, input_ids=[0] * n) for r, n in enumerate(lengths)] for lengths in ([5, 2, 9, 2], [7, 1])]
+    batches = list(example_batches(length_sorted(chunks), 3))
+    assert [[ex.row for ex in b] for b in batches] == [[1, 3, 0], [2, 1, 0]]  # stable within a chunk, every row once
+    assert [[len(ex.input_ids) for ex in b] for b in batches] == [[2, 2, 5], [9, 1, 7]]

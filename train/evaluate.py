@@ -58,6 +58,15 @@ def example_batches(chunks, batch_size: int):
         yield pending
 
 
+def length_sorted(chunks):
+    """Each chunk of examples sorted by prompt length (stable), so a batch pads to a length near its own prompts'.
+
+    On Beauty a batch of 256 validation prompts padded to its longest holds 3.5x the real tokens in the stored
+    order; the metrics are per user and put back in row order, so the order of the batches changes nothing."""
+    for chunk in chunks:
+        yield sorted(chunk, key=lambda ex: len(ex.input_ids))
+
+
 class _BatchStream(IterableDataset):
     """An iterable dataset whose items are whole batches made by ``make()`` (a fresh generator per pass)."""
 
@@ -113,7 +122,8 @@ def _evaluate(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig, ch
     row_parts, user_parts, val_parts = [], [], [[] for _ in range(variants)]
     # a DataLoader over the stream of batches, like every other loop: its iterator draws the one torch seed
     # training's random stream has always seen at each evaluation
-    loader = DataLoader(_BatchStream(lambda: example_batches(corpus.iter_rec_examples(split, mine, chunk_rows=bs * chunk_batches), bs)),
+    chunks = lambda: length_sorted(corpus.iter_rec_examples(split, mine, chunk_rows=bs * chunk_batches))  # noqa: E731
+    loader = DataLoader(_BatchStream(lambda: example_batches(chunks(), bs)),
                         batch_size=None, collate_fn=lambda part: (collate(rec_rows(corpus, part, cfg.data.max_length)), part))
     for batch, part in loader:
         batch = send_to_device(batch, accelerator.device)
