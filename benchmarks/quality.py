@@ -68,6 +68,8 @@ VARIANTS: dict[str, list[str]] = {
                      "model.graph_residual_scale_init=0", f"finetune.residual_scale_grid={list(RESIDUAL_SCALE_GRID)}"],
     # the paper's target (every train item weighs 1): the ablation of amazon_cpu's visible-target weight
     "alltargets": ["finetune.visible_target_weight=1.0"],
+    # user tokens read their own rows (the paper): the ablation of amazon_cpu's model.user_token_dropout=1
+    "userid": ["model.user_token_dropout=0.0"],
 }
 
 # --preset picks sizes: the train.config preset for variants and the Multi-VAE budget for baselines.

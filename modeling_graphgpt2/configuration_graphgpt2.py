@@ -57,6 +57,11 @@ class GraphGPT2Config(GPT2Config):
             lambda of the CLLM4Rec mutual regulariser between the "content" and "collab" ID-embedding sets:
             `lambda * sum over ID-token occurrences ||e_active - stopgrad(e_other)||^2 / batch_size`.
             1.0 is the value of the authors' scripts (`lambda_V = 1`). 0 disables it.
+        user_token_dropout (`float`, defaults to 0.0):
+            Probability that a user-ID token reads the mean of its set's user table (the "any user" vector)
+            instead of its own row, drawn per token while training. At 1.0 every user token reads the mean, in
+            training and at inference: the user's identity is left out and the prompt's items carry it. 0 is the
+            paper (a user token reads its own row).
         freeze_backbone (`bool`, defaults to `False`):
             `True` trains only the new parameters (ID embeddings, graph-bias parameters), as in CLLM4Rec;
             `False` trains the whole GPT-2 as the paper's code does.
@@ -93,6 +98,7 @@ class GraphGPT2Config(GPT2Config):
     graph_bias_layers: list[int] | None = None
     graph_bias_per_head: bool = False
     mutual_reg_weight: float = 1.0
+    user_token_dropout: float = 0.0
     freeze_backbone: bool = False
     graph_residual: str = "none"
     graph_residual_topn: int = 200
@@ -134,6 +140,9 @@ class GraphGPT2Config(GPT2Config):
             self.graph_bias_layers = sorted(layers)
         if not isinstance(self.mutual_reg_weight, (int, float)) or self.mutual_reg_weight < 0:
             raise GraphGPT2ConfigError("mutual_reg_weight", f"must be >= 0, got {self.mutual_reg_weight!r}")
+        value = self.user_token_dropout
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+            raise GraphGPT2ConfigError("user_token_dropout", f"must be a probability in [0, 1], got {value!r}")
         if self.graph_residual not in GRAPH_RESIDUAL_KINDS:
             raise GraphGPT2ConfigError("graph_residual",
                                        f"must be one of {GRAPH_RESIDUAL_KINDS}, got {self.graph_residual!r}")

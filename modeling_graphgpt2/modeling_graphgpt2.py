@@ -442,6 +442,12 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
         embeds = self.transformer.wte(torch.where(input_ids < base, input_ids, 0))
         if bool(is_user.any()):
             users = ids.user(torch.where(is_user, input_ids - base, 0))
+            p = self.config.user_token_dropout
+            if p >= 1.0 or (p > 0.0 and self.training):
+                # the multinomial target rewards a user row that memorises the user's train items, which held-out
+                # items do not reward: a dropped token reads the "any user" vector (the table's mean)
+                dropped = torch.rand(is_user.shape, device=input_ids.device) < p if p < 1.0 else is_user
+                users = torch.where(dropped.unsqueeze(-1), ids.user.weight.mean(0), users)
             embeds = torch.where(is_user.unsqueeze(-1), users, embeds)
         if bool(is_item.any()):
             items = ids.item(torch.where(is_item, input_ids - base - num_users, 0))

@@ -54,6 +54,8 @@ def test_every_variant_applies_to_preset(name, variant, tmp_path):
         assert cfg.pretrain.do_pretrain is False
     if variant == "alltargets":  # the ablation of the visible-target weight: the paper's all-items target
         assert cfg.finetune.visible_target_weight == 1.0
+    if variant == "userid":  # the ablation of the left-out user identity: user tokens read their own rows
+        assert cfg.model.user_token_dropout == 0.0
 
 
 def test_only_the_main_preset_weighs_the_visible_targets():
@@ -61,3 +63,10 @@ def test_only_the_main_preset_weighs_the_visible_targets():
     assert load_config("amazon_cpu").finetune.visible_target_weight == 0.3
     for name in ("mi_cpu", "beauty_cpu", "paper", "released", "demo"):
         assert load_config(name).finetune.visible_target_weight == 1.0, name
+
+
+def test_only_the_main_preset_leaves_the_user_identity_out():
+    """amazon_cpu's user tokens read the mean user; the paper-faithful presets keep a row per user."""
+    assert load_config("amazon_cpu").model.user_token_dropout == 1.0
+    for name in ("mi_cpu", "beauty_cpu", "paper", "released", "demo"):
+        assert load_config(name).model.user_token_dropout == 0.0, name

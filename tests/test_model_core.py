@@ -61,17 +61,19 @@ def make_batch(seed: int = 1, batch: int = 3, seq_len: int = 12, pad: bool = Fal
 
 # ---------------------------------------------------------------------------------------------------------------
 def test_config_round_trip_and_validation(tmp_path):
-    config = tiny_config(graph_bias="exp", graph_bias_layers=[1], bias_delta=0.25, graph_bias_per_head=True)
+    config = tiny_config(graph_bias="exp", graph_bias_layers=[1], bias_delta=0.25, graph_bias_per_head=True,
+                         user_token_dropout=0.5)
     config.save_pretrained(tmp_path)
     loaded = GraphGPT2Config.from_pretrained(tmp_path)
     for name in ("num_users", "num_items", "base_vocab_size", "graph_bias", "graph_bias_layers", "bias_delta",
-                 "graph_bias_per_head", "max_hops", "mutual_reg_weight", "freeze_backbone"):
+                 "graph_bias_per_head", "max_hops", "mutual_reg_weight", "user_token_dropout", "freeze_backbone"):
         assert getattr(loaded, name) == getattr(config, name), name
     assert loaded.vocab_size == BASE and loaded.model_type == "graphgpt2"
     for bad, word in [(dict(num_items=0), "num_items"), (dict(num_users=-1), "num_users"),
                       (dict(graph_bias="random"), "graph_bias"), (dict(bias_delta=1.5), "bias_delta"),
                       (dict(graph_bias_layers=[2]), "graph_bias_layers"), (dict(max_hops=0), "max_hops"),
-                      (dict(mutual_reg_weight=-1.0), "mutual_reg_weight")]:
+                      (dict(mutual_reg_weight=-1.0), "mutual_reg_weight"),
+                      (dict(user_token_dropout=1.5), "user_token_dropout")]:
         with pytest.raises(ValueError, match=word):
             tiny_config(**bad)
 
@@ -219,6 +221,26 @@ def test_embedding_routing_and_tied_heads():
     out = model(ids, task="collab", output_hidden_states=True)
     expected = out.hidden_states[-1] @ model.collab_embeddings.item.weight.T
     assert torch.allclose(out.logits, expected, atol=1e-5)
+
+
+def test_user_token_dropout_reads_the_mean_user():
+    ids = torch.tensor([[5, user_token(3), item_token(7), user_token(3)]] * 64)
+    own = tiny_model().embed_tokens(ids, "collab")
+    model = tiny_model(user_token_dropout=0.5)
+    mean_user = model.collab_embeddings.user.weight.mean(0)
+    assert torch.equal(model.embed_tokens(ids, "collab"), own)  # evaluation: every user token reads its own row
+    model.train()
+    torch.manual_seed(0)
+    users = model.embed_tokens(ids, "collab")[:, [1, 3]]
+    dropped = torch.isclose(users, mean_user).all(-1)
+    kept = torch.isclose(users, own[:, [1, 3]]).all(-1)
+    assert bool((dropped ^ kept).all()) and 0.3 < dropped.float().mean() < 0.7  # per token, about half
+    assert torch.equal(model.embed_tokens(ids, "collab")[:, [0, 2]], own[:, [0, 2]])  # text and items untouched
+    always = tiny_model(user_token_dropout=1.0)  # no identity, in evaluation too: two users, one prompt, one score
+    other = ids.clone()
+    other[:, [1, 3]] = user_token(8)
+    assert torch.equal(always(ids[:1], task="rec").scores, always(other[:1], task="rec").scores)
+    assert not torch.equal(tiny_model()(ids[:1], task="rec").scores, tiny_model()(other[:1], task="rec").scores)
 
 
 def test_losses_match_manual_formulas():

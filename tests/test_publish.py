@@ -48,6 +48,7 @@ def test_model_card_has_model_index_and_curve(published):
     assert card.data.library_name == "transformers"
     assert "pytest tiny run" in card.text and "Popularity (test)" in card.text
     assert "the ones left in the prompt weighted 1.0 (1 = the paper's target)" in " ".join(card.text.split())  # demo
+    assert "User tokens: a row per user (the paper)." in " ".join(card.text.split())
     assert (folder / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -108,3 +109,11 @@ def test_push_requires_folder(fake_hub, tmp_path):
 
     with pytest.raises(FileNotFoundError, match="nothing to push"):
         push_folder(tmp_path / "missing", "org/x")
+
+
+def test_the_card_states_how_user_tokens_are_read():
+    from train.publish import user_tokens_text
+
+    assert "no user identity" in user_tokens_text(1.0)
+    assert "probability 0.5" in user_tokens_text(0.5)
+    assert user_tokens_text(0.0) == "a row per user (the paper)"

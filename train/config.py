@@ -75,6 +75,7 @@ class ModelConfig:
     lora_r: int = 0  # >0: LoRA adapters on c_attn/c_proj/c_fc, ID embeddings trained in full
     lora_alpha: int = 16
     mutual_reg_weight: float = 1.0  # lambda_V of the content<->collab embedding regulariser
+    user_token_dropout: float = 0.0  # P(a user token reads its table's mean user); 1 = no user identity (docs/model.md)
     # Graph residual in the item head: rec scores + learned scale * (prompt items' multi-hot) @ W, W fitted on the
     # TRAIN interactions when the model is built (train/common.py) and stored with the weights (docs/model.md).
     graph_residual: str = "none"  # one of GRAPH_RESIDUAL_KINDS: "none" | "ease" | "cooc"
@@ -255,6 +256,7 @@ def model_config_fields(m: ModelConfig) -> dict[str, Any]:
         resid_pdrop=m.dropout, embd_pdrop=m.dropout, attn_pdrop=m.dropout,
         graph_bias=m.graph_bias, graph_bias_layers=m.graph_bias_layers, graph_bias_per_head=m.graph_bias_per_head,
         max_hops=m.max_hops, bias_delta=m.bias_delta, mutual_reg_weight=m.mutual_reg_weight,
+        user_token_dropout=m.user_token_dropout,
         freeze_backbone=m.freeze_backbone, graph_residual=m.graph_residual, graph_residual_topn=m.graph_residual_topn,
         graph_residual_lambda=m.graph_residual_lambda, graph_residual_scale_init=m.graph_residual_scale_init,
         graph_residual_learn_scale=m.graph_residual_learn_scale,

@@ -78,6 +78,15 @@ def usage_examples(corpus) -> dict:
     }
 
 
+def user_tokens_text(dropout: float) -> str:
+    """How the card states ``model.user_token_dropout``."""
+    if dropout >= 1.0:
+        return "every one reads the mean user row (no user identity; the prompt's items carry the user)"
+    if dropout > 0.0:
+        return f"a user's own row, replaced by the mean user row with probability {dropout} in training"
+    return "a row per user (the paper)"
+
+
 def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None, dataset_repo: str | None = None) -> str:
     """README.md text: model-index metadata + the template in model_cards/."""
     from huggingface_hub import ModelCard, ModelCardData
@@ -138,6 +147,7 @@ def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None, da
         graph_bias=cfg.model.graph_bias,
         graph_residual=residual_text,
         mutual_reg_weight=cfg.model.mutual_reg_weight,
+        user_tokens=user_tokens_text(cfg.model.user_token_dropout),
         command=command or f"graphgpt2-rec run --config {cfg.preset}",
         pretrain_plan=plan_text,
         finetune_epochs=cfg.finetune.epochs if cfg.finetune.do_finetune else 0,
