@@ -24,7 +24,7 @@ def ease_closed_form(x: sp.spmatrix, lam: float, dtype=np.float64) -> np.ndarray
     dense[gram.row, gram.col] = gram.data
     dense[np.diag_indices_from(dense)] += lam
     # XᵀX + λI is symmetric positive definite: inverting through its Cholesky factor costs a third of a general
-    # inverse (Beauty's 12k items: 17 s against 46 s on 2 cores) and agrees with it to ~1e-17
+    # inverse (Beauty's 12k items: 17 s against 46 s on 2 cores) and B agrees with it to ~4e-16
     factor = torch.linalg.cholesky(torch.from_numpy(dense))
     del dense
     p = torch.cholesky_inverse(factor).numpy()
