@@ -366,6 +366,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--itemknn-topk", type=int, default=None, help="neighbours per item (default: all)")
     p.add_argument("--multivae-epochs", type=int, default=None)
     p.add_argument("--lightgcn-epochs", type=int, default=None)
+    p.add_argument("--multivae-patience", type=int, default=None, help="stop after this many validations without gain")
+    p.add_argument("--lightgcn-patience", type=int, default=None, help="stop after this many validations without gain")
     p.add_argument("--rating-threshold", type=float, default=DEFAULT_RATING_THRESHOLD, help="raw data only: keep rating > this")
     p.add_argument("--k-core", type=int, default=DEFAULT_K_CORE, help="raw data only")
     p.add_argument("--split-seed", type=int, default=DEFAULT_SPLIT_SEED, help="raw data only")
@@ -398,8 +400,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     kwargs = {
         "ease": {"lambdas": args.ease_lambdas},
         "itemknn": {"topk": args.itemknn_topk},
-        "multivae": dict(preset["multivae"], **({"epochs": args.multivae_epochs} if args.multivae_epochs else {})),
-        "lightgcn": dict(preset["lightgcn"], **({"epochs": args.lightgcn_epochs} if args.lightgcn_epochs else {})),
+        "multivae": _budget(preset["multivae"], args.multivae_epochs, args.multivae_patience),
+        "lightgcn": _budget(preset["lightgcn"], args.lightgcn_epochs, args.lightgcn_patience),
     }
     rows = merged_runs(args.merge, data.split_hash) if args.merge else []
     for name in args.baselines if not args.merge else []:
@@ -417,6 +419,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     print(markdown_table(summarize_runs(rows)))
     print("[quality] wrote " + ", ".join(str(p) for p in paths.values()))
     return paths
+
+
+def _budget(preset: dict, epochs: int | None, patience: int | None) -> dict:
+    """A neural baseline's training budget: the preset's, with the command line's epochs and patience on top."""
+    given = {"epochs": epochs, "patience": patience}
+    return dict(preset, **{k: v for k, v in given.items() if v is not None})
 
 
 def _fmt(res: dict) -> str:

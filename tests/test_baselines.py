@@ -1,8 +1,9 @@
 """benchmarks/baselines.py on a tiny dataset with planted cluster structure."""
 import numpy as np
 import pytest
+import torch
 
-from benchmarks.baselines import EASE, ItemKNN, LightGCN, MultiVAE, Popularity, evaluate_recommender, make_baseline, to_csr
+from benchmarks.baselines import _SymmetricProduct, EASE, ItemKNN, LightGCN, MultiVAE, Popularity, evaluate_recommender, make_baseline, to_csr
 
 
 def planted_split(seed: int = 0, num_users: int = 240, clusters: int = 6, per_cluster: int = 10):
@@ -111,6 +112,28 @@ def test_lightgcn_same_seed_same_scores(data):
     a = LightGCN(epochs=2, batch_size=256, seed=3).fit(train).score(np.arange(5))
     b = LightGCN(epochs=2, batch_size=256, seed=3).fit(train).score(np.arange(5))
     np.testing.assert_array_equal(a, b)
+
+
+def test_lightgcn_product_and_gradient_match_dense():
+    rng = np.random.default_rng(0)
+    a = rng.random((30, 30)) * (rng.random((30, 30)) < 0.2)
+    dense = torch.from_numpy(a + a.T)
+    e = torch.randn(30, 4, dtype=torch.float64, requires_grad=True)
+    out = _SymmetricProduct.apply(dense.to_sparse_csr(), e)
+    weights = torch.randn(30, 4, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((out * weights).sum(), e)
+    torch.testing.assert_close(out, dense @ e)
+    torch.testing.assert_close(grad, dense.T @ weights)
+
+
+@pytest.mark.parametrize("model", [MultiVAE(epochs=300, batch_size=64, lr=1e-2, eval_every=1, patience=3, seed=0),
+                                   LightGCN(epochs=300, batch_size=256, lr=5e-2, eval_every=1, patience=3, seed=0)],
+                         ids=["multivae", "lightgcn"])
+def test_patience_stops_a_baseline_after_that_many_checks_without_gain(data, model):
+    train, valid, _ = data
+    info = model.fit(train, valid).info()
+    assert info["epochs_run"] < 300
+    assert info["epochs_run"] == info["best_epoch"] + 3
 
 
 def test_errors_are_clear(data):
