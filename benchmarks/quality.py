@@ -169,6 +169,7 @@ def run_baseline(name: str, data: SplitData, seed: int = 0, **kwargs) -> dict:
         "fit_s": fit_s,
         "wall_s": time.perf_counter() - t0,
         "info": model.info(),
+        **({"history": model.history_} if hasattr(model, "history_") else {}),  # neural baselines' curves
     }
 
 

@@ -68,6 +68,9 @@ def test_raw_folder_run_writes_json_table_and_chart(raw_folder, tmp_path):
     pop = next(r for r in runs if r["model"] == "pop")
     assert ease["test"]["recall@20"] > pop["test"]["recall@20"]
     assert ease["info"]["lambda"] in (1.0, 10.0)
+    vae = runs[2]  # a neural baseline keeps its curve: one row per epoch, validation where checked
+    assert [h["epoch"] for h in vae["history"]] == [1, 2, 3] and "recall@20" in vae["history"][-1]["valid"]
+    assert "history" not in ease
     md = paths["md"].read_text()
     assert "| ease | 1 |" in md and "| multivae | 2 |" in md and "±" in md
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
