@@ -277,8 +277,7 @@ class MultiVAE(Recommender):
 
     Trained on train rows (Adam, batch of users); with ``valid`` the epoch with the best validation
     ``select_metric`` is kept (checked every ``eval_every`` epochs; ``patience`` > 0 stops after that many checks
-    without improvement). Defaults follow the paper except the
-    epoch count, which is sized for CPUs.
+    without improvement). Defaults follow the paper except the epoch count, which is sized for CPUs.
     """
 
     name = "multivae"
