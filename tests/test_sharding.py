@@ -131,8 +131,9 @@ RUN_SCRIPT = textwrap.dedent("""
     corpus.reads = []
     pretrain(cfg, corpus=corpus)
     finetune(cfg, corpus=corpus)
-    rank = PartialState().process_index
-    Path(cfg.output.dir, f"reads_rank{rank}.json").write_text(json.dumps(corpus.reads))
+    state = PartialState()
+    Path(cfg.output.dir, f"reads_rank{state.process_index}.json").write_text(json.dumps(corpus.reads))
+    state.destroy_process_group()  # a gloo group left to interpreter teardown once aborted a rank (SIGABRT)
 """)
 
 
