@@ -23,7 +23,8 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from data_builders.item_graph import ease_closed_form
+from data_builders.item_graph import ease_closed_form, normalized_adjacency
+from modeling_graphgpt2.modeling_graphgpt2 import SymmetricSparseProduct
 from train.metrics import item_popularity, merge_per_user, per_user_metrics, summarize
 from train.trainer import Trainer
 
@@ -364,20 +365,6 @@ class MultiVAE(Recommender):
         }
 
 
-class _SymmetricProduct(torch.autograd.Function):
-    """``adj @ e`` for a symmetric sparse CSR ``adj``. Its gradient is ``adj @ grad`` again, so backward reuses
-    the CSR product instead of transposing and coalescing a COO matrix (2.3x faster on Beauty's graph)."""
-
-    @staticmethod
-    def forward(ctx, adj: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        ctx.adj = adj
-        return adj @ e
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return None, ctx.adj @ grad
-
-
 class LightGCN(Recommender):
     """LightGCN (He et al., 2020): ID embeddings smoothed over the normalised train graph, BPR loss.
 
@@ -411,7 +398,7 @@ class LightGCN(Recommender):
         e = self.emb_.weight
         out = e
         for _ in range(self.layers):
-            e = _SymmetricProduct.apply(self.adj_, e)
+            e = SymmetricSparseProduct.apply(self.adj_, e)
             out = out + e
         return out / (self.layers + 1)
 
@@ -419,16 +406,10 @@ class LightGCN(Recommender):
         self.train_ = _check_train(train, valid)
         U, I = self.train_.shape
         coo = self.train_.tocoo()
-        rows = np.concatenate([coo.row, coo.col + U])
-        cols = np.concatenate([coo.col + U, coo.row])
-        deg = np.bincount(rows, minlength=U + I).astype(np.float32)
-        inv = np.power(deg, -0.5, out=np.zeros_like(deg), where=deg > 0)
-        vals = inv[rows] * inv[cols]
-        idx = torch.from_numpy(np.stack([rows, cols]).astype(np.int64))
+        crow, col, vals = (torch.from_numpy(a) for a in normalized_adjacency(self.train_))
         with warnings.catch_warnings():  # CSR support is "beta"; the product used here is the plain one
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            adj = torch.sparse_coo_tensor(idx, torch.from_numpy(vals), (U + I, U + I), check_invariants=True)
-            self.adj_ = adj.coalesce().to_sparse_csr()
+            self.adj_ = torch.sparse_csr_tensor(crow, col, vals, (U + I, U + I), check_invariants=True)
         gen = np.random.default_rng(self.seed)
         torch.manual_seed(self.seed)
         self.emb_ = nn.Embedding(U + I, self.dim)

@@ -70,6 +70,13 @@ VARIANTS: dict[str, list[str]] = {
     "alltargets": ["finetune.visible_target_weight=1.0"],
     # user tokens read their own rows (the paper): the ablation of amazon_cpu's model.user_token_dropout=1
     "userid": ["model.user_token_dropout=0.0"],
+    # graph levers added to the preset (issue 10 step 4): LightGCN-smoothed collab ID tables, K = 2 ...
+    "propagate": ["model.id_propagation_layers=2"],
+    # ... and Graphormer's edge encoding: a learned per-head bias over co-holder / degree buckets
+    "edgebias": ["model.graph_edge_bias=true"],
+    # content into the collab item IDs: both item tables start from the item text's TF-IDF SVD
+    "textinit": ["finetune.init_collab_items=text_svd"],
+    "propagate_textinit": ["model.id_propagation_layers=2", "finetune.init_collab_items=text_svd"],
 }
 
 # --preset picks sizes: the train.config preset for variants and the Multi-VAE budget for baselines.

@@ -1,14 +1,16 @@
-"""Item-item matrices fitted on a (users x items) interaction matrix: EASE's closed form and row-normalised
-co-occurrence, and their top-N-per-row pruning.
+"""Graph matrices fitted on a (users x items) interaction matrix: EASE's closed form, row-normalised co-occurrence
+and their top-N-per-row pruning; the normalised bipartite adjacency; co-occurrence buckets.
 
-One owner for these formulas: the EASE baseline (benchmarks/baselines.py) and the model's graph residual
-(``model.graph_residual``, built in train/common.py from the TRAIN interactions only) both call them.
+One owner for these formulas: the baselines (benchmarks/baselines.py: EASE, LightGCN) and the model's graph levers
+(graph residual, ID propagation, edge bias; filled in train/common.py from the TRAIN interactions only) call them.
 """
 from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+
+from modeling_graphgpt2.configuration_graphgpt2 import EDGE_DEGREE_LOW, EDGE_FIRST_DEGREE_BUCKET, EDGE_OTHER_USERS_LOW
 
 
 def _binary_csr(x: sp.spmatrix) -> sp.csr_matrix:
@@ -85,4 +87,45 @@ def residual_matrix(train: sp.spmatrix, kind: str, topn: int, lam: float = 500.0
     return top_n_per_row(mat, topn)
 
 
-__all__ = ["cooccurrence_row_normalised", "ease_closed_form", "residual_matrix", "top_n_per_row"]
+def normalized_adjacency(train: sp.spmatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """LightGCN's Â = D^-1/2 A D^-1/2 of the bipartite graph (users 0..U-1, items U..U+I-1) as CSR arrays
+    (crow_indices (U+I+1,), col_indices (2E,), values (2E,) float32), E = the number of user-item pairs in
+    ``train``. Symmetric, so it is its own transpose; isolated nodes get an empty row."""
+    x = _binary_csr(train)
+    num_users, num_items = x.shape
+    adj = sp.bmat([[None, x], [x.T, None]], format="csr", dtype=np.float32)
+    deg = np.asarray(adj.sum(axis=1)).ravel()
+    inv = np.power(deg, -0.5, out=np.zeros_like(deg), where=deg > 0)
+    adj = sp.csr_matrix(sp.diags(inv) @ adj @ sp.diags(inv), dtype=np.float32)
+    adj.sort_indices()
+    return adj.indptr.astype(np.int64), adj.indices.astype(np.int64), adj.data.astype(np.float32)
+
+
+def edge_buckets(train: sp.spmatrix, topn: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The tables of the model's edge bias, from ``train`` (pass the TRAIN split only):
+    - ``columns`` (I, N) int32: per item, the N items most often held together with it (N = min(topn, I)), sorted
+      by column so the model can binary-search them; padding is I (sorts last, matches no item);
+    - ``buckets`` (I, N) int8: the item-item bucket of each of those pairs, from c - 1 other users;
+    - ``degree_buckets`` (I,) int8: the user-item bucket of each item, from its train degree - 1.
+    The bucket layout is GraphGPT2Config's (``EDGE_*`` in modeling_graphgpt2/configuration_graphgpt2.py).
+    A pair outside an item's top N reads bucket 1 ("no other user"), which is what most such pairs are."""
+    x = _binary_csr(train)
+    num_items = x.shape[1]
+    n = min(int(topn), num_items)
+    co = sp.csr_matrix(x.T @ x)
+    co.setdiag(0)
+    co.eliminate_zeros()
+    top_cols, top_counts = top_n_per_row(co, n)
+    top_cols[top_counts == 0] = num_items
+    order = np.argsort(top_cols, axis=1, kind="stable")
+    columns = np.take_along_axis(top_cols, order, axis=1).astype(np.int32)
+    others = np.take_along_axis(top_counts, order, axis=1) - 1  # the prompt's own user holds both
+    buckets = (np.searchsorted(EDGE_OTHER_USERS_LOW, np.maximum(others, 0), side="right")).astype(np.int8)
+    degree = np.asarray(x.sum(axis=0)).ravel() - 1
+    degree_buckets = (EDGE_FIRST_DEGREE_BUCKET - 1
+                      + np.searchsorted(EDGE_DEGREE_LOW, np.maximum(degree, 0), side="right")).astype(np.int8)
+    return columns, buckets, degree_buckets
+
+
+__all__ = ["cooccurrence_row_normalised", "ease_closed_form", "edge_buckets", "normalized_adjacency", "residual_matrix",
+           "top_n_per_row"]

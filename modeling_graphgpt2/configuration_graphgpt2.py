@@ -8,6 +8,15 @@ from transformers import GPT2Config
 GRAPH_BIAS_MODES = ("paper", "exp", "learned", "constant", "none")
 GRAPH_RESIDUAL_KINDS = ("none", "ease", "cooc")
 
+# Edge buckets of `graph_edge_bias`: the layout the training code fills (data_builders/item_graph.py) and the model
+# reads. Bucket 0 is "not a user/item pair" and never gets a bias.
+EDGE_OTHER_USERS_LOW = (0, 1, 2, 3, 5, 9)  # item-item, by other users holding both: buckets 1..6 = 0|1|2|3-4|5-8|9+
+EDGE_BUCKET_NO_OTHER_USER = 1
+EDGE_BUCKET_SAME_ITEM = 7
+EDGE_DEGREE_LOW = (0, 1, 3, 5, 9, 17)  # user-item, by the item's other holders: buckets 8..13 = 0|1-2|3-4|5-8|9-16|17+
+EDGE_FIRST_DEGREE_BUCKET = EDGE_BUCKET_SAME_ITEM + 1
+NUM_EDGE_BUCKETS = EDGE_FIRST_DEGREE_BUCKET + len(EDGE_DEGREE_LOW)
+
 
 class GraphGPT2ConfigError(ValueError):
     """An invalid GraphGPT2Config field; `field` names it (so a run config can name its own key)."""
@@ -85,6 +94,37 @@ class GraphGPT2Config(GPT2Config):
         graph_residual_learn_scale (`bool`, defaults to `True`):
             `False` keeps `scale` fixed at `graph_residual_scale_init` (chosen on validation): the multinomial
             likelihood prefers a much smaller scale than the ranking does, so a learned scale under-uses W.
+        id_propagation_layers (`int`, defaults to 0):
+            K >= 0. With K > 0 the "collab" ID tables are smoothed over the normalised TRAIN graph before use, as
+            LightGCN does: `[users; items] -> mean_{l=0..K} A^l [users; items]`, `A = D^-1/2 Adj D^-1/2` of the
+            bipartite user-item graph. The smoothed tables feed the ID tokens and the tied item head. A is stored
+            with the weights (buffers `id_propagation.crow_indices` / `col_indices` / `values`, filled by the
+            training code). 0: the tables are used as they are (the paper).
+        graph_train_edges (`int`, defaults to 0):
+            Number of user-item pairs in the train graph: sizes the stored adjacency of `id_propagation_layers`
+            (`2 * graph_train_edges` entries). Set by the training code from the dataset when
+            `id_propagation_layers > 0` (left at 0, the smoothing has no edges to follow).
+        graph_edge_bias (`bool`, defaults to `False`):
+            Add an edge-feature bias to the attention of every layer (Graphormer's edge encoding), on top of
+            `graph_bias`: one learned scalar per (layer, head, edge bucket), initialised to 0. Buckets: item-item
+            pairs by the number of *other* train users holding both items (0, 1, 2, 3-4, 5-8, 9+), the same item,
+            and user-item pairs by the item's other train holders (0, 1-2, 3-4, 5-8, 9-16, 17+); other pairs
+            get no bias. The tables are stored with the weights (buffers `edge_bias_table.*`, filled by the
+            training code from the TRAIN graph).
+        graph_edge_topn (`int`, defaults to 200):
+            Co-held items kept per item for `graph_edge_bias` (>= 1; capped at `num_items`); a pair outside an
+            item's top list reads the "no other user" bucket.
+
+    Example:
+
+    ```python
+    >>> from modeling_graphgpt2 import GraphGPT2Config, GraphGPT2ForRecommendation
+
+    >>> config = GraphGPT2Config(num_users=100, num_items=50, base_vocab_size=1000, n_layer=2, n_embd=64, n_head=4)
+    >>> model = GraphGPT2ForRecommendation(config)  # random weights, "paper" graph bias
+    >>> config.num_id_tokens
+    150
+    ```
     """
 
     model_type = "graphgpt2"
@@ -105,6 +145,10 @@ class GraphGPT2Config(GPT2Config):
     graph_residual_lambda: float = 500.0
     graph_residual_scale_init: float = 0.0
     graph_residual_learn_scale: bool = True
+    id_propagation_layers: int = 0
+    graph_train_edges: int = 0
+    graph_edge_bias: bool = False
+    graph_edge_topn: int = 200
 
     def __post_init__(self, **kwargs):
         # `wte` / `lm_head` cover only text tokens; keep GPT-2's `vocab_size` in step with it.
@@ -155,6 +199,11 @@ class GraphGPT2Config(GPT2Config):
                     or abs(value) == float("inf") or (low is not None and value <= low):
                 raise GraphGPT2ConfigError(name, f"must be a finite number{'' if low is None else f' > {low}'}, "
                                                  f"got {value!r}")
+        _int("id_propagation_layers", 0)
+        _int("graph_train_edges", 0)
+        _int("graph_edge_topn", 1)
+        if not isinstance(self.graph_edge_bias, bool):
+            raise GraphGPT2ConfigError("graph_edge_bias", f"must be true/false, got {self.graph_edge_bias!r}")
         if self.n_embd % self.n_head != 0:
             raise GraphGPT2ConfigError("n_embd", f"({self.n_embd}) must be divisible by n_head ({self.n_head})")
 
@@ -170,4 +219,5 @@ class GraphGPT2Config(GPT2Config):
         return self.graph_bias_layers is None or layer_idx in self.graph_bias_layers
 
 
-__all__ = ["GraphGPT2Config", "GraphGPT2ConfigError", "GRAPH_BIAS_MODES", "GRAPH_RESIDUAL_KINDS"]
+__all__ = ["GraphGPT2Config", "GraphGPT2ConfigError", "GRAPH_BIAS_MODES", "GRAPH_RESIDUAL_KINDS", "EDGE_BUCKET_NO_OTHER_USER",
+           "EDGE_BUCKET_SAME_ITEM", "EDGE_DEGREE_LOW", "EDGE_FIRST_DEGREE_BUCKET", "EDGE_OTHER_USERS_LOW", "NUM_EDGE_BUCKETS"]

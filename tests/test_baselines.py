@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.baselines import _SymmetricProduct, EASE, ItemKNN, LightGCN, MultiVAE, Popularity, evaluate_recommender, make_baseline, to_csr
+from benchmarks.baselines import EASE, ItemKNN, LightGCN, MultiVAE, Popularity, evaluate_recommender, make_baseline, to_csr
+from modeling_graphgpt2.modeling_graphgpt2 import SymmetricSparseProduct
 
 
 def planted_split(seed: int = 0, num_users: int = 240, clusters: int = 6, per_cluster: int = 10):
@@ -119,7 +120,7 @@ def test_lightgcn_product_and_gradient_match_dense():
     a = rng.random((30, 30)) * (rng.random((30, 30)) < 0.2)
     dense = torch.from_numpy(a + a.T)
     e = torch.randn(30, 4, dtype=torch.float64, requires_grad=True)
-    out = _SymmetricProduct.apply(dense.to_sparse_csr(), e)
+    out = SymmetricSparseProduct.apply(dense.to_sparse_csr(), e)
     weights = torch.randn(30, 4, dtype=torch.float64)
     (grad,) = torch.autograd.grad((out * weights).sum(), e)
     torch.testing.assert_close(out, dense @ e)

@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from data_builders.corpus import Corpus, shard_rows
-from data_builders.item_graph import residual_matrix
+from data_builders.item_graph import edge_buckets, normalized_adjacency, residual_matrix
+from data_builders.item_text import item_token_counts, text_svd_vectors
 from train.config import ModelConfig, RunConfig, StageConfig, model_config_fields
 
 
@@ -32,6 +33,8 @@ def model_config_kwargs(m: ModelConfig, corpus: Corpus) -> dict:
     corpus.check_max_hops(m.max_hops, "model.max_hops")  # fixed when the folder was built: compared, not passed in
     kw = dict(model_config_fields(m), num_users=corpus.num_users, num_items=corpus.num_items,
               base_vocab_size=corpus.base_vocab_size, max_hops=corpus.max_hops)
+    if m.id_propagation_layers > 0:  # sizes the stored train adjacency
+        kw["graph_train_edges"] = int(corpus.interaction_matrix("train").nnz)
     pad = getattr(corpus.tokenizer, "pad_token_id", None)
     eos = getattr(corpus.tokenizer, "eos_token_id", None)
     if eos is not None and eos < corpus.base_vocab_size:
@@ -55,16 +58,42 @@ def build_model(cfg: RunConfig, corpus: Corpus):
                              f"but the dataset folder's tokenizer has {corpus.base_vocab_size}")
     else:
         model = GraphGPT2ForRecommendation(GraphGPT2Config(**model_config_kwargs(cfg.model, corpus)))
+    # the graph levers' tables are fitted on the TRAIN interactions only: no validation/test pair enters them
+    conf, train = model.config, corpus.interaction_matrix("train")
     if model.graph_residual is not None:
-        # fitted on the TRAIN interactions only (the train graph's edges): no validation/test pair enters it
-        conf = model.config
-        model.graph_residual.set_matrix(*residual_matrix(corpus.interaction_matrix("train"), conf.graph_residual,
-                                                         conf.graph_residual_topn, conf.graph_residual_lambda))
+        model.graph_residual.set_matrix(*residual_matrix(train, conf.graph_residual, conf.graph_residual_topn,
+                                                         conf.graph_residual_lambda))
+    if model.id_propagation is not None:
+        model.id_propagation.set_adjacency(*normalized_adjacency(train))
+    if model.edge_tables is not None:
+        model.edge_tables.set_tables(*edge_buckets(train, conf.graph_edge_topn))
     # fingerprints of the data the ID rows belong to; checked when the model meets a dataset folder again
     model.config.tokenizer_sha256 = corpus.tokenizer_sha256
     model.config.graph_sha256 = corpus.graph_sha256
     model.config.files_sha256 = corpus.files_sha256
     return model
+
+
+@torch.no_grad()
+def init_collab_items(model: torch.nn.Module, corpus: Corpus, how: str, seed: int = 0) -> None:
+    """Put content into the collab item IDs before fine-tuning (``finetune.init_collab_items``):
+    - "text_svd": both item tables start from the item text's TF-IDF SVD (``data_builders.item_text``), scaled to
+      the model's init std; the mutual regulariser then keeps each collab row near its text vector. Items without
+      text keep their random rows.
+    - "content_set": the collab item table starts as a copy of the content item table (after content pre-training).
+    - "none": nothing changes."""
+    if how == "none":
+        return
+    content, collab = model.id_embeddings("content").item.weight, model.id_embeddings("collab").item.weight
+    if how == "content_set":
+        collab.copy_(content)
+        return
+    vectors = text_svd_vectors(item_token_counts(corpus), collab.shape[1], seed)
+    has_text = np.abs(vectors).sum(axis=1) > 0
+    vectors *= model.config.initializer_range / max(float(vectors[has_text].std()), 1e-12)
+    rows = torch.from_numpy(np.flatnonzero(has_text))
+    for table in (content, collab):
+        table[rows] = torch.from_numpy(vectors[has_text]).to(table.dtype)
 
 
 def data_fingerprint(corpus: Corpus) -> dict:

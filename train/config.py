@@ -29,6 +29,7 @@ from train.metric_names import parse_metric_name
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 PRESETS = ("demo", "quick", "paper", "released")
+INIT_COLLAB_ITEMS = ("none", "text_svd", "content_set")  # finetune.init_collab_items
 
 
 class ConfigError(ValueError):
@@ -83,6 +84,11 @@ class ModelConfig:
     graph_residual_lambda: float = 500.0  # EASE's L2 weight (kind "ease")
     graph_residual_scale_init: float = 0.0  # initial value of the learned scale (trained at the stage's lr_id)
     graph_residual_learn_scale: bool = True  # false: the scale stays at graph_residual_scale_init
+    # LightGCN smoothing of the collab ID tables over the TRAIN graph, K layers (0 = off; docs/model.md)
+    id_propagation_layers: int = 0
+    # per-head learned attention bias over edge buckets (co-holders of item pairs, item degree; docs/model.md)
+    graph_edge_bias: bool = False
+    graph_edge_topn: int = 200  # co-held items kept per item for the edge buckets
 
 
 @dataclass
@@ -125,6 +131,10 @@ class FinetuneConfig(StageConfig):
     # keep the model's scale. Train with model.graph_residual_learn_scale=false and scale_init=0 for the recipe
     # "fine-tune the transformer alone, then mix in W" (docs/model.md).
     residual_scale_grid: list[float] = field(default_factory=list)
+    # Content into the collab item IDs before fine-tuning (issue 10; docs/model.md): "none"; "text_svd" = both item
+    # tables start from the item text's TF-IDF SVD (so the mutual regulariser keeps collab rows near their text);
+    # "content_set" = the collab item table starts as a copy of the (pre-trained) content item table.
+    init_collab_items: str = "none"
 
 
 @dataclass
@@ -180,6 +190,7 @@ _ALLOWED_CHOICES = {
     "model.graph_bias": GRAPH_BIAS_MODES,
     "model.graph_residual": GRAPH_RESIDUAL_KINDS,
     "mixed_precision": ("no", "fp16", "bf16"),
+    "finetune.init_collab_items": INIT_COLLAB_ITEMS,
 }
 
 
@@ -259,7 +270,8 @@ def model_config_fields(m: ModelConfig) -> dict[str, Any]:
         user_token_dropout=m.user_token_dropout,
         freeze_backbone=m.freeze_backbone, graph_residual=m.graph_residual, graph_residual_topn=m.graph_residual_topn,
         graph_residual_lambda=m.graph_residual_lambda, graph_residual_scale_init=m.graph_residual_scale_init,
-        graph_residual_learn_scale=m.graph_residual_learn_scale,
+        graph_residual_learn_scale=m.graph_residual_learn_scale, id_propagation_layers=m.id_propagation_layers,
+        graph_edge_bias=m.graph_edge_bias, graph_edge_topn=m.graph_edge_topn,
     )
 
 

@@ -31,6 +31,7 @@ from train.common import (
     build_model,
     data_fingerprint,
     freeze_backbone,
+    init_collab_items,
     make_accelerator,
     make_optimizer,
     rank_loader,
@@ -121,6 +122,7 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
     else:
         model = build_model(cfg, corpus)
         lora_base = out / "lora_base_finetune"
+    init_collab_items(model, corpus, f.init_collab_items, cfg.seed)
     if cfg.model.freeze_backbone:
         freeze_backbone(model)
     if cfg.model.lora_r > 0:
