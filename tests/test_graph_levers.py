@@ -2,6 +2,8 @@
 (``graph_edge_bias``, Graphormer's edge encoding over co-holder / degree buckets), both fitted on the train graph only
 and stored with the weights (off, the state dict is unchanged); and content into the collab item IDs
 (``finetune.init_collab_items``)."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -267,6 +269,16 @@ def test_init_collab_items_from_text_or_from_the_content_set(tiny):
         load_config("demo", ["finetune.init_collab_items=glove"])
 
 
+def test_text_init_on_a_folder_without_item_text_warns_and_keeps_random_rows(tiny):
+    model = build_model(load_config("demo", tiny_overrides(tiny, "unused")), Corpus(tiny))
+    before = model.collab_embeddings.item.weight.clone()
+    no_text = SimpleNamespace(configs=["interactions", "recommendation"], folder="toys_like")  # e.g. Toys 2014
+    with pytest.warns(UserWarning, match="toys_like has no item text"):
+        assert init_collab_items(model, no_text, "text_svd") == "text_svd: no item text"
+    assert torch.equal(model.collab_embeddings.item.weight, before)
+    assert init_collab_items(model, Corpus(tiny), "text_svd") == f"text_svd: {model.config.num_items} items"
+
+
 def test_finetuning_with_every_lever_saves_a_model_that_scores_as_it_was_validated(tiny, tmp_path):
     from train.finetune import finetune
     from train.modeling_io import load_model
@@ -276,6 +288,7 @@ def test_finetuning_with_every_lever_saves_a_model_that_scores_as_it_was_validat
                                              "finetune.init_collab_items=text_svd", "finetune.epochs=1",
                                              "model.n_layer=2"))
     result = finetune(cfg)
+    assert result["init_collab_items"] == f"text_svd: {Corpus(tiny).num_items} items"
     best = load_model(result["model_dir"])
     want = normalized_adjacency(Corpus(tiny).interaction_matrix("train"))
     np.testing.assert_array_equal(best.id_propagation.col_indices.numpy(), want[1])

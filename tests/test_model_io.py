@@ -5,7 +5,9 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, GPT2Config, GPT2LMHeadModel, GPT2Model
@@ -61,8 +63,27 @@ REMOTE_SCRIPT = BLOCK_PACKAGE + textwrap.dedent("""
 """)
 
 
-def test_remote_code_load_without_the_package(tmp_path):
-    model = tiny_model(graph_bias="paper", graph_bias_per_head=True)
+def model_with_graph_levers():
+    """ID propagation and the edge bias on, their train-graph tables filled (issue 10 step 4)."""
+    from data_builders.item_graph import edge_buckets, normalized_adjacency
+
+    rng = np.random.default_rng(0)
+    train = sp.csr_matrix((np.ones(USERS * 8, np.float32), (np.repeat(np.arange(USERS), 8), rng.integers(0, 30, USERS * 8))),
+                          shape=(USERS, ITEMS))
+    train.sum_duplicates()
+    train.data[:] = 1.0
+    model = tiny_model(graph_bias="paper", id_propagation_layers=2, graph_train_edges=int(train.nnz), graph_edge_bias=True,
+                       graph_edge_topn=10)
+    model.id_propagation.set_adjacency(*normalized_adjacency(train))
+    model.edge_tables.set_tables(*edge_buckets(train, 10))
+    with torch.no_grad():
+        model.transformer.h[0].attn.edge_bias.table.normal_()
+    return model
+
+
+@pytest.mark.parametrize("levers", [False, True], ids=["plain", "graph_levers"])
+def test_remote_code_load_without_the_package(tmp_path, levers):
+    model = model_with_graph_levers() if levers else tiny_model(graph_bias="paper", graph_bias_per_head=True)
     ids, mask, hop = make_batch(pad=True)
     expected = model(ids, attention_mask=mask, hop_distances=hop).scores
     folder = tmp_path / "release"

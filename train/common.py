@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -75,25 +76,37 @@ def build_model(cfg: RunConfig, corpus: Corpus):
 
 
 @torch.no_grad()
-def init_collab_items(model: torch.nn.Module, corpus: Corpus, how: str, seed: int = 0) -> None:
+def init_collab_items(model: torch.nn.Module, corpus: Corpus, how: str, seed: int = 0) -> str:
     """Put content into the collab item IDs before fine-tuning (``finetune.init_collab_items``):
     - "text_svd": both item tables start from the item text's TF-IDF SVD (``data_builders.item_text``), scaled to
       the model's init std; the mutual regulariser then keeps each collab row near its text vector. Items without
-      text keep their random rows.
+      text keep their random rows. A dataset folder without item text (no "content" config, e.g. Toys 2014, which
+      ships no metadata) keeps every row random, with a warning: a preset with this option still runs there.
     - "content_set": the collab item table starts as a copy of the content item table (after content pre-training).
-    - "none": nothing changes."""
+    - "none": nothing changes.
+    Returns what was done ("none", "content_set", "text_svd: N items", "text_svd: no item text"), for the run's
+    result file."""
     if how == "none":
-        return
+        return how
     content, collab = model.id_embeddings("content").item.weight, model.id_embeddings("collab").item.weight
     if how == "content_set":
         collab.copy_(content)
-        return
+        return how
+    if "content" not in corpus.configs:
+        warnings.warn(f"finetune.init_collab_items=text_svd: {corpus.folder} has no item text (no 'content' prompts); "
+                      "the item IDs start random", stacklevel=2)
+        return "text_svd: no item text"
     vectors = text_svd_vectors(item_token_counts(corpus), collab.shape[1], seed)
     has_text = np.abs(vectors).sum(axis=1) > 0
+    if not has_text.any():
+        warnings.warn(f"finetune.init_collab_items=text_svd: no item of {corpus.folder} has text; the item IDs start "
+                      "random", stacklevel=2)
+        return "text_svd: no item text"
     vectors *= model.config.initializer_range / max(float(vectors[has_text].std()), 1e-12)
     rows = torch.from_numpy(np.flatnonzero(has_text))
     for table in (content, collab):
         table[rows] = torch.from_numpy(vectors[has_text]).to(table.dtype)
+    return f"text_svd: {int(has_text.sum())} items"
 
 
 def data_fingerprint(corpus: Corpus) -> dict:

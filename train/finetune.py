@@ -122,7 +122,7 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
     else:
         model = build_model(cfg, corpus)
         lora_base = out / "lora_base_finetune"
-    init_collab_items(model, corpus, f.init_collab_items, cfg.seed)
+    collab_items_init = init_collab_items(model, corpus, f.init_collab_items, cfg.seed)
     if cfg.model.freeze_backbone:
         freeze_backbone(model)
     if cfg.model.lora_r > 0:
@@ -194,6 +194,7 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
         "model_dir": str(best_dir),
         "steps": fit.global_step,
         "residual_scale_sweep": scale_sweep,
+        "init_collab_items": collab_items_init,
     }
     if accelerator.is_main_process:
         atomic_write_json(out / "finetune_result.json", result)
