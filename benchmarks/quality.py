@@ -77,6 +77,8 @@ VARIANTS: dict[str, list[str]] = {
     # content into the collab item IDs: both item tables start from the item text's TF-IDF SVD
     "textinit": ["finetune.init_collab_items=text_svd"],
     "propagate_textinit": ["model.id_propagation_layers=2", "finetune.init_collab_items=text_svd"],
+    # random item IDs (the paper): the ablation of amazon_cpu's finetune.init_collab_items=text_svd
+    "notext": ["finetune.init_collab_items=none"],
 }
 
 # --preset picks sizes: the train.config preset for variants and the Multi-VAE budget for baselines.
