@@ -61,3 +61,16 @@ def test_evaluate_script_scores_the_selected_model(stages):
     for key in ("recall@20", "recall@40", "ndcg@100"):
         assert metrics[key] == pytest.approx(result["validation"][key], abs=1e-12)
     assert "Popularity" in (out / "eval_validation.md").read_text()
+
+
+def test_a_stage_script_tears_down_its_process_group_even_when_it_fails(tmp_path):
+    """accelerate launch opens a process group; a rank that exits with it open can abort at teardown."""
+    import torch.distributed as dist
+
+    from train.cli_args import run_stage
+
+    for body, code in ((lambda: 0, 0), (lambda: (_ for _ in ()).throw(ValueError("bad input")), 2)):  # 2: a user error
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / f'store{code}'}", rank=0, world_size=1)
+        assert dist.is_initialized()
+        assert run_stage(body, debug=False) == code
+        assert not dist.is_initialized()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from data_builders.__main__ import report_user_errors  # noqa: F401  (one owner: the stage scripts use the builder's)
+from data_builders.__main__ import report_user_errors
 from train.config import ConfigError, RunConfig, load_config
 
 
@@ -35,3 +35,15 @@ def parse_stage_args(prog: str, argv: list[str] | None = None) -> tuple[RunConfi
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2)
+
+
+def run_stage(run, debug: bool) -> int:
+    """Run a stage script's body with the builder's error reporting, then tear down the process group that
+    ``accelerate launch`` opened: a rank that exits with it still open can abort at interpreter teardown."""
+    try:
+        return report_user_errors(run, debug)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()

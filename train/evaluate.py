@@ -205,7 +205,7 @@ def popularity_metrics(corpus: Corpus, split: str, cfg: RunConfig, max_scores: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.cli_args import config_from_args, report_user_errors, stage_parser
+    from train.cli_args import config_from_args, run_stage, stage_parser
     from train.common import make_accelerator
     from train.modeling_io import load_model
 
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({k: v for k, v in metrics.items() if k != "users"}, indent=2))
         return 0
 
-    return report_user_errors(run, args.debug)
+    return run_stage(run, args.debug)
 
 
 if __name__ == "__main__":

@@ -203,7 +203,7 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.cli_args import parse_stage_args, report_user_errors
+    from train.cli_args import parse_stage_args, run_stage
 
     cfg, args = parse_stage_args("finetune", argv)
 
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         print({k: result[k] for k in ("best_epoch", "validation", "test")})
         return 0
 
-    return report_user_errors(run, args.debug)
+    return run_stage(run, args.debug)
 
 
 if __name__ == "__main__":

@@ -126,7 +126,7 @@ def print_summary(cfg: RunConfig, result: dict) -> None:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    from train.cli_args import config_from_args, report_user_errors, stage_parser
+    from train.cli_args import config_from_args, run_stage, stage_parser
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in ("demo", "run"):
@@ -155,7 +155,7 @@ def cli(argv: list[str] | None = None) -> int:
             print(json.dumps({"test": result["test"]}, indent=1))
         return 0
 
-    return report_user_errors(run, args.debug)
+    return run_stage(run, args.debug)
 
 
 if __name__ == "__main__":

@@ -139,7 +139,7 @@ def pretrain(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.cli_args import parse_stage_args, report_user_errors
+    from train.cli_args import parse_stage_args, run_stage
 
     cfg, args = parse_stage_args("pretrain", argv)
 
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         print({k: v for k, v in result.items() if k != "plan"})
         return 0
 
-    return report_user_errors(run, args.debug)
+    return run_stage(run, args.debug)
 
 
 if __name__ == "__main__":
