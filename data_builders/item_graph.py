@@ -92,7 +92,6 @@ def normalized_adjacency(train: sp.spmatrix) -> tuple[np.ndarray, np.ndarray, np
     (crow_indices (U+I+1,), col_indices (2E,), values (2E,) float32), E = the number of user-item pairs in
     ``train``. Symmetric, so it is its own transpose; isolated nodes get an empty row."""
     x = _binary_csr(train)
-    num_users, num_items = x.shape
     adj = sp.bmat([[None, x], [x.T, None]], format="csr", dtype=np.float32)
     deg = np.asarray(adj.sum(axis=1)).ravel()
     inv = np.power(deg, -0.5, out=np.zeros_like(deg), where=deg > 0)

@@ -386,6 +386,7 @@ class GraphEdgeTables(nn.Module):
             getattr(self, name).copy_(tensor)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) token ids (and padding mask) -> (B, L, L) long edge buckets; 0 wherever a token is text or pad."""
         first_item = self.base + self.num_users
         real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         is_item = (input_ids >= first_item) & real

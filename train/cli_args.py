@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch.distributed as dist
+
 from data_builders.__main__ import report_user_errors
 from train.config import ConfigError, RunConfig, load_config
 
@@ -43,7 +45,5 @@ def run_stage(run, debug: bool) -> int:
     try:
         return report_user_errors(run, debug)
     finally:
-        import torch.distributed as dist
-
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

@@ -132,8 +132,9 @@ class FinetuneConfig(StageConfig):
     # "fine-tune the transformer alone, then mix in W" (docs/model.md).
     residual_scale_grid: list[float] = field(default_factory=list)
     # Content into the collab item IDs before fine-tuning (issue 10; docs/model.md): "none"; "text_svd" = both item
-    # tables start from the item text's TF-IDF SVD (so the mutual regulariser keeps collab rows near their text);
-    # "content_set" = the collab item table starts as a copy of the (pre-trained) content item table.
+    # tables start from the item text's TF-IDF SVD (so the mutual regulariser keeps collab rows near their text; meant
+    # for runs without pre-training, as it overwrites the content rows too); "content_set" = the collab item table
+    # starts as a copy of the (pre-trained) content item table.
     init_collab_items: str = "none"
 
 
