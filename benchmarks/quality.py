@@ -77,6 +77,8 @@ VARIANTS: dict[str, list[str]] = {
     # content into the collab item IDs: both item tables start from the item text's TF-IDF SVD
     "textinit": ["finetune.init_collab_items=text_svd"],
     "propagate_textinit": ["model.id_propagation_layers=2", "finetune.init_collab_items=text_svd"],
+    # after content pre-training (mi_cpu, beauty_cpu): the collab item rows start as the pre-trained content rows
+    "contentinit": ["finetune.init_collab_items=content_set"],
     # random item IDs (the paper): the ablation of amazon_cpu's finetune.init_collab_items=text_svd
     "notext": ["finetune.init_collab_items=none"],
 }
