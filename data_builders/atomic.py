@@ -4,6 +4,7 @@ Used by the data builders, the training scripts and the benchmark harness alike.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -11,6 +12,15 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+# In every folder this package writes (dataset, model, checkpoint and published folders): the entries it wrote.
+# A folder is replaced or removed only when it holds this record and nothing that the record does not list.
+OWNED_FILE = ".graphgpt2-rec-owned.json"
+OWNED_FORMAT = "graphgpt2-rec-owned"
+
+
+class ForeignFolderError(ValueError):
+    """A folder we were asked to replace or remove holds something we did not write (the data-loss guard)."""
 
 
 def current_umask() -> int:
@@ -100,15 +110,74 @@ def json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def replace_dir(tmp_dir: str | Path, final_dir: str | Path) -> None:
-    """Move a fully written ``tmp_dir`` to ``final_dir``, replacing an older one (rename is atomic per call)."""
+def folder_entries(folder: str | os.PathLike) -> list[str]:
+    """Every file, link and sub-folder under ``folder`` (relative POSIX paths, folders with a trailing ``/``), the
+    ownership record itself left out."""
+    folder = Path(folder)
+    out = []
+    for root, dirs, files in os.walk(folder):
+        rel = Path(root).relative_to(folder)
+        out += [(rel / d).as_posix() + "/" for d in dirs]
+        out += [(rel / f).as_posix() for f in files if not (rel == Path(".") and f == OWNED_FILE)]
+    return sorted(out)
+
+
+def mark_owned(folder: str | os.PathLike) -> None:
+    """Record every entry of a folder we have just written (call it last, before the folder is renamed into place)."""
+    record = {"format": OWNED_FORMAT, "entries": folder_entries(folder)}
+    atomic_write_text(Path(folder) / OWNED_FILE, json.dumps(record, indent=1) + "\n")
+
+
+def check_replaceable(folder: str | os.PathLike, what: str = "output folder") -> None:
+    """Refuse to replace or remove ``folder`` unless we wrote it and it holds only what we wrote.
+
+    A missing folder passes. Anything else (a file, a link, a folder without our record, one that gained an entry
+    since we wrote it, at any depth) raises :class:`ForeignFolderError` naming the folder and the entries.
+    """
+    folder = Path(folder)
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if folder.is_symlink() or not folder.is_dir():
+        raise ForeignFolderError(f"{what} {folder}: exists and is not a folder this tool wrote (a file or a link); "
+                                 "choose another path or move it away")
+    try:
+        record = json.loads((folder / OWNED_FILE).read_text(encoding="utf-8"))
+        ours = set(record["entries"]) if record.get("format") == OWNED_FORMAT else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        ours = None
+    entries = folder_entries(folder)
+    if ours is None:
+        raise ForeignFolderError(f"{what} {folder}: exists and was not written by this tool (no {OWNED_FILE}, or one "
+                                 f"from an older version; it holds {_shown(entries) or 'nothing'}); replacing it could "
+                                 "delete your files: choose another path or remove it yourself")
+    foreign = [e for e in entries if e not in ours]
+    if foreign:
+        shown = _shown(foreign)
+        raise ForeignFolderError(f"{what} {folder}: holds entries this tool did not write ({shown}); replacing it would "
+                                 "delete them: move them out or choose another path")
+
+
+def _shown(entries: list[str], n: int = 5) -> str:
+    return ", ".join(entries[:n]) + (f" and {len(entries) - n} more" if len(entries) > n else "")
+
+
+def remove_owned(folder: str | os.PathLike, what: str = "output folder") -> None:
+    """``rmtree`` a folder we wrote, after :func:`check_replaceable`; a missing folder is fine."""
+    check_replaceable(folder, what)
+    if Path(folder).exists():
+        shutil.rmtree(folder)
+
+
+def replace_dir(tmp_dir: str | Path, final_dir: str | Path, what: str = "output folder") -> None:
+    """Move a fully written ``tmp_dir`` to ``final_dir``, replacing an older one that we wrote (rename is atomic
+    per call). ``final_dir`` holding anything we did not write is refused (:func:`check_replaceable`) and kept."""
     tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
     follow_umask(tmp_dir)  # save_pretrained's safetensors are 0600 otherwise
-    if final_dir.exists():
-        trash = final_dir.with_name(f".{final_dir.name}.old")
-        if trash.exists():
-            shutil.rmtree(trash)
-        os.replace(final_dir, trash)
+    mark_owned(tmp_dir)
+    if final_dir.exists() or final_dir.is_symlink():
+        check_replaceable(final_dir, what)
+        trash = make_temp_dir(final_dir.parent, prefix=f".{final_dir.name}.old-")
+        os.replace(final_dir, trash / "old")
         os.replace(tmp_dir, final_dir)
         shutil.rmtree(trash, ignore_errors=True)
     else:

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .atomic import atomic_write_text, json_default, make_temp_dir
+from .atomic import OWNED_FILE, ForeignFolderError, atomic_write_text, check_replaceable, json_default, make_temp_dir, mark_owned
 from .corpus import (EDGES_FILE, FORMAT_NAME, FORMAT_VERSION, GRAPH_DIR, HOP_TABLE_FILE, ITEMS_FILE, MANIFEST_FILE, MAPS_DIR,
                      README_FILE, TITLES_FILE, TOKENIZER_DIR, USERS_FILE, file_sha256)
 from .graph import DEFAULT_MAX_HOPS, DEFAULT_TABLE_BUDGET_BYTES, HopDistances, InteractionGraph
@@ -273,6 +273,7 @@ def build_dataset_folder(
             raise ValueError(f"no prompt config produced any row ({skipped}); nothing to write")
         atomic_write_text(tmp / README_FILE, dataset_card(manifest, manifest["configs"]))
         (tmp / _PID_FILE).unlink()
+        mark_owned(tmp)
         if out.exists():
             check_output_folder(out, overwrite, protect=source_files)  # again: it may have changed during the build
             trash = _claimed_temp_dir(out, "old")
@@ -288,7 +289,7 @@ def build_dataset_folder(
 
 
 # --------------------------------------------------------------------------------------------- output safety
-class OutputFolderError(ValueError):
+class OutputFolderError(ForeignFolderError):
     """``--out`` names a folder the builder must not write or replace (data loss guard)."""
 
 
@@ -327,16 +328,10 @@ def check_output_folder(out: Path, overwrite: bool, protect: list[str] | tuple =
             f"--out {out}: not a dataset folder built by this tool (no {FORMAT_NAME!r} manifest.json); "
             "--overwrite replaces only such folders: choose a new folder or remove it yourself"
         )
-    try:
-        configs = set(json.loads(mpath.read_text(encoding="utf-8")).get("configs") or [])
-    except (OSError, ValueError, AttributeError):
-        configs = set()
-    foreign = sorted(e.name for e in out.iterdir() if e.name not in _FOLDER_ENTRIES | configs)
-    if foreign:
-        raise OutputFolderError(
-            f"--out {out}: holds files a build does not write ({', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}); "
-            "--overwrite would delete them: move them out or choose another folder"
-        )
+    try:  # every entry, at any depth, must be one the build wrote (its ownership record)
+        check_replaceable(out, "--out")
+    except ForeignFolderError as err:
+        raise OutputFolderError(f"{err} (--overwrite replaces only what a build wrote)") from None
 
 
 def _claimed_temp_dir(out: Path, kind: str) -> Path:
@@ -383,7 +378,7 @@ def remove_stale_build_folders(out: Path, now: float | None = None) -> list[Path
                 continue
             alive = _owner_alive(d)
             if alive is None:
-                known = _FOLDER_ENTRIES | {"old", *CONFIG_SPLITS}
+                known = _FOLDER_ENTRIES | {"old", OWNED_FILE, *CONFIG_SPLITS}
                 if now - d.stat().st_mtime < STALE_AFTER_SECONDS or any(e.name not in known for e in d.iterdir()):
                     continue
             elif alive:

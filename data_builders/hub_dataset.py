@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .atomic import atomic_write_text, replace_dir
+from .atomic import OWNED_FILE, atomic_write_text, check_replaceable, make_temp_dir, replace_dir
 from .corpus import MANIFEST_FILE, README_FILE, read_manifest
 from .prompts import CONFIG_SPLITS
 
@@ -77,8 +77,10 @@ def stage_dataset_repo(folder: str | Path, out: str | Path, model_repo: str | No
     """A copy of ``folder`` (hard links when possible) with the Hub dataset card as README.md; atomic."""
     folder, out = Path(folder), Path(out)
     manifest = read_manifest(folder)
-    tmp = out.with_name(f".tmp-{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    check_replaceable(out, "staged dataset folder")  # before any work
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = make_temp_dir(out.parent, prefix=f".tmp-{out.name}-")
+    tmp.rmdir()  # copytree creates it
 
     def link_or_copy(src, dst):
         try:
@@ -87,9 +89,9 @@ def stage_dataset_repo(folder: str | Path, out: str | Path, model_repo: str | No
             shutil.copy2(src, dst)
 
     try:
-        shutil.copytree(folder, tmp, copy_function=link_or_copy, ignore=shutil.ignore_patterns(".tmp-*", README_FILE))
+        shutil.copytree(folder, tmp, copy_function=link_or_copy, ignore=shutil.ignore_patterns(".tmp-*", README_FILE, OWNED_FILE))
         atomic_write_text(tmp / README_FILE, hub_dataset_card(manifest, model_repo))
-        replace_dir(tmp, out)
+        replace_dir(tmp, out, "staged dataset folder")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

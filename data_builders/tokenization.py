@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
+import socket
 from pathlib import Path
 from typing import Iterable
+from urllib.parse import urlparse
 
 from tokenizers import AddedToken
 
@@ -27,8 +30,7 @@ from .records import item_token, user_token
 
 DEFAULT_GPT2_DIR = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "gpt2"
 EOS_TOKEN = "<|endoftext|>"
-
-
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # "gpt2", "org/name": what is tried on the Hub
 
 
 def load_base_tokenizer(source: str | os.PathLike | None = None):
@@ -44,11 +46,38 @@ def load_base_tokenizer(source: str | os.PathLike | None = None):
             tok = GPT2Tokenizer.from_pretrained(str(p))
         else:
             raise FileNotFoundError(f"{p}: tokenizer folder needs vocab.json + merges.txt (or tokenizer.json)")
+    elif p.exists():
+        raise NotADirectoryError(f"--tokenizer {p}: is a file; give the folder holding vocab.json + merges.txt")
+    elif not HUB_ID.fullmatch(str(source)):
+        raise FileNotFoundError(f"--tokenizer {source}: no such folder (and not a Hub name such as gpt2 or org/name)")
     else:
-        tok = AutoTokenizer.from_pretrained(str(source))  # Hub name; fails clearly offline
+        tok = _hub_tokenizer(str(source))
     if tok.eos_token is None:
         tok.eos_token = EOS_TOKEN
     return tok
+
+
+def _hub_tokenizer(name: str):
+    """A Hub tokenizer from the local cache, else downloaded; unreachable Hub: a named error at once, not a
+    minute of retries."""
+    from huggingface_hub import constants
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name, local_files_only=True)
+    except OSError:
+        pass
+    host = urlparse(constants.ENDPOINT).hostname or ""
+    reachable = not constants.HF_HUB_OFFLINE
+    if reachable:
+        try:
+            socket.create_connection((host, 443), timeout=3).close()
+        except OSError:
+            reachable = False
+    if not reachable:
+        raise FileNotFoundError(f"--tokenizer {name}: no such local folder, not in the Hugging Face cache, and the Hub "
+                                f"({host}) cannot be reached; pass a folder holding vocab.json + merges.txt")
+    return AutoTokenizer.from_pretrained(name)
 
 
 def train_byte_level_bpe(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2):

@@ -16,11 +16,19 @@ class EndpointHandler:
 
     def __call__(self, data: dict[str, Any]) -> list:
         if not isinstance(data, dict) or "inputs" not in data:
-            raise ValueError('request body must be {"inputs": ..., "parameters": {...}}')
-        inputs = data["inputs"]
-        params = dict(data.get("parameters") or {})
-        unknown = set(params) - {"top_k", "exclude_seen"}
+            raise ValueError('request body must be {"inputs": ..., "parameters": {...}}, got '
+                             f"{type(data).__name__} {data!r:.80}")
+        unknown = sorted(map(str, set(data) - {"inputs", "parameters"}))
         if unknown:
-            raise ValueError(f"unknown parameters {sorted(unknown)}; supported: top_k, exclude_seen")
-        batch = [inputs] if isinstance(inputs, dict) else list(inputs)
+            raise ValueError(f'unknown request body keys {unknown}; the body is {{"inputs": ..., "parameters": {{...}}}}')
+        params = data.get("parameters")
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise ValueError(f'"parameters" must be an object such as {{"top_k": 10}}, got {type(params).__name__}')
+        unknown = sorted(map(str, set(params) - {"top_k", "exclude_seen"}))
+        if unknown:
+            raise ValueError(f"unknown parameters {unknown}; supported: top_k, exclude_seen")
+        inputs = data["inputs"]
+        batch = [inputs] if isinstance(inputs, dict) else inputs  # the pipeline checks the rest by type
         return self.pipe(batch, **params)

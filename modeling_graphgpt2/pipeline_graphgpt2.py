@@ -9,6 +9,10 @@ files, so `pipeline("graph-recommendation", model=<repo>, trust_remote_code=True
   TrainGraph           train edges -> capped hop distances among a prompt's nodes (hop table or numpy BFS)
   GraphRecommender     repo files -> top-k items for {"user": id} / {"history": [ids or titles]}
   GraphRecommendationPipeline   the transformers Pipeline around GraphRecommender
+  serving record       serving.json: the sha256 of every file that decides the answers (weights, tokenizer,
+                       maps, graph, settings, code) and of the config's fields; config.json holds serving.json's
+                       own sha256, so no file, nor the record, can be swapped or edited alone. Checked on every
+                       load (`verify_serving_folder`) by the pipeline, the handler and `train.recommend`.
 
 Canonical history order: a known user's train items in the order the split stored them (maps/
 train_histories.json; the order evaluation scored), a new user's history as given. Histories longer than the
@@ -18,6 +22,7 @@ context are cut from the LEFT, so the trigger phrase at the end survives.
 import hashlib
 import json
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -30,7 +35,14 @@ GRAPH_META_FILE = "graph/graph.json"
 EDGES_FILE = "graph/train_edges.npy"
 HISTORIES_FILE = "maps/train_histories.json"
 MAP_FILES = {"users": "maps/users.json", "items": "maps/items.json", "titles": "maps/item_titles.json"}
-SERVING_PATTERNS = [META_FILE, MANIFEST_FILE, "graph/*", "maps/*"]  # what a request needs beside the weights
+SERVING_FILE = "serving.json"
+SERVING_FORMAT = "graphgpt2-rec-serving"
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+# Documentation, not served: left out of the serving record (and of a Hub snapshot the pipeline reads).
+DOC_FILES = ("README.md", "metrics.json", "run_config.yaml", "train_log.jsonl", "training_curve.png")
+# config.json keys that do not change the answers: written by whichever transformers saved it, or the record's own hash
+CONFIG_UNHASHED_KEYS = ("transformers_version", "_name_or_path", "serving_sha256")
 
 
 def user_token(u):
@@ -228,6 +240,81 @@ def _read_json(path):
         return json.load(handle)
 
 
+class ServingFolderError(ValueError):
+    """A published folder's files are not the ones it was published with (swapped, edited, truncated or missing)."""
+
+
+def config_sha256(config):
+    """sha256 of a config.json dict without the keys that do not change the answers (``CONFIG_UNHASHED_KEYS``)."""
+    kept = {k: v for k, v in config.items() if k not in CONFIG_UNHASHED_KEYS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+def _served_files(folder):
+    """Every file of a published folder that decides its answers: all but the docs, config.json (hashed by its
+    fields), the record itself and hidden files."""
+    out = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel_root = os.path.relpath(root, folder)
+        for name in sorted(files):
+            rel = name if rel_root == "." else f"{rel_root}/{name}".replace(os.sep, "/")
+            if not name.startswith(".") and rel not in DOC_FILES + (CONFIG_FILE, SERVING_FILE):
+                out.append(rel)
+    return out
+
+
+def write_serving_record(folder):
+    """Write ``serving.json`` for a finished published folder and put its sha256 into ``config.json``."""
+    config_path = os.path.join(folder, CONFIG_FILE)
+    config = _read_json(config_path)
+    record = {"format": SERVING_FORMAT, "version": 1, "config_sha256": config_sha256(config),
+              "files": {rel: _file_sha256(os.path.join(folder, rel)) for rel in _served_files(folder)}}
+    text = json.dumps(record, indent=2, sort_keys=True) + "\n"
+    with open(os.path.join(folder, SERVING_FILE), "w", encoding="utf-8") as handle:
+        handle.write(text)
+    config["serving_sha256"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    with open(config_path, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def verify_serving_folder(folder):
+    """Check a published folder against its serving record; raise ``ServingFolderError`` naming the first file
+    that differs. A folder published before the record existed gets a warning, and its files go unchecked."""
+    config_path = os.path.join(folder, CONFIG_FILE)
+    record_path = os.path.join(folder, SERVING_FILE)
+    if not os.path.isfile(config_path):
+        raise ServingFolderError(f"{config_path}: missing (not a published GraphGPT2-Rec folder)")
+    try:
+        config = _read_json(config_path)
+    except ValueError as err:
+        raise ServingFolderError(f"{config_path}: not valid JSON ({err})") from None
+    want = config.get("serving_sha256")
+    if want is None and not os.path.isfile(record_path):
+        warnings.warn(f"{folder}: published before serving records ({SERVING_FILE}): its weights, tokenizer and maps "
+                      "cannot be checked; re-publish it with `python -m train.publish` to add them", stacklevel=2)
+        return
+    if not os.path.isfile(record_path):
+        raise ServingFolderError(f"{record_path}: missing, but {CONFIG_FILE} names it (serving_sha256); re-publish the model")
+    if want is None or _file_sha256(record_path) != want:
+        raise ServingFolderError(f"{record_path}: sha256 does not match {CONFIG_FILE} serving_sha256: the record or "
+                                 "the config was edited or comes from another publish; re-publish the model")
+    record = _read_json(record_path)
+    if record.get("config_sha256") != config_sha256(config):
+        raise ServingFolderError(f"{config_path}: its fields (n_layer, n_head, graph_bias, ...) differ from the ones "
+                                 f"the model was published with ({SERVING_FILE} config_sha256): an edited config")
+    files = sorted(record.get("files", {}).items())
+    missing = [rel for rel, _ in files if not os.path.isfile(os.path.join(folder, rel))]
+    if missing:
+        raise ServingFolderError(f"{os.path.join(folder, missing[0])}: missing (listed in {SERVING_FILE})"
+                                 + (f"; also missing: {', '.join(missing[1:4])}" if len(missing) > 1 else ""))
+    differ = [rel for rel, sha in files if _file_sha256(os.path.join(folder, rel)) != sha]
+    if differ:
+        raise ServingFolderError(f"{os.path.join(folder, differ[0])}: sha256 does not match its {SERVING_FILE} entry"
+                                 + (f" (so do {', '.join(differ[1:4])})" if len(differ) > 1 else "")
+                                 + ": a file from another build or training, edited or truncated; re-publish the model")
+
+
 class GraphRecommender:
     """Everything a top-k request needs, read from the repo: prompt, graph, id maps, titles, train histories."""
 
@@ -237,11 +324,19 @@ class GraphRecommender:
         if not os.path.isdir(name_or_path):  # a Hub repo: every serving file from ONE resolved commit
             from huggingface_hub import snapshot_download
 
-            name_or_path = snapshot_download(name_or_path, revision=revision, allow_patterns=SERVING_PATTERNS)
+            name_or_path = snapshot_download(name_or_path, revision=revision, ignore_patterns=list(DOC_FILES))
+        verify_serving_folder(name_or_path)
+        tokenizer_path = repo_file(name_or_path, TOKENIZER_FILE, revision)
+        trained_with = getattr(cfg, "tokenizer_sha256", None)  # the tokenizer the ID rows were trained with
+        if trained_with and _file_sha256(tokenizer_path) != trained_with:
+            raise ServingFolderError(f"{tokenizer_path}: not the tokenizer this model was trained with (config.json tokenizer_sha256)")
         meta = _read_json(repo_file(name_or_path, META_FILE, revision))
         graph_meta = _read_json(repo_file(name_or_path, GRAPH_META_FILE, revision))
         manifest_path = repo_file(name_or_path, MANIFEST_FILE, revision, required=False)  # absent in older repos
         recorded = (_read_json(manifest_path).get("files_sha256") or {}) if manifest_path else {}
+        trained_files = getattr(cfg, "files_sha256", None)  # the maps the ID rows were trained with
+        if trained_files and recorded and trained_files != recorded:
+            raise ServingFolderError(f"{manifest_path}: files_sha256 differs from config.json files_sha256: maps from another build")
         self.num_users, self.num_items = cfg.num_users, cfg.num_items
         self.max_length = min(int(meta.get("max_length", cfg.n_positions)), cfg.n_positions)
         self.leave_user_out = bool(meta.get("leave_user_out_hops", False))
@@ -275,17 +370,31 @@ class GraphRecommender:
     # ---- requests -> (user index or None, history indices) -----------------------------------------------------
     def resolve(self, request):
         """``{"user": raw id}`` -> (u, train items in canonical order); ``{"history": [raw ids / titles]}`` -> (None, items)."""
-        if not isinstance(request, dict) or len({"user", "history"} & set(request)) != 1:
-            raise ValueError(f'a request is {{"user": "<raw user id>"}} or {{"history": ["<raw item id or title>", ...]}}, got {request!r}')
+        if not isinstance(request, dict):
+            raise ValueError(f'a request is {{"user": "<raw user id>"}} or {{"history": ["<raw item id or title>", ...]}}, '
+                             f"got {type(request).__name__} {request!r:.80}")
+        unknown_keys = sorted(map(str, set(request) - {"user", "history"}))
+        if unknown_keys:
+            raise ValueError(f"unknown request keys {unknown_keys}: a request holds exactly one of \"user\" and \"history\"; "
+                             "top_k, exclude_seen and batch_size are call options (pipeline(inputs, top_k=5)) "
+                             "or the handler's \"parameters\"")
+        if len(request) != 1:
+            raise ValueError(f'a request holds exactly one of "user" and "history", got {sorted(request)}')
         if "user" in request:
-            raw = str(request["user"])
+            raw = request["user"]
+            if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+                raise ValueError(f'"user" must be a raw user id (a string), got {type(raw).__name__} {raw!r:.80}')
+            raw = str(raw)
             if raw not in self._user_index:
-                raise ValueError(f"unknown user id {raw!r} (not in maps/users.json; pass {{'history': [...]}} for a new user)")
+                raise ValueError(f"unknown user id {raw!r:.80} (not in maps/users.json; pass {{'history': [...]}} for a new user)")
             u = self._user_index[raw]
             return u, [int(j) for j in self.train_items[u]]
         history = request["history"]
         if isinstance(history, str) or not isinstance(history, (list, tuple)):
-            raise ValueError(f'"history" must be a list of raw item ids or titles, got {history!r}')
+            raise ValueError(f'"history" must be a list of raw item ids or titles, got {type(history).__name__} {history!r:.80}')
+        bad = [x for x in history if isinstance(x, bool) or not isinstance(x, (str, int))]
+        if bad:
+            raise ValueError(f'"history" entries must be raw item ids or titles (strings), got {bad[:3]!r:.80}')
         items, unknown, ambiguous = [], [], []
         for x in history:
             x = str(x)
@@ -344,8 +453,9 @@ class GraphRecommender:
 
     def recommend(self, requests, top_k=10, exclude_seen=True, batch_size=64):
         """One list of ``{"item_id", "title", "score"}`` per request (``"source": "popularity"`` on the fallback)."""
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+        check_options(top_k, exclude_seen, batch_size)
+        if not isinstance(requests, (list, tuple)):
+            raise ValueError(f"requests must be a list of request dicts, got {type(requests).__name__}")
         resolved = [self.resolve(r) for r in requests]
         ranked = [None] * len(resolved)
         model_rows = [i for i, (u, items) in enumerate(resolved) if u is not None or items]
@@ -361,6 +471,30 @@ class GraphRecommender:
             out.append([{"item_id": self.item_ids[j], "title": self.titles[j], "score": float(s),
                          **({"source": source} if source != "model" else {})} for j, s in recs])
         return out
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_options(top_k, exclude_seen, batch_size):
+    """The call options, by type and range (a JSON ``"false"`` is a string, not false)."""
+    if not _is_int(top_k) or top_k < 1:
+        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r:.80}")
+    if not isinstance(exclude_seen, bool):
+        raise ValueError(f"exclude_seen must be true or false (a boolean), got {exclude_seen!r:.80}")
+    if not _is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r:.80}")
+
+
+def as_request_list(inputs):
+    """``(requests, single)``: one request dict or a list of them; anything else is a named error."""
+    if isinstance(inputs, dict):
+        return [inputs], True
+    if isinstance(inputs, (list, tuple)):
+        return list(inputs), False
+    raise ValueError('inputs must be a request ({"user": "<raw user id>"} or {"history": [...]}) or a list of them, '
+                     f"got {type(inputs).__name__} {inputs!r:.80}")
 
 
 class GraphRecommendationPipeline(Pipeline):
@@ -384,14 +518,14 @@ class GraphRecommendationPipeline(Pipeline):
         if top_k is not None:
             params["top_k"] = top_k
         if exclude_seen is not None:
-            params["exclude_seen"] = bool(exclude_seen)
+            params["exclude_seen"] = exclude_seen  # checked as a boolean in recommend: bool("false") is True
         return {}, {}, params
 
     def __call__(self, inputs, top_k=10, exclude_seen=True, batch_size=64, **kwargs):
         if kwargs:
             raise TypeError(f"unexpected options {sorted(kwargs)}; the graph-recommendation pipeline takes top_k, exclude_seen, batch_size")
-        single = isinstance(inputs, dict)
-        out = self.recommender.recommend([inputs] if single else list(inputs), top_k, exclude_seen, batch_size)
+        requests, single = as_request_list(inputs)
+        out = self.recommender.recommend(requests, top_k, exclude_seen, batch_size)
         return out[0] if single else out
 
     # Pipeline's abstract steps; __call__ above batches the whole request list itself (the hop tensor needs

@@ -13,6 +13,7 @@ import pytest
 from data_builders.build import build
 from data_builders.corpus import Corpus, DataFolderError, file_sha256
 from data_builders.graph import graph_sha256
+from modeling_graphgpt2.pipeline_graphgpt2 import ServingFolderError, write_serving_record
 from train.testing import tiny_build_config, tiny_overrides
 
 USERS = "maps/users.json"
@@ -104,8 +105,16 @@ def test_a_published_graph_edited_to_match_is_refused(published, tmp_path):
         m["files_sha256"].pop("graph/hops.npy")
 
     _edit_manifest(hub, point_at_new_graph)
+    with pytest.raises(ServingFolderError, match=r"graph/graph.json: sha256 does not match its serving.json entry"):
+        Recommender.from_folder(hub)
+    write_serving_record(hub)  # a forger who also rewrites the serving record: the model's own record still refuses
     with pytest.raises(DataFolderError, match="graph hash .* differs from the one the model was trained on"):
         Recommender.from_folder(hub)
+    with pytest.raises(ValueError, match="files_sha256 differs from config.json files_sha256"):  # the dropped hop table
+        pipeline("graph-recommendation", model=str(hub), trust_remote_code=True)
+    trained_files = json.loads((hub / "config.json").read_text())["files_sha256"]
+    _edit_manifest(hub, lambda m: m.__setitem__("files_sha256", trained_files))
+    write_serving_record(hub)
     with pytest.raises(ValueError, match="not the train graph this model was trained on"):
         pipeline("graph-recommendation", model=str(hub), trust_remote_code=True)
 
@@ -119,6 +128,9 @@ def test_edited_train_histories_are_refused(published, tmp_path):
     u = next(i for i, h in enumerate(histories) if len(h) > 1)
     histories[u] = histories[u][:-1]  # a user's history lost an item
     path.write_text(json.dumps(histories))
+    with pytest.raises(ValueError, match="train_histories.json: sha256 does not match its serving.json entry"):  # remote code's own class
+        pipeline("graph-recommendation", model=str(hub), trust_remote_code=True)
+    write_serving_record(hub)  # records rewritten to match: the histories are still checked against the graph
     with pytest.raises(DataFolderError, match="train_histories.json: the histories are not the train graph's edges"):
         Corpus(hub).train_items()
     with pytest.raises(ValueError, match="train_histories.json is not the train graph's edges"):
@@ -130,6 +142,9 @@ def test_the_pipeline_checks_the_maps_too(published, tmp_path):
 
     hub = _copy(published[1], tmp_path / "hub")
     _swap_users(hub)
+    with pytest.raises(ValueError, match="users.json: sha256 does not match its serving.json entry"):
+        pipeline("graph-recommendation", model=str(hub), trust_remote_code=True)
+    write_serving_record(hub)  # records rewritten to match: the manifest's files_sha256 still refuses the map
     with pytest.raises(ValueError, match="users.json: sha256 does not match"):
         pipeline("graph-recommendation", model=str(hub), trust_remote_code=True)
 

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
-from train.io_utils import atomic_write_json
+from data_builders.atomic import ForeignFolderError, follow_umask, mark_owned, remove_owned
+from train.io_utils import CHECKPOINT_NAME as _NAME, CHECKPOINT_TEMP_PREFIX, atomic_write_json, check_checkpoints
 
-_NAME = re.compile(r"^ckpt-(\d{6})$")
 STATE_FILE = "trainer_state.json"
 
 
@@ -43,10 +43,10 @@ def save_checkpoint(accelerator: Any, root: str | Path, index: int, state: dict,
     """Save model/optimizer/scheduler/RNG + ``state`` as ``root/ckpt-<index>``; all ranks must call this."""
     root = Path(root)
     final = root / f"ckpt-{index:06d}"
-    tmp = root / f".tmp-ckpt-{index:06d}"
+    tmp = root / f"{CHECKPOINT_TEMP_PREFIX}{index:06d}"  # one name for every rank; the run folder's lock keeps it ours
     if accelerator.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
-        for stale in root.glob(".tmp-ckpt-*"):  # left by a crashed write
+        for stale in root.glob(f"{CHECKPOINT_TEMP_PREFIX}*"):  # left by a crashed write
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
     if not getattr(accelerator, "_drops_tied_weights", False):
@@ -58,11 +58,15 @@ def save_checkpoint(accelerator: Any, root: str | Path, index: int, state: dict,
         if accelerator.is_main_process:
             _fault_point("checkpoint")
             atomic_write_json(tmp / STATE_FILE, state)
-            if final.exists():
-                shutil.rmtree(final)
+            follow_umask(tmp)  # safetensors writes 0600 files whatever the umask
+            mark_owned(tmp)
+            remove_owned(final, "checkpoint folder")
             os.replace(tmp, final)
             for old in _complete_checkpoints(root)[:-keep] if keep > 0 else []:
-                shutil.rmtree(old, ignore_errors=True)
+                try:
+                    remove_owned(old, "checkpoint folder")
+                except ForeignFolderError as err:  # somebody's file appeared in it mid-run: keep it, say so
+                    warnings.warn(f"old checkpoint kept: {err}", stacklevel=2)
     except BaseException:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -133,10 +137,21 @@ def resume_or_reset(accelerator: Any, logger: Any, stage: str, ckpt_root: Path, 
     if logger is not None:
         logger.truncate_after(stage, -1)
     if accelerator.is_main_process:
-        for folder in (ckpt_root, *also_clear):
-            shutil.rmtree(folder, ignore_errors=True)
+        clear_checkpoints(ckpt_root)
+        for folder in also_clear:
+            remove_owned(folder)
     accelerator.wait_for_everyone()
     return None
+
+
+def clear_checkpoints(root: str | Path) -> None:
+    """Remove every checkpoint under ``root`` (a fresh run); refused, before anything is removed, when ``root``
+    holds anything we did not write (:func:`train.io_utils.check_checkpoints`)."""
+    root = Path(root)
+    check_checkpoints(root)
+    if root.is_dir():
+        for entry in root.iterdir():
+            shutil.rmtree(entry)
 
 
 # ---------------------------------------------------------------------------------------------------------------

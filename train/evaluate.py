@@ -28,7 +28,7 @@ from data_builders.collate import MODEL_INPUT_KEYS
 from data_builders.corpus import Corpus
 from train.common import rank_rows
 from train.config import RunConfig
-from train.io_utils import atomic_write_json, atomic_write_text
+from train.io_utils import BEST_DIR, PRETRAINED_DIR, atomic_write_json, atomic_write_text
 from train.metrics import item_popularity, merge_per_user, metric_names, per_user_metrics, summarize
 
 
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         cfg = config_from_args(args)
         out = Path(cfg.output.dir)
-        candidates = [Path(args.model_dir)] if args.model_dir else [out / "best", out / "pretrained"]
+        candidates = [Path(args.model_dir)] if args.model_dir else [out / BEST_DIR, out / PRETRAINED_DIR]
         model_dir = next((p for p in candidates if p.is_dir()), None)
         if model_dir is None:
             raise FileNotFoundError(f"no model folder at {' or '.join(map(str, candidates))}: train first or pass --model-dir")

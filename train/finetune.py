@@ -42,7 +42,7 @@ from train.common import (
 )
 from train.config import RunConfig
 from train.evaluate import evaluate_model, evaluate_residual_scales
-from train.io_utils import atomic_write_json
+from train.io_utils import BEST_DIR, PRETRAINED_DIR, atomic_write_json, check_run_outputs, locks_output_dir
 from train.logging_utils import RunLogger
 from train.metrics import metric_names
 from train.modeling_io import load_model, save_model
@@ -106,14 +106,16 @@ def choose_residual_scale(accelerator, model, corpus: Corpus, cfg: RunConfig, mo
     return {"metric": metric, "scales": list(grid), "values": values, "chosen": grid[best]}, swept[best]
 
 
+@locks_output_dir
 def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None, init_dir: str | Path | None = None) -> dict:
     """Train, select on validation, evaluate test once. Returns val/test metrics and paths."""
     out = Path(cfg.output.dir)
+    check_run_outputs(out, (BEST_DIR,), ("finetune",))  # before any work: what this stage replaces is ours
     f = cfg.finetune
     accelerator = make_accelerator(cfg, out)
     seed_everything(cfg.seed)
     corpus = corpus or Corpus(cfg.data.folder, cfg.data.leave_user_out_hops)
-    init_dir = Path(init_dir) if init_dir else out / "pretrained"
+    init_dir = Path(init_dir) if init_dir else out / PRETRAINED_DIR
     stage_s, t_model = {}, time.time()  # wall seconds of each stage (benchmarks/RESULTS.md reports them)
     if cfg.pretrain.do_pretrain and init_dir.is_dir():
         model = load_model(init_dir, merge_lora=True)
@@ -136,7 +138,7 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
     epoch_steps = steps_per_epoch(num_train, f.batch_size, accelerator.num_processes)
     total_steps = f.epochs * epoch_steps
     optimizer = make_optimizer(model, f)
-    best_dir = out / "best"
+    best_dir = out / BEST_DIR
     trainer = Trainer(
         model, optimizer, warmup_linear(optimizer, total_steps, f.warmup_ratio),
         accelerator=accelerator, stage="finetune", grad_clip=f.grad_clip,

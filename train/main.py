@@ -16,6 +16,7 @@ from pathlib import Path
 from data_builders.build import BuildConfig, build, parse_build_config
 from data_builders.corpus import Corpus, has_manifest
 from train.config import ConfigError, RunConfig
+from train.io_utils import HUB_MODEL_DIR, check_run_outputs, hold_output_dir
 
 
 def build_config(cfg: RunConfig) -> BuildConfig:
@@ -41,6 +42,12 @@ def build_data(cfg: RunConfig) -> Path:
 
 def run_pipeline(cfg: RunConfig, resume: bool = False, command: str | None = None) -> dict:
     """Everything for one config. Returns val/test metrics, popularity, wall times and output paths."""
+    with hold_output_dir(cfg.output.dir):  # a second run into the same output.dir is refused, not mixed in
+        check_run_outputs(cfg.output.dir)  # before any work: every folder this run replaces holds only our files
+        return _run_pipeline(cfg, resume, command)
+
+
+def _run_pipeline(cfg: RunConfig, resume: bool, command: str | None) -> dict:
     from train.evaluate import popularity_metrics, write_metrics
     from train.finetune import finetune
     from train.metrics import metric_names
@@ -48,7 +55,6 @@ def run_pipeline(cfg: RunConfig, resume: bool = False, command: str | None = Non
     from train.publish import publish
 
     out = Path(cfg.output.dir)
-    out.mkdir(parents=True, exist_ok=True)
     walls: dict[str, float] = {}
     t = time.time()
     build_data(cfg)
@@ -87,7 +93,7 @@ def run_pipeline(cfg: RunConfig, resume: bool = False, command: str | None = Non
         result["popularity_test"] = pop
         write_metrics(out, "metrics_test", {**fin["test"], "split": "test"}, names, {"Popularity (test)": pop})
         t = time.time()
-        folder = publish(cfg, corpus, Path(fin["model_dir"]), out / "hub_model", result, command=command)
+        folder = publish(cfg, corpus, Path(fin["model_dir"]), out / HUB_MODEL_DIR, result, command=command)
         walls["publish_s"] = time.time() - t
         result["paths"]["hub_model"] = str(folder)
         if cfg.output.push_to_hub:

@@ -38,6 +38,7 @@ from train.common import (
     warmup_linear,
 )
 from train.config import PretrainConfig, RunConfig
+from train.io_utils import PRETRAINED_DIR, check_run_outputs, locks_output_dir
 from train.logging_utils import RunLogger
 from train.modeling_io import save_model
 from train.trainer import Trainer
@@ -86,9 +87,11 @@ def run_epoch_loader(accelerator, rows: list[dict], collate, batch_size: int, se
                        steps_per_epoch(num_rows, batch_size, accelerator.num_processes))
 
 
+@locks_output_dir
 def pretrain(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None) -> dict:
     """Run the whole pre-training schedule; returns {"model_dir", "wall_s", "plan", "final_loss"}."""
     out = Path(cfg.output.dir)
+    check_run_outputs(out, (PRETRAINED_DIR,), ("pretrain",))  # before any work: what this stage replaces is ours
     p = cfg.pretrain
     accelerator = make_accelerator(cfg, out)
     seed_everything(cfg.seed)
@@ -131,7 +134,7 @@ def pretrain(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None)
 
     t0 = time.time()
     fit = trainer.fit(len(plan), batches, loss, epoch_info=lambda epoch: {"task": plan[epoch]}, resume=resume)
-    model_dir = out / "pretrained"
+    model_dir = out / PRETRAINED_DIR
     save_model(accelerator, trainer.model, model_dir)
     trainer.logger.close()
     return {"model_dir": str(model_dir), "wall_s": time.time() - t0, "plan": plan, "final_loss": fit.last_loss,

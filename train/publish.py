@@ -12,7 +12,10 @@ Folder layout (one ``upload_folder`` commit; everything ``Recommender.from_folde
                                                                         and maps/train_histories.json (canonical prompts)
     metrics.json, run_config.yaml, train_log.jsonl, training_curve.png, README.md (model card with model-index)
 
-LoRA adapters are merged before saving. The folder is written to a temp sibling and renamed into place.
+LoRA adapters are merged before saving. The folder is written to a uniquely named temp sibling and renamed into
+place; it ends with ``serving.json`` (the sha256 of every served file, checked on load by the pipeline, the handler
+and ``train.recommend``). An existing folder at the target is replaced only when this tool wrote it and it holds
+nothing else, which is checked before any work.
 """
 from __future__ import annotations
 
@@ -22,10 +25,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from data_builders.atomic import OWNED_FILE, check_replaceable, replace_dir
 from data_builders.corpus import Corpus
 from data_builders.hub_dataset import stage_dataset_repo
-from data_builders.atomic import replace_dir
-from train.io_utils import atomic_write_json
+from modeling_graphgpt2.pipeline_graphgpt2 import write_serving_record
+from train.io_utils import BEST_DIR, HUB_DATASET_DIR, HUB_MODEL_DIR, atomic_write_json, hold_output_dir, temp_sibling
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "graphgpt2_rec.md"
 SERVING_DIR = Path(__file__).resolve().parents[1] / "modeling_graphgpt2"
@@ -167,11 +171,10 @@ def publish(cfg, corpus, model_dir: Path, out_folder: Path, result: dict, comman
 
     out_folder = Path(out_folder)
     run_dir = Path(cfg.output.dir)
+    check_replaceable(out_folder, "published folder")  # before any work
     model = load_model(model_dir, merge_lora=True)
     corpus.check_model(model.config)
-    tmp = out_folder.with_name(f".tmp-{out_folder.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = temp_sibling(out_folder)
     try:
         model.config.custom_pipelines = CUSTOM_PIPELINES  # pipeline("graph-recommendation", model=repo, trust_remote_code=True)
         with no_hf_progress_bars():
@@ -192,7 +195,8 @@ def publish(cfg, corpus, model_dir: Path, out_folder: Path, result: dict, comman
         plot_training_curves(log, tmp / "training_curve.png", cfg.finetune.selection_metric)
         (tmp / "README.md").write_text(render_card(cfg, corpus, result, repo_id or cfg.output.push_to_hub or f"<org>/{cfg.output.model_name}", command,
                                                    dataset_repo))
-        replace_dir(tmp, out_folder)
+        write_serving_record(tmp)  # last: it hashes everything above
+        replace_dir(tmp, out_folder, "published folder")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -211,33 +215,45 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "model", priv
     url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
     api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type=repo_type,
                       commit_message=commit_message or f"Upload GraphGPT2-Rec {repo_type} folder",
-                      ignore_patterns=[".tmp-*", "**/.tmp-*"])
+                      ignore_patterns=[".tmp-*", "**/.tmp-*", OWNED_FILE, f"**/{OWNED_FILE}"])
     return str(url)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.cli_args import config_from_args, stage_parser
+    from train.cli_args import config_from_args, run_stage, stage_parser
 
     ap = stage_parser("publish")
     ap.add_argument("--model-dir", default=None, help="selected model folder (default <output.dir>/best)")
-    ap.add_argument("--out", default=None, help="folder to write (default <output.dir>/hub_model)")
+    ap.add_argument("--out", default=None, help="folder to write (default <output.dir>/hub_model); an existing one is "
+                                                "replaced only if this tool wrote it and it holds nothing else")
     ap.add_argument("--push-dataset-to-hub", default=None, metavar="ORG/NAME", help="also upload the dataset folder")
     args = ap.parse_args(argv)
-    cfg = config_from_args(args)
-    run = Path(cfg.output.dir)
-    result_file = run / "pipeline_result.json"
-    if not result_file.is_file():
-        result_file = run / "finetune_result.json"
+
+    def run() -> int:
+        cfg = config_from_args(args)
+        run_dir = Path(cfg.output.dir)
+        with hold_output_dir(run_dir):
+            return publish_run(cfg, run_dir, args, "python -m train.publish " + " ".join(argv or sys.argv[1:]))
+
+    return run_stage(run, args.debug)
+
+
+def publish_run(cfg, run_dir: Path, args, command: str) -> int:
+    """``train.publish``'s body: the run's result file, the selected model, the folder, the uploads."""
+    results = [run_dir / name for name in ("pipeline_result.json", "finetune_result.json")]
+    result_file = next((f for f in results if f.is_file()), None)
+    if result_file is None:
+        raise FileNotFoundError(f"{run_dir}: no pipeline_result.json or finetune_result.json: fine-tune first "
+                                "(`graphgpt2-rec run` or `train/finetune.py`) with this output.dir")
     result: dict[str, Any] = json.loads(result_file.read_text())
     corpus = Corpus(cfg.data.folder, cfg.data.leave_user_out_hops)
-    folder = publish(cfg, corpus, Path(args.model_dir or run / "best"), Path(args.out or run / "hub_model"), result,
-                     command="python -m train.publish " + " ".join(argv or sys.argv[1:]), repo_id=cfg.output.push_to_hub,
-                     dataset_repo=args.push_dataset_to_hub)
+    folder = publish(cfg, corpus, Path(args.model_dir or run_dir / BEST_DIR), Path(args.out or run_dir / HUB_MODEL_DIR), result,
+                     command=command, repo_id=cfg.output.push_to_hub, dataset_repo=args.push_dataset_to_hub)
     print(f"wrote {folder}")
     if cfg.output.push_to_hub:
         print(push_folder(folder, cfg.output.push_to_hub))
     if args.push_dataset_to_hub:
-        staged = stage_dataset_repo(cfg.data.folder, run / "hub_dataset", model_repo=cfg.output.push_to_hub)
+        staged = stage_dataset_repo(cfg.data.folder, run_dir / HUB_DATASET_DIR, model_repo=cfg.output.push_to_hub)
         print(push_folder(staged, args.push_dataset_to_hub, repo_type="dataset"))
     return 0
 

@@ -23,8 +23,11 @@ import torch
 from data_builders.atomic import atomic_write
 from data_builders.corpus import Corpus
 from data_builders.textclean import printable
+from modeling_graphgpt2.pipeline_graphgpt2 import verify_serving_folder
 from train.cli_args import report_user_errors
 from train.modeling_io import load_model
+
+RECORD_KEYS = ("user", "user_id", "items", "item_ids", "titles", "scores")  # one line of write_all's output
 
 
 class Recommender:
@@ -46,6 +49,7 @@ class Recommender:
     @classmethod
     def from_folder(cls, folder: str | Path) -> "Recommender":
         """Load a published folder (train.publish): the model and, through ``Corpus``, everything else."""
+        verify_serving_folder(str(folder))  # every served file is the one published (serving.json), else a named error
         corpus = Corpus(folder)
         return cls(load_model(folder), corpus, max_length=corpus.inference_settings.get("max_length", 1024))
 
@@ -106,6 +110,27 @@ class Recommender:
         """(input_ids, node_positions) of the recommendation prompt of ``user`` (None: a new user) and ``items``."""
         return self.corpus.encode_rec_prompt(user, items, self.max_length)
 
+    @staticmethod
+    def check_output_file(path: str | Path) -> None:
+        """Before scoring: ``path`` is new, or a file that :meth:`write_all` wrote (it is replaced), never a folder
+        or somebody's file."""
+        path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(f"--out {path}: is a folder; name the JSON-lines file to write")
+        if not path.exists():
+            if not path.parent.is_dir():
+                raise FileNotFoundError(f"--out {path}: folder {path.parent} does not exist")
+            return
+        try:
+            with open(path, encoding="utf-8") as f:
+                first = json.loads(f.readline() or "{}")
+            ours = isinstance(first, dict) and set(RECORD_KEYS) <= set(first)
+        except (OSError, ValueError):
+            ours = False
+        if not ours and path.stat().st_size > 0:
+            raise FileExistsError(f"--out {path}: exists and is not a recommendations file this tool wrote; "
+                                  "choose another path or remove it yourself")
+
     def write_all(self, path: str | Path, k: int = 20, batch_size: int = 64) -> Path:
         """Recommendations for every user as JSON lines (user, user_id, items, titles, scores); atomic.
 
@@ -126,6 +151,7 @@ class Recommender:
                             "scores": [round(s, 5) for _, s in recs],
                         }) + "\n")
 
+        self.check_output_file(path)
         atomic_write(path, write)
         return Path(path)
 
@@ -139,13 +165,17 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--all", action="store_true", help="every user, written to --out as JSON lines")
     ap.add_argument("--raw-ids", action="store_true", help="--users are raw user ids (e.g. Amazon reviewerIDs)")
     ap.add_argument("--k", type=int, default=20)
-    ap.add_argument("--out", default="recommendations.jsonl")
+    ap.add_argument("--out", default=None, help="with --all: the JSON-lines file to write (required)")
     ap.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
     args = ap.parse_args(argv)
     return report_user_errors(lambda: _run(args), args.debug)
 
 
 def _run(args) -> int:
+    if args.all:
+        if not args.out:
+            raise ValueError("--all needs --out FILE.jsonl (where to write every user's recommendations)")
+        Recommender.check_output_file(args.out)  # before the model is loaded and every user scored
     rec = Recommender.from_folder(args.model)
     try:
         if args.all:
