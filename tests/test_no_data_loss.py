@@ -308,3 +308,15 @@ def test_checkpoint_weights_follow_the_umask(trained, tmp_path, umask_022):
     finetune(cfg)
     weights = list((tmp_path / "run" / "checkpoints" / "finetune").rglob("*.safetensors"))
     assert weights and {stat.S_IMODE(p.stat().st_mode) for p in weights} == {0o644}
+
+
+def test_the_staged_dataset_repo_is_replaced_only_when_ours(trained, tmp_path):
+    from data_builders.hub_dataset import stage_dataset_repo
+
+    data = trained[0]
+    staged = stage_dataset_repo(data, tmp_path / "hub_dataset")
+    assert stage_dataset_repo(data, staged) == staged  # ours: replaced
+    files = _user_files(staged / "maps")
+    with pytest.raises(ForeignFolderError, match="maps/sub/"):
+        stage_dataset_repo(data, staged)
+    assert _intact(files)
