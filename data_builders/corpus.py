@@ -147,7 +147,9 @@ class Corpus:
             leave_user_out = bool(self.inference_settings.get("leave_user_out_hops", False))
         self.leave_user_out = leave_user_out
         try:
-            self.tokenizer = load_tokenizer(self.folder / TOKENIZER_DIR, self.tokenizer_sha256)
+            # a published folder keeps its one tokenizer copy at the root (export_to)
+            tokenizer_dir = self.folder / TOKENIZER_DIR if (self.folder / TOKENIZER_DIR).is_dir() else self.folder
+            self.tokenizer = load_tokenizer(tokenizer_dir, self.tokenizer_sha256)
             check_id_layout(self.tokenizer, self.base_vocab_size, self.num_users, self.num_items)
             self.hops = HopDistances.load(self.folder / GRAPH_DIR, self.graph_sha256, table_budget_bytes=table_budget_bytes)
         except (OSError, ValueError, KeyError) as err:
@@ -464,27 +466,32 @@ class Corpus:
                                   "(config.json files_sha256): id maps or hop table from another build")
 
     # ---------------------------------------------------------------- publishing
-    def export_to(self, folder: str | os.PathLike, inference_settings: dict | None = None) -> Path:
-        """Copy what a published model folder needs: manifest, tokenizer (also at the root, for
-        ``AutoTokenizer.from_pretrained(folder)``), graph and maps; plus the inference settings.
+    def export_to(self, folder: str | os.PathLike, inference_settings: dict | None = None,
+                  model_max_length: int | None = None) -> Path:
+        """Copy what a published model folder needs: manifest, the tokenizer (once, at the root, where
+        ``PreTrainedTokenizerFast`` / ``AutoTokenizer`` and the pipeline read it; ``model_max_length`` = the model's
+        positions), graph and maps; plus the inference settings.
 
         ``Corpus(folder)`` opens the result (without prompt rows).
         """
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         shutil.copy2(self.folder / MANIFEST_FILE, out / MANIFEST_FILE)
-        for sub in (TOKENIZER_DIR, GRAPH_DIR, MAPS_DIR):
+        for sub in (GRAPH_DIR, MAPS_DIR):
             if (out / sub).exists():
                 shutil.rmtree(out / sub)
             shutil.copytree(self.folder / sub, out / sub)
         self.tokenizer.save_pretrained(str(out))
         # a standard fast tokenizer for AutoTokenizer / PreTrainedTokenizerFast: no auto_map, no load-time flags
         tok_config = _read_json(out / TOKENIZER_CONFIG_FILE)
-        atomic_write_text(out / TOKENIZER_CONFIG_FILE,
-                          json.dumps({k: v for k, v in tok_config.items() if k not in TOKENIZER_CONFIG_DROP}, indent=2) + "\n")
+        tok_config = {k: v for k, v in tok_config.items() if k not in TOKENIZER_CONFIG_DROP}
+        if model_max_length is not None:  # else transformers' "no limit" sentinel (1e30)
+            tok_config["model_max_length"] = int(model_max_length)
+        atomic_write_text(out / TOKENIZER_CONFIG_FILE, json.dumps(tok_config, indent=2) + "\n")
         # the canonical (build) order of every user's train history: the prompts evaluation scored
         atomic_write_text(out / MAPS_DIR / HISTORIES_FILE, json.dumps(self.train_items(), separators=(",", ":")) + "\n")
-        shutil.copy2(self.folder / TOKENIZER_DIR / TOKENIZER_FILE, out / TOKENIZER_FILE)  # byte-identical: same sha
+        tokenizer_dir = self.folder / TOKENIZER_DIR if (self.folder / TOKENIZER_DIR).is_dir() else self.folder
+        shutil.copy2(tokenizer_dir / TOKENIZER_FILE, out / TOKENIZER_FILE)  # byte-identical: the recorded sha256
         settings = {"leave_user_out_hops": self.leave_user_out, **(inference_settings or {})}
         atomic_write_text(out / INFERENCE_FILE, json.dumps(settings, indent=2, sort_keys=True) + "\n")
         return out

@@ -211,7 +211,7 @@ def build_dataset_folder(
         if progress:
             from tqdm.auto import tqdm
 
-            it = tqdm(configs, desc="prompt corpora", unit="config")
+            it = tqdm(configs, desc="prompt corpora", unit="config", disable=None)  # a bar on a terminal only
         for config in it:
             t = time.perf_counter()
             splits = build_config_rows(config, split, tok, base, prompt_config, stats)

@@ -141,7 +141,7 @@ class InteractionGraph:
         if progress:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc="hop distances (BFS)", unit="block")
+            starts = tqdm(starts, desc="hop distances (BFS)", unit="block", disable=None)  # a bar on a terminal only
         for start in starts:
             src = np.arange(start, min(N, start + block))
             table[src] = self._bfs_block(src, max_hops).T

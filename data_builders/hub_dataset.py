@@ -35,14 +35,32 @@ AMAZON_NOTE = ("Built from the Amazon review data of the McAuley lab (\"Amazon p
                "(2018 data) and check the original terms before any other use.")
 
 
+def is_amazon_source(manifest: dict) -> bool:
+    """Whether a dataset folder was built from the Amazon review data (its source format or file paths say so)."""
+    split = manifest.get("split", {})
+    return "amazon" in (json.dumps(split.get("source", {})) + manifest.get("name", "")).lower()
+
+
+def data_licence(manifest: dict) -> tuple[str, str]:
+    """(Hub licence id, a sentence) for what was built from this folder's data: ``other`` for the Amazon review
+    data (research use), apache-2.0 for the embedded synthetic shop, ``other`` with a request to set it for
+    anything else (the data's owner decides, not this package)."""
+    if is_amazon_source(manifest):
+        return "other", AMAZON_NOTE
+    if manifest.get("split", {}).get("source", {}).get("format") == "synthetic":
+        return "apache-2.0", "Trained on the package's embedded synthetic shop: Apache-2.0, like the package."
+    return "other", ("Trained on user-supplied data: its licence decides this repo's; set it with "
+                     "`output.license=<Hub licence id>` (the package's own code is Apache-2.0).")
+
+
 def hub_dataset_card(manifest: dict, model_repo: str | None = None) -> str:
     """README.md of the dataset repo (YAML metadata + body) from the folder's manifest."""
     configs = list(manifest["configs"])
     default = "recommendation" if "recommendation" in configs else configs[0]
     split = manifest.get("split", {})
     source = split.get("source", {}).get("format", "unknown")
-    amazon = "amazon" in (json.dumps(split.get("source", {})) + manifest.get("name", "")).lower()  # format or file paths
-    lines = ["---", f"license: {'other' if amazon else 'apache-2.0'}", "pretty_name: GraphGPT2-Rec prompt corpora "
+    licence, licence_text = data_licence(manifest)
+    lines = ["---", f"license: {licence}", "pretty_name: GraphGPT2-Rec prompt corpora "
              f"({manifest.get('name', 'dataset')})", "tags:", "- recommendation", "- graphgpt2-rec", "- graph", "configs:"]
     for c in configs:
         lines += [f"- config_name: {c}", "  data_files:"]
@@ -69,7 +87,7 @@ def hub_dataset_card(manifest: dict, model_repo: str | None = None) -> str:
               f"Tokenizer (`tokenizer/`): sha256 `{manifest['tokenizer']['sha256']}`. Full record: `{MANIFEST_FILE}`.", "",
               "## Columns", "", "| column | meaning |", "|---|---|"]
     lines += [f"| `{k}` | {v} |" for k, v in COLUMNS.items()]
-    lines += ["", "## Licence", "", AMAZON_NOTE if amazon else f"Synthetic or user-supplied data; see `{MANIFEST_FILE}` for its source.", ""]
+    lines += ["", "## Licence", "", f"{licence_text} Source record: `{MANIFEST_FILE}`.", ""]
     return "\n".join(lines)
 
 

@@ -32,7 +32,10 @@ class GraphGPT2Config(GPT2Config):
 
     Token ids (see docs/DESIGN.md section 1): text tokens are `0 .. base_vocab_size-1`; `user_u` is
     `base_vocab_size + u`; `item_j` is `base_vocab_size + num_users + j`. The text embedding `wte` keeps
-    `base_vocab_size` rows (it is never resized); users and items have their own embedding tables.
+    `base_vocab_size` rows (it is never resized); users and items have their own embedding tables. So
+    `vocab_size` (= `base_vocab_size`) is smaller than `len(tokenizer)`, which is `num_tokens`
+    (`base_vocab_size + num_users + num_items`): compare a tokenizer with `num_tokens`, and never
+    `resize_token_embeddings` to its length.
 
     Args:
         num_users (`int`, defaults to 1):
@@ -155,6 +158,11 @@ class GraphGPT2Config(GPT2Config):
         self.vocab_size = self.base_vocab_size
         super().__post_init__(**kwargs)
         self._validate_graph_fields()
+
+    @property
+    def num_tokens(self) -> int:
+        """Token ids the model reads: the text vocabulary plus one ID token per user and item (`len(tokenizer)`)."""
+        return self.base_vocab_size + self.num_users + self.num_items
 
     def _validate_graph_fields(self) -> None:
         def _int(name: str, low: int) -> None:

@@ -180,10 +180,17 @@ def test_recommend_command_lines(uninterrupted, tmp_path):
     users = subprocess.run(base + ["--users", "0", "3"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
     assert users.returncode == 0, users.stderr[-2000:]
     assert users.stdout.startswith("0:") and "\n3:" in users.stdout and len(users.stdout.strip().splitlines()) == 12
-    history = subprocess.run(base + ["--history", "1", "2"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    history = subprocess.run(base + ["--history", "1", "2", "--indices"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
     assert history.returncode == 0, history.stderr[-2000:]
     shown = [int(line.split()[0]) for line in history.stdout.strip().splitlines()[1:]]
     assert history.stdout.startswith("new_user:") and len(shown) == 5 and not {1, 2} & set(shown)
+    # the pipeline's forms: a raw item id and an exact title give the same answer as the indices
+    item_ids = json.loads((hub / "maps" / "items.json").read_text())
+    title = json.loads((hub / "maps" / "item_titles.json").read_text())[2]
+    by_name = subprocess.run(base + ["--history", item_ids[1], title], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert by_name.returncode == 0 and by_name.stdout == history.stdout, by_name.stderr[-2000:]
+    unknown = subprocess.run(base + ["--history", "no-such-item"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert unknown.returncode == 2 and "unknown item ids or titles ['no-such-item']" in unknown.stderr
     out = tmp_path / "all.jsonl"
     everyone = subprocess.run(base + ["--all", "--out", str(out)], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
     assert everyone.returncode == 0, everyone.stderr[-2000:]

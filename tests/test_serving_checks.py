@@ -72,7 +72,7 @@ def _edit_json(path: Path, edit) -> None:
 def test_the_record_covers_every_served_file(published):
     record = json.loads((published / "serving.json").read_text())
     served = set(record["files"])
-    assert {"model.safetensors", "tokenizer.json", "tokenizer_config.json", "tokenizer/tokenizer.json", "maps/users.json",
+    assert {"model.safetensors", "tokenizer.json", "tokenizer_config.json", "maps/users.json",
             "maps/items.json", "maps/item_titles.json", "maps/train_histories.json", "graph/train_edges.npy",
             "graph/graph.json", "graphgpt2_rec.json", "manifest.json", "pipeline_graphgpt2.py", "handler.py",
             "modeling_graphgpt2.py", "configuration_graphgpt2.py"} <= served

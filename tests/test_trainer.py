@@ -155,3 +155,14 @@ def test_graphgpt2_learns_and_beats_popularity(tmp_path):
             losses.setdefault(r["epoch"], []).append(r["loss"])
     first, last = (sum(losses[e]) / len(losses[e]) for e in (0, 5))
     assert last < 0.95 * first
+
+
+def test_the_stage_time_estimate_counts_every_epoch(capsys):
+    """Printed once, after the first steps, with the steps of every remaining epoch (epochs may differ in length)."""
+    model = torch.nn.Linear(2, 1)
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), stage="pretrain", progress=False)
+    lengths = [20, 5, 5]
+    trainer.fit(3, lambda epoch: [torch.ones(3, 2)] * lengths[epoch], lambda net, batch, epoch: net(batch).pow(2).mean(),
+                epoch_steps=lengths)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "s/step" in line]
+    assert len(lines) == 1 and lines[0].startswith("pre-training: 30 steps in 3 epoch(s), about ")

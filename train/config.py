@@ -28,7 +28,7 @@ from modeling_graphgpt2.configuration_graphgpt2 import (
 from train.metric_names import parse_metric_name
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-PRESETS = ("demo", "quick", "paper", "released")
+PRESETS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))  # every YAML shipped in train/configs/
 INIT_COLLAB_ITEMS = ("none", "text_svd", "content_set")  # finetune.init_collab_items
 
 
@@ -158,6 +158,9 @@ class OutputConfig:
     push_to_hub: Optional[str] = None  # "org/name": upload the published folder
     push_dataset_to_hub: Optional[str] = None  # "org/name": upload the dataset folder (repo_type="dataset")
     model_name: str = "graphgpt2-rec"
+    # the model card's licence: "auto" takes it from the data (Amazon review data: "other", research use; the
+    # synthetic shop: apache-2.0; any other data: "other" until you set it), else a Hub licence id
+    license: str = "auto"
 
 
 @dataclass
@@ -167,6 +170,9 @@ class RunConfig:
     preset: str = "demo"
     seed: int = 0
     mixed_precision: str = "no"  # "no" | "fp16" | "bf16" (Accelerate); "no" on CPU
+    # torch threads per process; 0 = torch's default capped at the cores this process may use (CPU affinity and
+    # cgroup quota) shared by the launch's local processes. Set OMP_NUM_THREADS and it wins.
+    num_threads: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -339,6 +345,7 @@ def _validate(cfg: RunConfig) -> None:
     _require(cfg, "data.max_length", positive, ">= 1")
     _require(cfg, "data.bpe_vocab", positive, ">= 1")
     _require(cfg, "output.save_total_limit", positive, ">= 1")
+    _require(cfg, "num_threads", non_negative, ">= 0")
     _require(cfg, "output.log_every", positive, ">= 1")
     try:
         kind, k = parse_metric_name(f.selection_metric)
@@ -373,6 +380,12 @@ def parse_overrides(overrides: list[str]) -> dict:
                 raise ConfigError(f"override '{key}' conflicts with an earlier override")
         node[parts[-1]] = value
     return nested
+
+
+def preset_summary(name: str) -> str:
+    """The first comment line of a preset's YAML, without its ``# <name>:`` head (what ``--help`` lists)."""
+    first = (CONFIG_DIR / f"{name}.yaml").read_text(encoding="utf-8").splitlines()[0]
+    return first.lstrip("# ").removeprefix(f"{name}:").strip()
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:

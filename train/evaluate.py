@@ -15,7 +15,6 @@ averaging in row order, so the means equal the one-process run's.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -209,9 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     from train.common import make_accelerator
     from train.modeling_io import load_model
 
-    ap = stage_parser("evaluate")
-    ap.add_argument("--model-dir", default=None, help="model folder (default: <output.dir>/best or /pretrained)")
-    ap.add_argument("--split", default="test", choices=["validation", "test"])
+    ap = stage_parser("accelerate launch train/evaluate.py", "Full-catalog Recall@k / NDCG@k of a trained model on one "
+                      "split, next to popularity; writes <output.dir>/eval_<split>.{json,md}.",
+                      "accelerate launch train/evaluate.py --config quick --split validation")
+    ap.add_argument("--model-dir", default=None, help="model folder (default: <output.dir>/best, else /pretrained)")
+    ap.add_argument("--split", default="test", choices=["validation", "test"], help="split to score (default: test)")
     args = ap.parse_args(argv)
 
     def run() -> int:
@@ -229,8 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         metrics = evaluate_model(accelerator, model, corpus, args.split, cfg)
         if accelerator.is_main_process:
             names = metric_names(cfg.eval.recall_ks, cfg.eval.ndcg_ks)
-            write_metrics(out, f"eval_{args.split}", metrics, names, {"Popularity": popularity_metrics(corpus, args.split, cfg)})
-            print(json.dumps({k: v for k, v in metrics.items() if k != "users"}, indent=2))
+            pop = popularity_metrics(corpus, args.split, cfg)
+            write_metrics(out, f"eval_{args.split}", metrics, names, {"Popularity": pop})
+            print(f"{model_dir}, {args.split}:")
+            print(metrics_table({"GraphGPT2": metrics, "Popularity": pop}, names))
         return 0
 
     return run_stage(run, args.debug)

@@ -164,7 +164,8 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
     t0 = time.time()
     fit = trainer.fit(f.epochs if f.do_finetune else 0, batches, loss, validate=validate,
                       on_best=lambda epoch: save_model(accelerator, trainer.model, best_dir),
-                      epoch_info=lambda epoch: {"task": "rec"}, resume=resume, also_clear=(best_dir,))
+                      epoch_info=lambda epoch: {"task": "rec"}, resume=resume, also_clear=(best_dir,),
+                      epoch_steps=[epoch_steps] * f.epochs)
     train_wall = stage_s["train_s"] = time.time() - t0  # the epochs with their validation passes
 
     # Test once, with the selected model (or the starting model when fine-tuning is off: NoFineTune).
@@ -205,13 +206,20 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.cli_args import parse_stage_args, run_stage
+    from train.cli_args import parse_stage_args, run_stage, stage_parser
+    from train.evaluate import metrics_table
 
-    cfg, args = parse_stage_args("finetune", argv)
+    ap = stage_parser("accelerate launch train/finetune.py", "Fine-tune GraphGPT2 on the personalized predictive prompts, "
+                      "select the epoch on validation into <output.dir>/best, then evaluate test once.",
+                      "accelerate launch train/finetune.py --config quick finetune.epochs=3", resume=True, lora=True)
+    cfg, args = parse_stage_args(ap, argv)
 
     def run() -> int:
         result = finetune(cfg, resume=args.resume)
-        print({k: result[k] for k in ("best_epoch", "validation", "test")})
+        names = metric_names(cfg.eval.recall_ks, cfg.eval.ndcg_ks)
+        print(f"fine-tuning: best epoch {result['best_epoch']} by validation {result['selection_metric']}; model in "
+              f"{result['model_dir']}")
+        print(metrics_table({"validation": result["validation"], "test": result["test"]}, names))
         return 0
 
     return run_stage(run, args.debug)

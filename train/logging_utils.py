@@ -109,3 +109,26 @@ def plot_training_curves(log_path: str | Path, png_path: str | Path, selection_m
 
     os.replace(tmp, png_path)
     return png_path
+
+
+# Display names of a run's wall-time keys (the result files keep the keys).
+WALL_LABELS = {"build_s": "build", "pretrain_s": "pre-training", "finetune_s": "fine-tuning",
+               "finetune_model_s": "model set-up", "finetune_train_s": "training epochs",
+               "finetune_select_s": "selection on validation", "finetune_test_s": "test", "publish_s": "publish"}
+
+
+def wall_text(walls: dict[str, float]) -> str:
+    """``build 3 s, pre-training 41 s, fine-tuning 30 s (model set-up 1 s, ...), publish 2 s``."""
+    def part(key: str) -> str:
+        return f"{WALL_LABELS.get(key, key)} {walls[key]:.0f} s"
+
+    inner = [k for k in walls if k.startswith("finetune_") and k != "finetune_s"]
+    parts = []
+    for key in walls:
+        if key in inner:
+            continue
+        text = part(key)
+        if key == "finetune_s" and inner:
+            text += " (" + ", ".join(part(k) for k in inner) + ")"
+        parts.append(text)
+    return ", ".join(parts)

@@ -8,15 +8,26 @@
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 
+from accelerate import PartialState
+
 from data_builders.build import BuildConfig, build, parse_build_config
 from data_builders.corpus import Corpus, has_manifest
+from data_builders.textclean import printable
+from train.cli_args import config_from_args, help_epilog, run_stage, stage_parser
+from train.common import set_threads
 from train.config import ConfigError, RunConfig
-from train.io_utils import HUB_MODEL_DIR, check_run_outputs, hold_output_dir
+from train.evaluate import metrics_table, popularity_metrics, write_metrics
+from train.finetune import finetune
+from train.io_utils import HUB_MODEL_DIR, atomic_write_json, check_run_outputs, hold_output_dir
+from train.logging_utils import wall_text
+from train.metrics import metric_names
+from train.pretrain import pretrain
+from train.publish import publish, push_folder
+from train.recommend import Recommender
 
 
 def build_config(cfg: RunConfig) -> BuildConfig:
@@ -48,14 +59,9 @@ def run_pipeline(cfg: RunConfig, resume: bool = False, command: str | None = Non
 
 
 def _run_pipeline(cfg: RunConfig, resume: bool, command: str | None) -> dict:
-    from train.evaluate import popularity_metrics, write_metrics
-    from train.finetune import finetune
-    from train.metrics import metric_names
-    from train.pretrain import pretrain
-    from train.publish import publish
-
     out = Path(cfg.output.dir)
     walls: dict[str, float] = {}
+    print(f"torch threads: {set_threads(cfg.num_threads)}")
     t = time.time()
     build_data(cfg)
     walls["build_s"] = time.time() - t
@@ -72,9 +78,6 @@ def _run_pipeline(cfg: RunConfig, resume: bool, command: str | None) -> dict:
     fin = finetune(cfg, resume=resume, corpus=corpus)
     walls["finetune_s"] = time.time() - t
     walls.update({f"finetune_{k}": v for k, v in fin["stage_s"].items()})  # model_s, train_s, select_s, test_s
-
-    from accelerate import PartialState
-
     state = PartialState()
     result = {
         "validation": fin["validation"],
@@ -97,30 +100,19 @@ def _run_pipeline(cfg: RunConfig, resume: bool, command: str | None) -> dict:
         walls["publish_s"] = time.time() - t
         result["paths"]["hub_model"] = str(folder)
         if cfg.output.push_to_hub:
-            from train.publish import push_folder
-
             result["paths"]["hub_url"] = push_folder(folder, cfg.output.push_to_hub)
         if cfg.output.push_dataset_to_hub:
-            from train.publish import push_folder
-
             result["paths"]["dataset_url"] = push_folder(cfg.data.folder, cfg.output.push_dataset_to_hub, repo_type="dataset")
-        from train.io_utils import atomic_write_json
-
         atomic_write_json(out / "pipeline_result.json", result)
     state.wait_for_everyone()
     return result
 
 
 def print_summary(cfg: RunConfig, result: dict) -> None:
-    from train.evaluate import metrics_table
-    from train.metrics import metric_names
-    from data_builders.textclean import printable
-    from train.recommend import Recommender
-
     names = metric_names(cfg.eval.recall_ks, cfg.eval.ndcg_ks)
     print("\nTest metrics (model selected on validation " + result["selection_metric"] + f", epoch {result['best_epoch']}):")
     print(metrics_table({"GraphGPT2": result["test"], "Popularity": result["popularity_test"]}, names))
-    print("wall time: " + ", ".join(f"{k} {v:.1f}s" for k, v in result["wall"].items()))
+    print("wall time: " + wall_text(result["wall"]))
     print(f"Hub-ready model folder: {result['paths']['hub_model']}")
     rec = Recommender.from_folder(result["paths"]["hub_model"])
     titles = [printable(t) for t in rec.item_titles]  # data, not terminal commands
@@ -131,16 +123,35 @@ def print_summary(cfg: RunConfig, result: dict) -> None:
         print("  recommended: " + "; ".join(f"{titles[j]} ({s:.2f})" for j, s in top))
 
 
-def cli(argv: list[str] | None = None) -> int:
-    from train.cli_args import config_from_args, run_stage, stage_parser
+MODES = {
+    "demo": ("Run the whole job on the embedded synthetic shop (no download): build, pre-train, fine-tune, evaluate, "
+             "publish outputs/demo/hub_model.", "graphgpt2-rec demo"),
+    "run": ("Run the whole job for a preset or YAML config: build the dataset folder if needed, pre-train, fine-tune, "
+            "select on validation, test once, publish <output.dir>/hub_model.",
+            "graphgpt2-rec run --config amazon_cpu data.folder=outputs/qbench/beauty_bpe4k output.dir=outputs/beauty"),
+}
 
+
+def top_help() -> str:
+    commands = "\n".join(f"  {mode:<6} {text}" for mode, (text, _) in MODES.items())
+    return ("usage: graphgpt2-rec {demo,run} [--config PRESET|YAML] [options] [key=value ...]\n\n"
+            "GraphGPT2-Rec: a graph-aware GPT-2 recommender, from raw data to a Hub-ready model folder.\n\n"
+            f"commands:\n{commands}\n\n`graphgpt2-rec run --help` lists the options. Stages one at a time: "
+            "accelerate launch train/pretrain.py | train/finetune.py | train/evaluate.py, python -m train.publish, "
+            "python -m train.recommend (each with --help).\n\n" + help_epilog(MODES["run"][1]))
+
+
+def cli(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("demo", "run"):
-        print("usage: graphgpt2-rec {demo,run} [--config PRESET|YAML] [--resume] [--lora-r N] [--push-to-hub ORG/NAME] [key=value ...]",
-              file=sys.stderr)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(top_help(), file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    if argv[0] not in MODES:
+        print(f"error: unknown command {argv[0]!r}; commands: {', '.join(MODES)} (graphgpt2-rec --help)", file=sys.stderr)
         return 2
     mode, rest = argv[0], argv[1:]
-    parser = stage_parser(f"graphgpt2-rec {mode}")
+    description, example = MODES[mode]
+    parser = stage_parser(f"graphgpt2-rec {mode}", description, example, resume=True, lora=True, push=True)
     args = parser.parse_args(rest)
     if mode == "demo" and args.config != "demo":
         print("error: `graphgpt2-rec demo` always uses the demo preset; use `run --config` for others", file=sys.stderr)
@@ -154,11 +165,8 @@ def cli(argv: list[str] | None = None) -> int:
 
     def run() -> int:
         result = run_pipeline(cfg, resume=args.resume, command=command)
-        from accelerate import PartialState
-
         if PartialState().is_main_process:
             print_summary(cfg, result)
-            print(json.dumps({"test": result["test"]}, indent=1))
         return 0
 
     return run_stage(run, args.debug)

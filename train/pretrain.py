@@ -133,7 +133,8 @@ def pretrain(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None)
         return model(**{k: v for k, v in batch.items() if k in MODEL_KEYS}, task=task, reg_weight=reg)
 
     t0 = time.time()
-    fit = trainer.fit(len(plan), batches, loss, epoch_info=lambda epoch: {"task": plan[epoch]}, resume=resume)
+    fit = trainer.fit(len(plan), batches, loss, epoch_info=lambda epoch: {"task": plan[epoch]}, resume=resume,
+                      epoch_steps=[steps_per_epoch(num_rows[t], batch_size[t], accelerator.num_processes) for t in plan])
     model_dir = out / PRETRAINED_DIR
     save_model(accelerator, trainer.model, model_dir)
     trainer.logger.close()
@@ -142,13 +143,17 @@ def pretrain(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.cli_args import parse_stage_args, run_stage
+    from train.cli_args import parse_stage_args, run_stage, stage_parser
 
-    cfg, args = parse_stage_args("pretrain", argv)
+    ap = stage_parser("accelerate launch train/pretrain.py", "Pre-train GraphGPT2 on the crowd contextual prompts "
+                      "(content, reviews, second-order, interactions) into <output.dir>/pretrained.",
+                      "accelerate launch train/pretrain.py --config quick pretrain.rounds=2", resume=True, lora=True)
+    cfg, args = parse_stage_args(ap, argv)
 
     def run() -> int:
         result = pretrain(cfg, resume=args.resume)
-        print({k: v for k, v in result.items() if k != "plan"})
+        print(f"pre-training: {result['steps']} steps in {result['wall_s']:.0f} s, last loss {result['final_loss']:.4f}; "
+              f"model in {result['model_dir']}")
         return 0
 
     return run_stage(run, args.debug)

@@ -27,9 +27,10 @@ from typing import Any
 
 from data_builders.atomic import OWNED_FILE, check_replaceable, replace_dir
 from data_builders.corpus import Corpus
-from data_builders.hub_dataset import stage_dataset_repo
+from data_builders.hub_dataset import data_licence, is_amazon_source, stage_dataset_repo
 from modeling_graphgpt2.pipeline_graphgpt2 import write_serving_record
 from train.io_utils import BEST_DIR, HUB_DATASET_DIR, HUB_MODEL_DIR, atomic_write_json, hold_output_dir, temp_sibling
+from train.logging_utils import wall_text
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "graphgpt2_rec.md"
 SERVING_DIR = Path(__file__).resolve().parents[1] / "modeling_graphgpt2"
@@ -37,6 +38,8 @@ SERVING_FILES = ("pipeline_graphgpt2.py", "handler.py")  # remote code beside th
 CUSTOM_PIPELINES = {"graph-recommendation": {"impl": "pipeline_graphgpt2.GraphRecommendationPipeline",
                                              "pt": ["AutoModel"], "type": "text"}}
 METRIC_LABELS = {"recall": "Recall", "ndcg": "NDCG"}
+# run-config keys that name this machine's paths or upload targets, not how the model was made (left off the card)
+LOCAL_SETTINGS = ("data.folder", "output.dir", "output.push_to_hub", "output.push_dataset_to_hub")
 
 
 def eval_results(metrics: dict, dataset_name: str, dataset_type: str, split: str = "test") -> list:
@@ -91,6 +94,47 @@ def user_tokens_text(dropout: float) -> str:
     return "a row per user (the paper)"
 
 
+def dataset_identity(corpus, dataset_repo: str | None) -> tuple[str, str]:
+    """(type, name) of the evaluation data for the card's ``model-index`` and ``datasets:``: the dataset repo's Hub
+    id when it is pushed, else a name that says what the data is."""
+    name = corpus.name
+    if dataset_repo:
+        return dataset_repo, f"{name} (GraphGPT2-Rec prompt corpora)"
+    source = corpus.split_manifest.get("source", {}).get("format", "")
+    if is_amazon_source(corpus.manifest):
+        year = "2018" if "2018" in source else "2014"
+        return f"amazon-reviews-{year}-{name.lower().replace('_', '-')}", f"Amazon Reviews {year} ({name}, 5-core)"
+    if source == "synthetic":
+        return f"graphgpt2-rec-{name}", f"GraphGPT2-Rec synthetic shop ({name})"
+    return name, name
+
+
+def non_default_settings(cfg) -> list[tuple[str, Any, Any]]:
+    """(dotted key, value, default) for every run-config field that differs from the package's defaults."""
+    from train.config import RunConfig
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    ours, defaults = flat(cfg.to_dict()), flat(RunConfig().to_dict())
+    return [(k, v, defaults.get(k)) for k, v in ours.items() if v != defaults.get(k) and k not in LOCAL_SETTINGS]
+
+
+def levers_text(cfg) -> str:
+    """Each graph/content lever of the model and whether it is on (docs/model.md describes them)."""
+    m = cfg.model
+    return "; ".join([
+        f"hop bias `{m.graph_bias}`" + (" (learned per head)" if "learned" in m.graph_bias else ""),
+        f"graph residual {'`' + m.graph_residual + '`' if m.graph_residual != 'none' else 'off'}",
+        f"ID propagation {'%d layers' % m.id_propagation_layers if m.id_propagation_layers else 'off'}",
+        f"edge bias {'on' if m.graph_edge_bias else 'off'}",
+        f"item-text init of the item IDs {'`' + cfg.finetune.init_collab_items + '`' if cfg.finetune.init_collab_items != 'none' else 'off'}",
+    ])
+
+
 def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None, dataset_repo: str | None = None) -> str:
     """README.md text: model-index metadata + the template in model_cards/."""
     from huggingface_hub import ModelCard, ModelCardData
@@ -101,16 +145,24 @@ def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None, da
 
     names = metric_names(cfg.eval.recall_ks, cfg.eval.ndcg_ks)
     data_name = corpus.name
+    data_type, data_title = dataset_identity(corpus, dataset_repo)
+    licence, licence_text = data_licence(corpus.manifest)
+    if cfg.output.license != "auto":
+        licence, licence_text = cfg.output.license, f"Set by the run (`output.license={cfg.output.license}`). {licence_text}"
     card_data = ModelCardData(
         language="en",
-        license="apache-2.0",
+        license=licence,
         library_name="transformers",
-        pipeline_tag=None,
-        tags=["recommendation", "graph", "gpt2", "graphgpt2", "custom_code"],
-        datasets=[dataset_repo] if dataset_repo else None,
+        pipeline_tag="other",  # the Hub has no recommendation task; custom pipeline "graph-recommendation"
+        tags=["recommendation", "recommender-system", "graph", "gpt2", "graphgpt2", "custom_code"],
+        datasets=[data_type],
+        metrics=sorted({METRIC_LABELS[n.split("@")[0]].lower() for n in names}),
         model_name=cfg.output.model_name,
-        eval_results=eval_results(result["test"], data_name, f"graphgpt2-rec/{data_name}"),
+        eval_results=eval_results(result["test"], data_title, data_type),
     )
+    settings = non_default_settings(cfg)
+    settings_table = "\n".join(["| setting | value | default |", "|---|---|---|"]
+                                + [f"| `{k}` | `{v}` | `{d}` |" for k, v, d in settings]) if settings else "(none)"
     rows = {"GraphGPT2 (test)": result["test"]}
     if result.get("popularity_test"):
         rows["Popularity (test)"] = result["popularity_test"]
@@ -157,7 +209,12 @@ def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None, da
         finetune_epochs=cfg.finetune.epochs if cfg.finetune.do_finetune else 0,
         mask_fraction=cfg.finetune.mask_fraction,
         visible_target_weight=cfg.finetune.visible_target_weight,
-        wall=", ".join(f"{k} {v:.0f}s" for k, v in result.get("wall", {}).items()),
+        levers=levers_text(cfg),
+        settings_table=settings_table,
+        licence_text=licence_text,
+        num_tokens=len(corpus.tokenizer),
+        base_vocab_size=corpus.base_vocab_size,
+        wall=wall_text(result.get("wall", {})),
         repo_id=repo_id,
     )
     return str(card)
@@ -185,7 +242,7 @@ def publish(cfg, corpus, model_dir: Path, out_folder: Path, result: dict, comman
             "max_length": cfg.data.max_length,
             "prompt_template": "user_i has interacted with item_a item_b ..., user_i will interact with",
             "new_user_template": "A new user has interacted with item_a ..., the user will interact with",
-        })
+        }, model_max_length=model.config.n_positions)
         atomic_write_json(tmp / "metrics.json", {k: v for k, v in result.items() if k in
                                                 ("validation", "test", "popularity_test", "best_epoch", "selection_metric", "wall")})
         cfg.save(tmp / "run_config.yaml")
@@ -222,7 +279,9 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "model", priv
 def main(argv: list[str] | None = None) -> int:
     from train.cli_args import config_from_args, run_stage, stage_parser
 
-    ap = stage_parser("publish")
+    ap = stage_parser("python -m train.publish", "Assemble the Hub-ready folder of a finished run (weights, tokenizer, "
+                      "graph, maps, remote code, model card, serving record) and optionally upload it.",
+                      "python -m train.publish --config quick --push-to-hub my-org/graphgpt2-mi", push=True)
     ap.add_argument("--model-dir", default=None, help="selected model folder (default <output.dir>/best)")
     ap.add_argument("--out", default=None, help="folder to write (default <output.dir>/hub_model); an existing one is "
                                                 "replaced only if this tool wrote it and it holds nothing else")

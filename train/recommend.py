@@ -1,7 +1,7 @@
 """Top-k recommendations from a trained GraphGPT2 (the paper's deployment step and offline batch pipeline).
 
     python -m train.recommend --model outputs/demo/hub_model --users 0 5 17 --k 10
-    python -m train.recommend --model outputs/demo/hub_model --history 3 8 12 --k 10   # a user the model never saw
+    python -m train.recommend --model outputs/demo/hub_model --history SYN00041X "Bowmaster Ebony Bow 856"  # a new user
     python -m train.recommend --model outputs/demo/hub_model --all --out recs.jsonl     # every user, JSON lines
 
 A known user is scored from "user_u has interacted with <all train items, in the split's stored order>, user_u
@@ -106,6 +106,27 @@ class Recommender:
             raise ValueError(f"unknown item indices {bad[:5]}: the model knows items 0..{self.num_items - 1}")
         return self._run([self.encode_prompt(None, items)], [items], self._check_k(k), 1)[0]
 
+    def item_indices(self, names: Sequence[str]) -> list[int]:
+        """Item indices of raw item ids or exact titles (the pipeline's rule: a raw id first, then a title that
+        names one item); a ValueError names the unknown and the ambiguous ones."""
+        by_id = {raw: j for j, raw in enumerate(self.item_ids or [])}
+        by_title: dict[str, list[int]] = {}
+        for j, title in enumerate(self.item_titles):
+            by_title.setdefault(title, []).append(j)
+        out, unknown, ambiguous = [], [], []
+        for name in names:
+            if name in by_id:
+                out.append(by_id[name])
+            elif len(by_title.get(name, [])) == 1:
+                out.append(by_title[name][0])
+            else:
+                (ambiguous if name in by_title else unknown).append(name)
+        if unknown or ambiguous:
+            parts = [f"unknown item ids or titles {unknown[:5]}"] if unknown else []
+            parts += [f"titles shared by several items {ambiguous[:5]} (use the raw item id)"] if ambiguous else []
+            raise ValueError("; ".join(parts))
+        return out
+
     def encode_prompt(self, user: int | None, items: Sequence[int]) -> tuple[list[int], list[int]]:
         """(input_ids, node_positions) of the recommendation prompt of ``user`` (None: a new user) and ``items``."""
         return self.corpus.encode_rec_prompt(user, items, self.max_length)
@@ -161,10 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", required=True, help="published model folder (train.publish output)")
     g = ap.add_mutually_exclusive_group(required=True)
     g.add_argument("--users", nargs="+", help="user indices (or raw user ids with --raw-ids)")
-    g.add_argument("--history", nargs="+", type=int, help="item indices of a new user's history")
+    g.add_argument("--history", nargs="+", metavar="ITEM", help="a new user's history: raw item ids or exact titles "
+                                                                   "(item indices with --indices), as the pipeline takes")
     g.add_argument("--all", action="store_true", help="every user, written to --out as JSON lines")
     ap.add_argument("--raw-ids", action="store_true", help="--users are raw user ids (e.g. Amazon reviewerIDs)")
-    ap.add_argument("--k", type=int, default=20)
+    ap.add_argument("--indices", action="store_true", help="--history gives item indices (0..num_items-1)")
+    ap.add_argument("--k", type=int, default=20, help="recommendations per user (default 20)")
     ap.add_argument("--out", default=None, help="with --all: the JSON-lines file to write (required)")
     ap.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
     args = ap.parse_args(argv)
@@ -182,7 +205,8 @@ def _run(args) -> int:
             print(rec.write_all(args.out, args.k))
             return 0
         if args.history:
-            results = {"new_user": rec.recommend_history(args.history, args.k)}
+            items = [int(j) for j in args.history] if args.indices else rec.item_indices(args.history)
+            results = {"new_user": rec.recommend_history(items, args.k)}
         else:
             users = [rec.user_index(u) if args.raw_ids else int(u) for u in args.users]
             results = dict(zip(args.users, rec.recommend_users(users, args.k)))

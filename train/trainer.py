@@ -16,6 +16,7 @@ last one bit-identically) and without one (a plain PyTorch loop in memory: the n
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -24,6 +25,8 @@ import torch
 from tqdm.auto import tqdm
 
 from train.checkpointing import maybe_kill, resume_or_reset, save_checkpoint
+
+ESTIMATE_SKIP_STEPS, ESTIMATE_AFTER_STEPS = 3, 10  # the stage's time estimate: steps 4-13 timed
 
 
 @dataclass
@@ -125,12 +128,14 @@ class Trainer:
         epoch_info: Callable[[int], dict] | None = None,
         resume: bool = False,
         also_clear: tuple[Path, ...] = (),
+        epoch_steps: list[int] | None = None,
     ) -> FitResult:
         """Train epochs ``0..num_epochs-1`` (from after the last checkpoint when ``resume``).
 
         ``batches(epoch)`` gives the epoch's batches; ``loss_fn(model, batch, epoch)`` returns a loss tensor or a
         model output with ``.loss``; ``validate(epoch)`` returns metrics (or None: not validated this epoch);
-        ``epoch_info(epoch)`` adds fields (e.g. the task) to the log lines.
+        ``epoch_info(epoch)`` adds fields (e.g. the task) to the log lines; ``epoch_steps`` (steps of every epoch)
+        makes the printed time estimate exact in steps (else each epoch is taken as long as the first).
         """
         start_epoch = self._resume_or_reset(resume, also_clear)
         resumed_from = start_epoch - 1 if start_epoch else None
@@ -141,9 +146,11 @@ class Trainer:
             info = epoch_info(epoch) if epoch_info else {}
             loader = batches(epoch)
             self.model.train()
+            # a bar on a terminal only (disable=None): a redirected log gets lines, not carriage-return updates
             bar = tqdm(loader, desc=f"{self.stage} {epoch + 1}/{num_epochs} {info.get('task', '')}".rstrip(),
-                       disable=not (self.progress and self._is_local_main), leave=False)
+                       disable=None if (self.progress and self._is_local_main) else True, leave=False)
             loss_sum, n_batches = 0.0, 0
+            t_epoch = time.perf_counter()
             for batch in bar:
                 outputs = loss_fn(self.model, batch, epoch)
                 loss = outputs.loss if hasattr(outputs, "loss") else outputs
@@ -162,6 +169,11 @@ class Trainer:
                     self._log_step(epoch, info, last_loss, outputs)
                     bar.set_postfix(loss=f"{last_loss:.4f}")
                 maybe_kill(self.stage, self.global_step)
+                if epoch == start_epoch and n_batches == ESTIMATE_SKIP_STEPS:
+                    t_epoch = time.perf_counter()  # the first steps pay one-off costs (allocation, caches)
+                if epoch == start_epoch and n_batches == ESTIMATE_SKIP_STEPS + ESTIMATE_AFTER_STEPS:
+                    steps = sum(epoch_steps[epoch:num_epochs]) if epoch_steps else len(loader) * (num_epochs - epoch)
+                    self._print_estimate(steps, num_epochs - epoch, (time.perf_counter() - t_epoch) / ESTIMATE_AFTER_STEPS)
             epoch_losses.append(float(loss_sum) / max(1, n_batches))
 
             metrics = validate(epoch) if validate is not None else None
@@ -197,6 +209,12 @@ class Trainer:
         else:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
 
+    def _print_estimate(self, steps: int, epochs: int, seconds_per_step: float) -> None:
+        """The stage's remaining time, from the pace of its first steps."""
+        name = {"pretrain": "pre-training", "finetune": "fine-tuning"}.get(self.stage, self.stage)
+        self._print(f"{name}: {steps:,} steps in {epochs} epoch(s), about {steps * seconds_per_step / 60:.1f} min at "
+                    f"{seconds_per_step:.2f} s/step (timed on {ESTIMATE_AFTER_STEPS} steps; validation not included)")
+
     def _mean_across_processes(self, loss: torch.Tensor) -> float:
         if self.accelerator is None:
             return float(loss.detach())
@@ -205,6 +223,8 @@ class Trainer:
     def _print(self, text: str) -> None:
         if self.accelerator is not None:
             self.accelerator.print(text)
+        else:
+            print(text)
 
     def _log(self, record: dict) -> None:
         if self.logger is not None:
