@@ -1,6 +1,6 @@
 """The main job: build data -> pre-train -> fine-tune -> evaluate -> Hub-ready folder, in one command.
 
-    graphgpt2-rec demo                                 # embedded synthetic default, a few minutes on 2 CPU cores
+    graphgpt2-rec demo                                 # embedded synthetic default (README: measured times)
     graphgpt2-rec run --config quick [key=value ...]   # any preset / YAML, e.g. real Musical Instruments data
     accelerate launch -m train.main run --config ...   # the same, multi-process
 
