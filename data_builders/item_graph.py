@@ -87,6 +87,30 @@ def residual_matrix(train: sp.spmatrix, kind: str, topn: int, lam: float = 500.0
     return top_n_per_row(mat, topn)
 
 
+def ideal_lowpass_basis(train: sp.spmatrix, rank: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """GF-CF's ideal low-pass filter (Shen et al., CIKM 2021) fitted on ``train`` (pass the TRAIN split only):
+    V_k, the top-``rank`` right singular vectors of R = D_U^-1/2 X D_I^-1/2 as (num_items, min(rank, I)) float32
+    columns, singular values descending, and the items' sqrt train degrees (num_items,) float32. The filter of a
+    user row x is (x D_I^-1/2 V_k)(V_k^T D_I^1/2). Truncated ARPACK SVD with a seeded start vector: O(nnz k) per
+    iteration, no item x item matrix. Zero degrees give zero weights; the rank is capped at min(U, I) - 1 (ARPACK's
+    limit) and missing columns are zeros."""
+    from scipy.sparse.linalg import svds
+
+    x = _binary_csr(train).astype(np.float64)
+    deg_u, deg_i = np.asarray(x.sum(axis=1)).ravel(), np.asarray(x.sum(axis=0)).ravel()
+    inv_u = np.power(deg_u, -0.5, out=np.zeros_like(deg_u), where=deg_u > 0)
+    inv_i = np.power(deg_i, -0.5, out=np.zeros_like(deg_i), where=deg_i > 0)
+    width = min(int(rank), x.shape[1])
+    basis = np.zeros((x.shape[1], width), dtype=np.float32)
+    k = min(width, min(x.shape) - 1)
+    if k >= 1:
+        rn = sp.csr_matrix(sp.diags(inv_u) @ x @ sp.diags(inv_i))
+        v0 = np.random.default_rng(seed).uniform(-1.0, 1.0, min(rn.shape))
+        _, values, vt = svds(rn, k=k, v0=v0, solver="arpack")
+        basis[:, :k] = vt[np.argsort(-values, kind="stable")].T
+    return basis, np.sqrt(deg_i).astype(np.float32)
+
+
 def normalized_adjacency(train: sp.spmatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """LightGCN's Â = D^-1/2 A D^-1/2 of the bipartite graph (users 0..U-1, items U..U+I-1) as CSR arrays
     (crow_indices (U+I+1,), col_indices (2E,), values (2E,) float32), E = the number of user-item pairs in
@@ -126,5 +150,5 @@ def edge_buckets(train: sp.spmatrix, topn: int) -> tuple[np.ndarray, np.ndarray,
     return columns, buckets, degree_buckets
 
 
-__all__ = ["cooccurrence_row_normalised", "ease_closed_form", "edge_buckets", "normalized_adjacency", "residual_matrix",
-           "top_n_per_row"]
+__all__ = ["cooccurrence_row_normalised", "ease_closed_form", "edge_buckets", "ideal_lowpass_basis", "normalized_adjacency",
+           "residual_matrix", "top_n_per_row"]

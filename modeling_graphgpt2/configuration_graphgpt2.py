@@ -97,6 +97,16 @@ class GraphGPT2Config(GPT2Config):
         graph_residual_learn_scale (`bool`, defaults to `True`):
             `False` keeps `scale` fixed at `graph_residual_scale_init` (chosen on validation): the multinomial
             likelihood prefers a much smaller scale than the ranking does, so a learned scale under-uses W.
+        graph_lowpass_rank (`int`, defaults to 0):
+            k >= 0. With k > 0 the item head gets a second residual, GF-CF's ideal low-pass filter (Shen et al.,
+            CIKM 2021): `scale * r / std(r)`, `r = (x D^-1/2 V_k) (V_k^T D^1/2)`, where `x` is the multi-hot of the
+            prompt's item tokens, `D` the item degrees and `V_k` the top-k right singular vectors of
+            `D_U^-1/2 X D_I^-1/2` of the TRAIN graph. It is separate from `graph_residual` (each has its own
+            scale), so either can be used alone. Stored with the weights (buffers `graph_lowpass.basis` (I, k) and
+            `graph_lowpass.sqrt_degree` (I), filled by the training code). 0: no low-pass term.
+        graph_lowpass_scale_init (`float`, defaults to 0.0):
+            The low-pass term's fixed scale (not trained; the training code chooses it on validation after
+            fine-tuning, `finetune.lowpass_scale_grid`).
         id_propagation_layers (`int`, defaults to 0):
             K >= 0. With K > 0 the "collab" ID tables are smoothed over the normalised TRAIN graph before use, as
             LightGCN does: `[users; items] -> mean_{l=0..K} A^l [users; items]`, `A = D^-1/2 Adj D^-1/2` of the
@@ -148,6 +158,8 @@ class GraphGPT2Config(GPT2Config):
     graph_residual_lambda: float = 500.0
     graph_residual_scale_init: float = 0.0
     graph_residual_learn_scale: bool = True
+    graph_lowpass_rank: int = 0
+    graph_lowpass_scale_init: float = 0.0
     id_propagation_layers: int = 0
     graph_train_edges: int = 0
     graph_edge_bias: bool = False
@@ -201,7 +213,9 @@ class GraphGPT2Config(GPT2Config):
         _int("graph_residual_topn", 1)
         if not isinstance(self.graph_residual_learn_scale, bool):
             raise GraphGPT2ConfigError("graph_residual_learn_scale", f"must be true/false, got {self.graph_residual_learn_scale!r}")
-        for name, low in (("graph_residual_lambda", 0.0), ("graph_residual_scale_init", None)):
+        _int("graph_lowpass_rank", 0)
+        for name, low in (("graph_residual_lambda", 0.0), ("graph_residual_scale_init", None),
+                          ("graph_lowpass_scale_init", None)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value \
                     or abs(value) == float("inf") or (low is not None and value <= low):

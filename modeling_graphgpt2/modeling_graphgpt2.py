@@ -14,6 +14,7 @@ Layout (top to bottom):
   GraphIDPropagation       optional LightGCN smoothing of the collab ID tables (the train adjacency as buffers)
   GraphEdgeTables          optional train-graph tables of the edge bias: (B, L) token ids -> (B, L, L) buckets
   GraphItemResidual        optional item-item residual of the item head (a train-graph matrix stored as buffers)
+  GraphLowPassResidual     optional second residual: GF-CF's ideal low-pass filter (a train-graph basis, buffers)
   GraphGPT2ForRecommendation  routing of token ids, two ID sets, content/collab/rec heads, recommend(),
                               loading of stock GPT-2 weights
 """
@@ -195,6 +196,8 @@ class GraphGPT2PreTrainedModel(GPT2PreTrainedModel):
             init.zeros_(module.table)
         if isinstance(module, GraphItemResidual):
             init.constant_(module.scale, float(self.config.graph_residual_scale_init))
+        if isinstance(module, GraphLowPassResidual):
+            init.constant_(module.scale, float(self.config.graph_lowpass_scale_init))
 
 
 class GraphGPT2Model(GraphGPT2PreTrainedModel, GPT2Model):
@@ -267,6 +270,8 @@ class GraphGPT2RecOutput(ModelOutput):
         scores: (B, num_items) item scores from the last non-pad token ("rec"), the graph residual included.
         graph_residual: (B, num_items) the standardised graph residual x W / std(x W) before its scale ("rec", when
             the model has one): `scores` = item logits + `graph_residual.scale` * this.
+        graph_lowpass: (B, num_items) the standardised low-pass term before its scale ("rec", when the model has
+            one): `scores` also adds `graph_lowpass.scale` * this.
         hidden_states, attentions: as in transformers (with output_hidden_states / output_attentions).
     """
 
@@ -278,6 +283,7 @@ class GraphGPT2RecOutput(ModelOutput):
     logits: torch.FloatTensor | None = None
     scores: torch.FloatTensor | None = None
     graph_residual: torch.FloatTensor | None = None
+    graph_lowpass: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
@@ -454,6 +460,44 @@ class GraphItemResidual(nn.Module):
         return residual / spread
 
 
+class GraphLowPassResidual(nn.Module):
+    """GF-CF's ideal low-pass filter as a residual of the item head: `scale * r / std(r)`,
+    r = (x D^-1/2 V)(V^T D^1/2), x = multi-hot of the prompt's item tokens.
+
+    `basis` V (I, k) holds the top-k right singular vectors of the degree-normalised TRAIN interaction matrix and
+    `sqrt_degree` the square roots of the train item degrees (persistent buffers, filled by the training code).
+    The cost per prompt is O(L k + I k): no item x item matrix. `scale` is fixed (chosen on validation).
+    """
+
+    def __init__(self, config: GraphGPT2Config):
+        super().__init__()
+        rank = min(config.graph_lowpass_rank, config.num_items)
+        self.register_buffer("basis", torch.zeros(config.num_items, rank))
+        self.register_buffer("sqrt_degree", torch.zeros(config.num_items))
+        self.scale = nn.Parameter(torch.tensor(float(config.graph_lowpass_scale_init)), requires_grad=False)
+
+    @torch.no_grad()
+    def set_basis(self, basis, sqrt_degree) -> None:
+        """Copy in V (I, k) and the items' sqrt train degrees (I) (numpy arrays or tensors)."""
+        basis, sqrt_degree = torch.as_tensor(basis), torch.as_tensor(sqrt_degree)
+        if tuple(basis.shape) != tuple(self.basis.shape) or tuple(sqrt_degree.shape) != tuple(self.sqrt_degree.shape):
+            raise ValueError(f"low-pass basis must be (num_items, rank) = {tuple(self.basis.shape)} with degrees "
+                             f"{tuple(self.sqrt_degree.shape)}, got {tuple(basis.shape)} and {tuple(sqrt_degree.shape)}")
+        if bool((sqrt_degree < 0).any()):
+            raise ValueError("low-pass sqrt degrees must be >= 0")
+        self.basis.copy_(basis)
+        self.sqrt_degree.copy_(sqrt_degree)
+
+    def standardised(self, item_index: torch.Tensor, is_item: torch.Tensor) -> torch.Tensor:
+        """(B, L) item indices and "is an item token" -> (B, I) r / std(r), before the scale."""
+        inverse = torch.where(self.sqrt_degree > 0, 1.0 / self.sqrt_degree.clamp_min(1e-12), 0.0)
+        weights = inverse[item_index] * is_item.to(self.basis.dtype)  # x D^-1/2 on the prompt's items
+        projected = torch.einsum("bl,blk->bk", weights, self.basis[item_index])  # (B, k)
+        residual = (projected @ self.basis.T) * self.sqrt_degree  # (B, I)
+        spread = residual.std(dim=-1, keepdim=True).clamp_min(torch.finfo(residual.dtype).tiny)
+        return residual / spread
+
+
 TASKS = ("content", "collab", "rec")
 EMBEDDING_SETS = ("content", "collab")
 
@@ -477,6 +521,7 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
         self.lm_head = nn.Linear(config.n_embd, config.base_vocab_size, bias=False)
         # only with the option on, so state dicts without it are unchanged (old checkpoints load strictly)
         self.graph_residual = GraphItemResidual(config) if config.graph_residual != "none" else None
+        self.graph_lowpass = GraphLowPassResidual(config) if config.graph_lowpass_rank > 0 else None
         self.id_propagation = GraphIDPropagation(config) if config.id_propagation_layers > 0 else None
         self.edge_tables = GraphEdgeTables(config) if config.graph_edge_bias else None
         self.post_init()
@@ -527,8 +572,9 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
         the graph residual's scale."""
         yield from self.content_embeddings.parameters()
         yield from self.collab_embeddings.parameters()
-        if self.graph_residual is not None:
-            yield from self.graph_residual.parameters()
+        for residual in (self.graph_residual, self.graph_lowpass):
+            if residual is not None:
+                yield from residual.parameters()
         for name, param in self.transformer.named_parameters():
             if is_graph_parameter(name):
                 yield param
@@ -572,8 +618,7 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
         """Module names to train in full under PEFT LoRA: the ID embeddings, plus graph-bias params and the graph
         residual if any."""
         names = ["content_embeddings", "collab_embeddings"]
-        if self.graph_residual is not None:
-            names.append("graph_residual")
+        names += [name for name in ("graph_residual", "graph_lowpass") if getattr(self, name) is not None]
         for module in ("graph_bias", "edge_bias"):
             if any(f".{module}." in n for n, _ in self.transformer.named_parameters()):
                 names.append(module)
@@ -741,7 +786,9 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
         last = self.last_token_index(attention_mask, batch, seq_len, hidden.device)
         result = GraphGPT2RecOutput()
         result.scores = F.linear(hidden[torch.arange(batch, device=hidden.device), last], item_weight)
-        if self.graph_residual is not None:
+        residuals = [(name, module) for name, module in (("graph_residual", self.graph_residual),
+                                                         ("graph_lowpass", self.graph_lowpass)) if module is not None]
+        if residuals:
             if input_ids is None:
                 raise ValueError("the graph residual needs input_ids (the prompt's item tokens)")
             first_item = self.config.base_vocab_size + self.config.num_users
@@ -749,8 +796,10 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
             if attention_mask is not None:
                 is_item = is_item & attention_mask.bool()
             item_index = torch.where(is_item, input_ids - first_item, 0)
-            result.graph_residual = self.graph_residual.standardised(item_index, is_item).to(result.scores.dtype)
-            result.scores = result.scores + self.graph_residual.scale * result.graph_residual
+            for name, module in residuals:
+                term = module.standardised(item_index, is_item).to(result.scores.dtype)
+                setattr(result, name, term)
+                result.scores = result.scores + module.scale * term
         if target_items is not None:
             if tuple(target_items.shape) != (batch, self.config.num_items):
                 raise ValueError(

@@ -64,8 +64,8 @@ REMOTE_SCRIPT = BLOCK_PACKAGE + textwrap.dedent("""
 
 
 def model_with_graph_levers():
-    """ID propagation and the edge bias on, their train-graph tables filled (issue 10 step 4)."""
-    from data_builders.item_graph import edge_buckets, normalized_adjacency
+    """ID propagation, the edge bias and the low-pass residual on, their train-graph tables filled."""
+    from data_builders.item_graph import edge_buckets, ideal_lowpass_basis, normalized_adjacency
 
     rng = np.random.default_rng(0)
     train = sp.csr_matrix((np.ones(USERS * 8, np.float32), (np.repeat(np.arange(USERS), 8), rng.integers(0, 30, USERS * 8))),
@@ -73,7 +73,8 @@ def model_with_graph_levers():
     train.sum_duplicates()
     train.data[:] = 1.0
     model = tiny_model(graph_bias="paper", id_propagation_layers=2, graph_train_edges=int(train.nnz), graph_edge_bias=True,
-                       graph_edge_topn=10)
+                       graph_edge_topn=10, graph_lowpass_rank=6, graph_lowpass_scale_init=0.5)
+    model.graph_lowpass.set_basis(*ideal_lowpass_basis(train, 6))
     model.id_propagation.set_adjacency(*normalized_adjacency(train))
     model.edge_tables.set_tables(*edge_buckets(train, 10))
     with torch.no_grad():

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from data_builders.corpus import Corpus, shard_rows
-from data_builders.item_graph import edge_buckets, normalized_adjacency, residual_matrix
+from data_builders.item_graph import edge_buckets, ideal_lowpass_basis, normalized_adjacency, residual_matrix
 from data_builders.item_text import item_token_counts, text_svd_vectors
 from train.config import ModelConfig, RunConfig, StageConfig, model_config_fields
 
@@ -102,6 +102,8 @@ def build_model(cfg: RunConfig, corpus: Corpus):
     if model.graph_residual is not None:
         model.graph_residual.set_matrix(*residual_matrix(train, conf.graph_residual, conf.graph_residual_topn,
                                                          conf.graph_residual_lambda))
+    if model.graph_lowpass is not None:
+        model.graph_lowpass.set_basis(*ideal_lowpass_basis(train, conf.graph_lowpass_rank))
     if model.id_propagation is not None:
         model.id_propagation.set_adjacency(*normalized_adjacency(train))
     if model.edge_tables is not None:

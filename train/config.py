@@ -84,6 +84,9 @@ class ModelConfig:
     graph_residual_lambda: float = 500.0  # EASE's L2 weight (kind "ease")
     graph_residual_scale_init: float = 0.0  # initial value of the learned scale (trained at the stage's lr_id)
     graph_residual_learn_scale: bool = True  # false: the scale stays at graph_residual_scale_init
+    # GF-CF's ideal low-pass filter as a second item-head residual, rank k over the TRAIN graph (0 = off; docs/model.md)
+    graph_lowpass_rank: int = 0
+    graph_lowpass_scale_init: float = 0.0  # its fixed scale (finetune.lowpass_scale_grid chooses it on validation)
     # LightGCN smoothing of the collab ID tables over the TRAIN graph, K layers (0 = off; docs/model.md)
     id_propagation_layers: int = 0
     # per-head learned attention bias over edge buckets (co-holders of item pairs, item degree; docs/model.md)
@@ -131,6 +134,9 @@ class FinetuneConfig(StageConfig):
     # keep the model's scale. Train with model.graph_residual_learn_scale=false and scale_init=0 for the recipe
     # "fine-tune the transformer alone, then mix in W" (docs/model.md).
     residual_scale_grid: list[float] = field(default_factory=list)
+    # The same for the low-pass residual (model.graph_lowpass_rank > 0), swept after residual_scale_grid with the
+    # graph residual's scale fixed at its chosen value. Empty = keep model.graph_lowpass_scale_init.
+    lowpass_scale_grid: list[float] = field(default_factory=list)
     # Content into the collab item IDs before fine-tuning (issue 10; docs/model.md): "none"; "text_svd" = both item
     # tables start from the item text's TF-IDF SVD (so the mutual regulariser keeps collab rows near their text; meant
     # for runs without pre-training, as it overwrites the content rows too); "content_set" = the collab item table
@@ -277,7 +283,8 @@ def model_config_fields(m: ModelConfig) -> dict[str, Any]:
         user_token_dropout=m.user_token_dropout,
         freeze_backbone=m.freeze_backbone, graph_residual=m.graph_residual, graph_residual_topn=m.graph_residual_topn,
         graph_residual_lambda=m.graph_residual_lambda, graph_residual_scale_init=m.graph_residual_scale_init,
-        graph_residual_learn_scale=m.graph_residual_learn_scale, id_propagation_layers=m.id_propagation_layers,
+        graph_residual_learn_scale=m.graph_residual_learn_scale, graph_lowpass_rank=m.graph_lowpass_rank,
+        graph_lowpass_scale_init=m.graph_lowpass_scale_init, id_propagation_layers=m.id_propagation_layers,
         graph_edge_bias=m.graph_edge_bias, graph_edge_topn=m.graph_edge_topn,
     )
 
@@ -334,6 +341,10 @@ def _validate(cfg: RunConfig) -> None:
              "a list of finite scales >= 0")
     if f.residual_scale_grid and cfg.model.graph_residual == "none":
         raise ConfigError("key 'finetune.residual_scale_grid' needs a graph residual (model.graph_residual=ease or cooc)")
+    _require(cfg, "finetune.lowpass_scale_grid", lambda g: all(v >= 0 and v != float("inf") for v in g),
+             "a list of finite scales >= 0")
+    if f.lowpass_scale_grid and cfg.model.graph_lowpass_rank <= 0:
+        raise ConfigError("key 'finetune.lowpass_scale_grid' needs a low-pass residual (model.graph_lowpass_rank > 0)")
     if not 0.0 <= f.visible_target_weight <= 1.0:
         raise ConfigError(f"key 'finetune.visible_target_weight' must be in [0, 1], got {f.visible_target_weight}")
     if not 0.0 <= f.mask_fraction < 1.0:

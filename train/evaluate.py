@@ -77,15 +77,17 @@ class _BatchStream(IterableDataset):
 
 
 @torch.no_grad()
-def score_batch(model, batch: dict, residual_scales: Sequence[float] | None = None) -> list[torch.Tensor]:
+def score_batch(model, batch: dict, residual_scales: Sequence[float] | None = None,
+                term: str = "graph_residual") -> list[torch.Tensor]:
     """(B, I) item scores from the last non-pad token (task="rec"): ``[scores]``, or with ``residual_scales`` one
-    matrix per scale s, the item logits + s * the model's standardised graph residual (the model runs once)."""
+    matrix per scale s: the scores with the model's standardised ``term`` ("graph_residual" or "graph_lowpass")
+    weighted s instead of its current scale (the model runs once)."""
     out = model(**{k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS}, task="rec")
     if residual_scales is None:
         return [out.scores.float()]
-    residual = out.graph_residual.float()
-    logits = out.scores.float() - float(model.graph_residual.scale) * residual
-    return [logits + s * residual for s in residual_scales]
+    residual = getattr(out, term).float()
+    others = out.scores.float() - float(getattr(model, term).scale) * residual
+    return [others + s * residual for s in residual_scales]
 
 
 def evaluate_model(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig, chunk_batches: int = 64) -> dict:
@@ -95,17 +97,18 @@ def evaluate_model(accelerator, model, corpus: Corpus, split: str, cfg: RunConfi
 
 
 def evaluate_residual_scales(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig, scales: Sequence[float],
-                             chunk_batches: int = 64) -> list[dict]:
-    """The metrics of ``evaluate_model`` with the graph residual's scale set to each of ``scales`` in turn, from
-    one pass over the split (how ``finetune.residual_scale_grid`` is searched on validation)."""
-    if accelerator.unwrap_model(model).graph_residual is None:
-        raise ValueError("evaluate_residual_scales needs a model with a graph residual (model.graph_residual)")
-    return _evaluate(accelerator, model, corpus, split, cfg, chunk_batches, list(scales))
+                             chunk_batches: int = 64, term: str = "graph_residual") -> list[dict]:
+    """The metrics of ``evaluate_model`` with the scale of the residual ``term`` ("graph_residual", or the
+    low-pass "graph_lowpass") set to each of ``scales`` in turn, from one pass over the split (how
+    ``finetune.residual_scale_grid`` and ``lowpass_scale_grid`` are searched on validation)."""
+    if getattr(accelerator.unwrap_model(model), term, None) is None:
+        raise ValueError(f"evaluate_residual_scales needs a model with a {term} (model.graph_residual / graph_lowpass_rank)")
+    return _evaluate(accelerator, model, corpus, split, cfg, chunk_batches, list(scales), term)
 
 
 @torch.no_grad()
 def _evaluate(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig, chunk_batches: int,
-              residual_scales: list[float] | None = None) -> list[dict]:
+              residual_scales: list[float] | None = None, term: str = "graph_residual") -> list[dict]:
     """One metrics dict per score variant (``score_batch``)."""
     num_rows = corpus.num_rows("recommendation", split)
     mine = rank_rows(accelerator, num_rows)
@@ -128,7 +131,7 @@ def _evaluate(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig, ch
         batch = send_to_device(batch, accelerator.device)
         users = np.asarray([ex.user for ex in part], dtype=np.int64)
         relevant = [np.asarray(ex.targets, dtype=np.int64) for ex in part]
-        for parts, scores in zip(val_parts, score_batch(net, batch, residual_scales)):
+        for parts, scores in zip(val_parts, score_batch(net, batch, residual_scales, term)):
             pu = per_user_metrics(scores.cpu().numpy(), relevant=relevant, exclude=train_ui[users], ks=ks, ndcg_ks=ndcg_ks)
             parts.append(np.stack([pu[n] for n in names] + [pu["num_relevant"].astype(np.float64)], axis=1))
         row_parts.append(np.asarray([ex.row for ex in part], dtype=np.int64))

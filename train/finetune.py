@@ -91,18 +91,21 @@ def train_target_lengths(corpus: Corpus) -> np.ndarray:
     return pc.list_value_length(ds.data.column("targets")).to_numpy()
 
 
-def choose_residual_scale(accelerator, model, corpus: Corpus, cfg: RunConfig, model_dir: Path) -> dict:
-    """Set the graph residual's scale to the grid value with the best validation selection metric (first of
-    equals) and save the model again; returns the sweep (scales, that metric per scale, the chosen scale) and the
-    chosen scale's validation metrics."""
-    grid, metric = cfg.finetune.residual_scale_grid, cfg.finetune.selection_metric
-    swept = evaluate_residual_scales(accelerator, model, corpus, "validation", cfg, grid)
+def choose_residual_scale(accelerator, model, corpus: Corpus, cfg: RunConfig, model_dir: Path,
+                          term: str = "graph_residual") -> tuple[dict, dict]:
+    """Set the scale of the residual ``term`` to the value of its grid (``finetune.residual_scale_grid`` for the
+    graph residual, ``lowpass_scale_grid`` for the low-pass one) with the best validation selection metric (first
+    of equals) and save the model again; returns the sweep (scales, that metric per scale, the chosen scale) and
+    the chosen scale's validation metrics."""
+    grid = cfg.finetune.residual_scale_grid if term == "graph_residual" else cfg.finetune.lowpass_scale_grid
+    metric = cfg.finetune.selection_metric
+    swept = evaluate_residual_scales(accelerator, model, corpus, "validation", cfg, grid, term=term)
     values = [m[metric] for m in swept]
     best = int(np.argmax(values))
     with torch.no_grad():
-        model.graph_residual.scale.fill_(grid[best])
+        getattr(model, term).scale.fill_(grid[best])
     save_model(accelerator, model, model_dir)
-    accelerator.print(f"graph residual scale chosen on validation: {grid[best]} ({metric} {values[best]:.4f})")
+    accelerator.print(f"{term.replace('_', ' ')} scale chosen on validation: {grid[best]} ({metric} {values[best]:.4f})")
     return {"metric": metric, "scales": list(grid), "values": values, "chosen": grid[best]}, swept[best]
 
 
@@ -177,10 +180,13 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
         save_model(accelerator, final, best_dir)
     final = final.to(accelerator.device)
     t0 = time.time()
-    if f.residual_scale_grid:  # the sweep's pass gives the chosen scale's validation metrics
+    scale_sweep = lowpass_sweep = val = None  # a sweep's pass gives the chosen scale's validation metrics
+    if f.residual_scale_grid:
         scale_sweep, val = choose_residual_scale(accelerator, final, corpus, cfg, best_dir)
-    else:
-        scale_sweep, val = None, evaluate_model(accelerator, final, corpus, "validation", cfg)
+    if f.lowpass_scale_grid:  # with the graph residual's scale fixed at its chosen value
+        lowpass_sweep, val = choose_residual_scale(accelerator, final, corpus, cfg, best_dir, term="graph_lowpass")
+    if val is None:
+        val = evaluate_model(accelerator, final, corpus, "validation", cfg)
     stage_s["select_s"], t0 = time.time() - t0, time.time()  # final validation (the residual-scale sweep)
     test = evaluate_model(accelerator, final, corpus, "test", cfg)
     stage_s["test_s"] = time.time() - t0
@@ -197,6 +203,7 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
         "model_dir": str(best_dir),
         "steps": fit.global_step,
         "residual_scale_sweep": scale_sweep,
+        "lowpass_scale_sweep": lowpass_sweep,
         "init_collab_items": collab_items_init,
     }
     if accelerator.is_main_process:

@@ -86,6 +86,7 @@ def _run_pipeline(cfg: RunConfig, resume: bool, command: str | None) -> dict:
         "selection_metric": fin["selection_metric"],
         "history": fin["history"],  # validation metrics of every fine-tuning epoch
         "residual_scale_sweep": fin["residual_scale_sweep"],
+        "lowpass_scale_sweep": fin["lowpass_scale_sweep"],
         "wall": walls,
         "paths": {"output": str(out), "data": str(cfg.data.folder), "best_model": fin["model_dir"]},
         "pretrain": {k: v for k, v in (pre or {}).items() if k != "plan"},

@@ -129,6 +129,7 @@ def levers_text(cfg) -> str:
     return "; ".join([
         f"hop bias `{m.graph_bias}`" + (" (learned per head)" if "learned" in m.graph_bias else ""),
         f"graph residual {'`' + m.graph_residual + '`' if m.graph_residual != 'none' else 'off'}",
+        f"low-pass residual {'rank %d' % m.graph_lowpass_rank if m.graph_lowpass_rank else 'off'}",
         f"ID propagation {'%d layers' % m.id_propagation_layers if m.id_propagation_layers else 'off'}",
         f"edge bias {'on' if m.graph_edge_bias else 'off'}",
         f"item-text init of the item IDs {'`' + cfg.finetune.init_collab_items + '`' if cfg.finetune.init_collab_items != 'none' else 'off'}",
@@ -177,6 +178,12 @@ def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None, da
                      + f" of the train graph, top {m.graph_residual_topn} per row (buffers in `model.safetensors`); scale "
                      + (f"{sweep['chosen']:g}, chosen on validation {sweep['metric']} from {sweep['scales']} after fine-tuning"
                         if sweep else ("learned" if m.graph_residual_learn_scale else f"fixed at {m.graph_residual_scale_init:g}")))
+    lowpass = result.get("lowpass_scale_sweep")
+    if m.graph_lowpass_rank > 0:
+        residual_text += ("; plus GF-CF's ideal low-pass term of rank " + str(m.graph_lowpass_rank)
+                          + " (basis in `model.safetensors`), scale "
+                          + (f"{lowpass['chosen']:g}, chosen on validation from {lowpass['scales']}" if lowpass
+                             else f"{m.graph_lowpass_scale_init:g}"))
     card = ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE),

@@ -1,0 +1,114 @@
+"""The low-pass residual (issue "Quality 3"): GF-CF's ideal low-pass filter as a second item-head residual, fitted on
+the train graph only, stored with the weights, its scale chosen on validation after the graph residual's."""
+import numpy as np
+import pytest
+import torch
+
+from data_builders.corpus import Corpus
+from data_builders.item_graph import ideal_lowpass_basis
+from modeling_graphgpt2 import GraphGPT2ForRecommendation
+from train.common import build_model
+from train.config import ConfigError, load_config
+from train.testing import build_tiny_data, tiny_overrides
+
+from test_graph_residual import prompt_items, random_interactions
+from test_model_core import make_batch, tiny_model
+
+
+def dense_filter(x: np.ndarray, rank: int) -> np.ndarray:
+    """(X D^-1/2 V_k)(V_k^T D^1/2) with V_k from a full dense SVD: the reference of the formula."""
+    deg_u, deg_i = x.sum(1), x.sum(0)
+    inv = lambda d: np.where(d > 0, 1 / np.sqrt(np.where(d > 0, d, 1)), 0.0)  # noqa: E731
+    _, _, vt = np.linalg.svd(inv(deg_u)[:, None] * x * inv(deg_i)[None, :], full_matrices=False)
+    v = vt[:rank].T
+    return (x * inv(deg_i)[None, :]) @ v @ (v.T * np.sqrt(deg_i)[None, :])
+
+
+def test_the_basis_gives_gf_cfs_ideal_low_pass_filter():
+    x = random_interactions(users=60, items=30, per_user=5, seed=3)
+    basis, sqrt_degree = ideal_lowpass_basis(x, 8)
+    assert basis.shape == (30, 8) and basis.dtype == np.float32
+    np.testing.assert_allclose(sqrt_degree, np.sqrt(x.toarray().sum(0)), rtol=1e-6)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(8), atol=1e-5)  # orthonormal singular vectors
+    xd = x.toarray().astype(np.float64)
+    inv = np.where(sqrt_degree > 0, 1 / np.where(sqrt_degree > 0, sqrt_degree, 1), 0.0)
+    got = (xd * inv[None, :]) @ basis @ (basis.T * sqrt_degree[None, :])
+    np.testing.assert_allclose(got, dense_filter(xd, 8), atol=1e-4)  # the projector, whatever the vectors' signs
+    assert np.array_equal(ideal_lowpass_basis(x, 8)[0], basis)  # seeded: the same basis every time
+    wide, _ = ideal_lowpass_basis(x, 500)  # capped at the items, beyond ARPACK's min(U, I) - 1 zero columns
+    assert wide.shape == (30, 30) and not wide[:, 29:].any()
+
+
+def test_the_model_adds_the_standardised_filter_with_its_scale():
+    x = random_interactions(users=60, seed=4)
+    basis, sqrt_degree = ideal_lowpass_basis(x, 16)
+    plain = tiny_model(graph_bias="none")
+    model = tiny_model(graph_bias="none", graph_lowpass_rank=16, graph_lowpass_scale_init=0.0)
+    model.graph_lowpass.set_basis(basis, sqrt_degree)
+    ids, mask, _ = make_batch(pad=True)
+    out = model(input_ids=ids, attention_mask=mask, task="rec")
+    torch.testing.assert_close(out.scores, plain(input_ids=ids, attention_mask=mask, task="rec").scores)  # scale 0
+    items = prompt_items(ids, mask).numpy()
+    inv = np.where(sqrt_degree > 0, 1 / np.where(sqrt_degree > 0, sqrt_degree, 1), 0.0)
+    r = (items * inv[None, :]) @ basis @ (basis.T * sqrt_degree[None, :])
+    want = r / r.std(axis=1, ddof=1, keepdims=True)
+    np.testing.assert_allclose(out.graph_lowpass.detach().numpy(), want, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        model.graph_lowpass.scale.fill_(0.5)
+    mixed = model(input_ids=ids, attention_mask=mask, task="rec").scores
+    torch.testing.assert_close(mixed, out.scores + 0.5 * out.graph_lowpass)
+    assert not model.graph_lowpass.scale.requires_grad  # fixed: chosen on validation, never trained
+
+
+def test_off_the_state_dict_is_unchanged_and_on_it_saves_and_reloads_strictly(tmp_path):
+    assert not any("graph_lowpass" in k for k in tiny_model().state_dict())
+    model = tiny_model(graph_lowpass_rank=8, graph_lowpass_scale_init=0.25)
+    basis, sqrt_degree = ideal_lowpass_basis(random_interactions(users=60, seed=5), 8)
+    model.graph_lowpass.set_basis(basis, sqrt_degree)
+    model.save_pretrained(tmp_path / "m")
+    loaded = GraphGPT2ForRecommendation.from_pretrained(tmp_path / "m")
+    for key in ("graph_lowpass.basis", "graph_lowpass.sqrt_degree", "graph_lowpass.scale"):
+        torch.testing.assert_close(loaded.state_dict()[key], model.state_dict()[key])
+    with pytest.raises(ValueError, match="low-pass basis must be"):
+        model.graph_lowpass.set_basis(basis[:, :4], sqrt_degree)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_data(tmp_path_factory.mktemp("lowpass") / "tiny")
+
+
+def test_the_built_models_basis_comes_from_the_train_pairs_only(tiny, tmp_path):
+    corpus = Corpus(tiny)
+    cfg = load_config("demo", tiny_overrides(tiny, tmp_path, "model.graph_lowpass_rank=12"))
+    model = build_model(cfg, corpus)
+    basis, sqrt_degree = ideal_lowpass_basis(corpus.interaction_matrix("train"), 12)
+    np.testing.assert_array_equal(model.graph_lowpass.basis.numpy(), basis)
+    np.testing.assert_array_equal(model.graph_lowpass.sqrt_degree.numpy(), sqrt_degree)
+    test_degrees = np.sqrt(corpus.interaction_matrix("train").toarray().sum(0) + corpus.interaction_matrix("test").toarray().sum(0))
+    assert not np.allclose(model.graph_lowpass.sqrt_degree.numpy(), test_degrees)  # test pairs are not in it
+
+
+def test_finetuning_chooses_both_scales_on_validation_and_the_card_states_them(tiny, tmp_path):
+    from train.finetune import finetune
+    from train.modeling_io import load_model
+
+    grid = [0.0, 0.5, 2.0]
+    cfg = load_config("demo", tiny_overrides(tiny, tmp_path, "pretrain.do_pretrain=false", "finetune.epochs=1",
+                                             "model.graph_residual=ease", "model.graph_residual_topn=15",
+                                             "model.graph_residual_learn_scale=false", "finetune.residual_scale_grid=[0, 1]",
+                                             "model.graph_lowpass_rank=10", f"finetune.lowpass_scale_grid={grid}"))
+    result = finetune(cfg)
+    sweep = result["lowpass_scale_sweep"]
+    assert sweep["scales"] == grid and sweep["chosen"] == grid[int(np.argmax(sweep["values"]))]
+    best = load_model(result["model_dir"])
+    assert best.graph_lowpass.scale.item() == pytest.approx(sweep["chosen"])
+    assert best.graph_residual.scale.item() == pytest.approx(result["residual_scale_sweep"]["chosen"])
+    assert result["validation"]["recall@20"] == pytest.approx(max(sweep["values"]), abs=1e-9)
+
+
+def test_a_lowpass_grid_needs_a_lowpass_residual():
+    with pytest.raises(ConfigError, match="key 'finetune.lowpass_scale_grid'"):
+        load_config("demo", ["finetune.lowpass_scale_grid=[0, 1]"])
+    with pytest.raises(ConfigError, match="graph_lowpass_rank"):
+        load_config("demo", ["model.graph_lowpass_rank=-1"]).model  # noqa: B018
