@@ -77,3 +77,11 @@ def test_amazon_cpu_starts_the_item_ids_from_item_text():
     assert load_config("amazon_cpu").finetune.init_collab_items == "text_svd"
     for name in ("mi_cpu", "beauty_cpu", "paper", "released"):
         assert load_config(name).finetune.init_collab_items == "none"
+
+
+def test_amazon_cpu_adds_the_low_pass_residual_with_zero_in_its_grid():
+    """amazon_cpu adds GF-CF's low-pass term; validation may switch it off (0 in the grid); the paper-faithful
+    presets have none."""
+    cfg = load_config("amazon_cpu")
+    assert cfg.model.graph_lowpass_rank == 128 and 0 in cfg.finetune.lowpass_scale_grid
+    assert all(load_config(p).model.graph_lowpass_rank == 0 for p in ("mi_cpu", "beauty_cpu", "paper", "demo"))
