@@ -1,5 +1,5 @@
-"""Reference recommenders scored by the same metric code as GraphGPT2: Popularity, ItemKNN, EASE, Multi-VAE,
-LightGCN.
+"""Reference recommenders scored by the same metric code as GraphGPT2: Popularity, ItemKNN, EASE, RLAE, EASE + ideal
+low-pass (``ease_ilp``), Multi-VAE, LightGCN.
 
 Every baseline has one interface (RecBole-style, but without the framework):
 
@@ -20,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 import scipy.sparse as sp
+import scipy.sparse.linalg as spla
 import torch
 from torch import nn
 
@@ -33,6 +34,8 @@ __all__ = [
     "Popularity",
     "ItemKNN",
     "EASE",
+    "RLAE",
+    "EASEIdealLowPass",
     "MultiVAE",
     "LightGCN",
     "BASELINES",
@@ -224,6 +227,265 @@ class EASE(Recommender):
             "select_metric": self.select_metric,
             "validation": {str(k): v for k, v in self.validation_.items()},
         }
+
+
+def _grid_key(**params) -> str:
+    """A grid point as one JSON key, e.g. ``lambda=100,xi=0.2``."""
+    return ",".join(f"{k}={v:g}" for k, v in params.items())
+
+
+def _row_major(b: np.ndarray) -> np.ndarray:
+    """B in C order. ``ease_closed_form`` returns LAPACK's column-major array, and scipy's CSR @ dense copies a
+    non-C-contiguous operand on every product (a 12k x 12k B: ~10x slower per user batch); one copy here instead."""
+    return b if b.flags["C_CONTIGUOUS"] else np.ascontiguousarray(b)
+
+
+def _standardise_rows(scores: np.ndarray) -> np.ndarray:
+    """Divide each row by its standard deviation over all items (before any masking), in place; a constant row
+    (a user without train items) is left as it is."""
+    std = scores.std(axis=1, keepdims=True)
+    std[std == 0] = 1.0
+    scores /= std
+    return scores
+
+
+class RLAE(Recommender):
+    """RLAE (Moon, Kim & Lee, SIGIR 2023, "It's Enough: Relaxing Diagonal Constraints in Linear Autoencoders for
+    Recommendation"): EASE with the equality diag(B) = 0 relaxed to the inequality diag(B) <= ξ.
+
+    Closed form (the paper's KKT solution, as in the authors' code ``jaewan7599/RDLAE_SIGIR2023``, ``RLAE``):
+    P = (XᵀX + λI)⁻¹, μ_j = max(0, (1 − ξ) / P_jj − λ), B = I − P diag(λ + μ); the authors then set diag(B) to 0,
+    as here (a diagonal entry only scores a user's own train items, which evaluation masks). ξ = 0 gives μ_j =
+    1/P_jj − λ, i.e. EASE. Column j of that B is column j of EASE's B (−P_ij / P_jj) times
+    P_jj (λ + μ_j) = max(1 − ξ, λ P_jj), so one EASE inverse per λ (``ease_closed_form``) serves every ξ; P_jj
+    comes from EASE's B without a second inverse: 1 / P_jj = G_jj + λ − Σ_i G_ij B_ij, G = XᵀX (row j of
+    (G + λI) P = I with P = (I − B) diag(P_jj)).
+
+    Grid, picked on validation ``select_metric`` (ties: the first in λ-major order): λ ∈ {50, 100, 250, 500} ×
+    ξ ∈ {0, 0.1, 0.2, 0.3, 0.5} by default (the project's grid; the authors' README tunes ξ over 0.1 ... 0.9 and
+    their shipped runs use ξ 0.2 to 0.6, λ 60 to 300).
+    """
+
+    name = "rlae"
+
+    def __init__(self, lambdas: Sequence[float] = (50.0, 100.0, 250.0, 500.0), xis: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.5),
+                 select_metric: str = "recall@20", dtype=np.float64):
+        if not len(lambdas) or not len(xis):
+            raise ValueError("RLAE needs at least one L2 weight (lambdas) and one diagonal bound (xis)")
+        if any(not 0 <= x < 1 for x in xis):
+            raise ValueError(f"RLAE's xi must lie in [0, 1), got {list(xis)}")
+        self.lambdas = [float(v) for v in lambdas]
+        self.xis = [float(v) for v in xis]
+        self.select_metric = select_metric
+        self.dtype = dtype
+
+    @staticmethod
+    def diag_inverse(train: sp.csr_matrix, ease_b: np.ndarray, lam: float) -> np.ndarray:
+        """diag((XᵀX + λI)⁻¹) from EASE's B of the same λ: 1 / P_jj = G_jj + λ − Σ_i G_ij B_ij."""
+        gram = sp.coo_matrix(train.T @ train)
+        gb = np.bincount(gram.col, weights=gram.data * ease_b[gram.row, gram.col], minlength=gram.shape[1])
+        g_diag = np.asarray(train.sum(axis=0), dtype=np.float64).ravel()  # binary X: G_jj = item degree
+        return 1.0 / (g_diag + lam - gb)
+
+    @staticmethod
+    def column_scale(diag_p: np.ndarray, lam: float, xi: float) -> np.ndarray:
+        """P_jj (λ + μ_j) = max(1 − ξ, λ P_jj): RLAE's B = EASE's B diag(this)."""
+        return np.maximum(1.0 - xi, lam * diag_p)
+
+    def fit(self, train, valid=None):
+        self.train_ = _check_train(train, valid)
+        grid = len(self.lambdas) * len(self.xis)
+        if grid > 1 and valid is None:
+            raise ValueError(f"RLAE got {grid} grid points but no validation matrix to choose among them")
+        self.validation_ = {}
+        best, best_val = None, -np.inf
+        for lam in self.lambdas:
+            t0 = time.perf_counter()
+            self.B_ = _row_major(EASE.closed_form(self.train_, lam, self.dtype))
+            diag_p = self.diag_inverse(self.train_, self.B_, lam)
+            fit_s = time.perf_counter() - t0
+            for xi in self.xis:
+                self.lambda_, self.xi_, self.scale_ = lam, xi, self.column_scale(diag_p, lam, xi)
+                self.active_ = int(np.sum(lam * diag_p < 1.0 - xi))  # items whose bound diag(B) <= xi binds
+                if grid == 1:
+                    best = (lam, xi, self.B_, self.scale_, self.active_)
+                    break
+                res = evaluate_recommender(self, self.train_, sp.csr_matrix(valid))
+                res.update(fit_seconds=fit_s, active_constraints=self.active_)
+                self.validation_[_grid_key(**{"lambda": lam, "xi": xi})] = res
+                if res[self.select_metric] > best_val:
+                    best, best_val = (lam, xi, self.B_, self.scale_, self.active_), res[self.select_metric]
+        self.lambda_, self.xi_, self.B_, self.scale_, self.active_ = best
+        return self
+
+    def weights(self) -> np.ndarray:
+        """The item-item matrix B (dense, zero diagonal) of the chosen grid point."""
+        self._require_fit()
+        return self.B_ * self.scale_[None, :]
+
+    def score(self, user_ids):
+        self._require_fit()
+        return np.asarray((self.train_[user_ids] @ self.B_) * self.scale_[None, :], dtype=np.float32)
+
+    def info(self):
+        return {
+            "lambda": self.lambda_,
+            "xi": self.xi_,
+            "active_constraints": self.active_,
+            "grid": {"lambda": self.lambdas, "xi": self.xis},
+            "select_metric": self.select_metric,
+            "validation": self.validation_,
+        }
+
+
+class EASEIdealLowPass(Recommender):
+    """EASE blended with GF-CF's ideal low-pass filter (Shen et al., CIKM 2021, "How Powerful is Graph Convolution
+    for Recommendation?"), each term standardised per user:
+
+        S_E = X B,  B = EASE(XᵀX, λ)                                   (``ease_closed_form``)
+        S_I = (X D_I^-1/2 V_k)(V_kᵀ D_I^1/2),  V_k = top-k right singular vectors of R̃ = D_U^-1/2 X D_I^-1/2
+        score = S_E / std_u(S_E) + w · S_I / std_u(S_I)    (std over all items of the user's row, before masking)
+
+    The two terms are separate methods (``_fit_ease`` / ``_ease_term`` and ``_fit_lowpass`` / ``_lowpass_term``).
+    The SVD runs once, at the largest k (truncated ARPACK ``svds`` with a fixed start vector), and smaller k slice
+    it; k is clipped to min(users, items) − 1. Zero degrees give zero weights in D^-1/2. The grid λ × k × w is
+    chosen on validation ``select_metric`` (ties: the first in λ, k, w order): one EASE inverse per λ, and every
+    (k, w) is scored from the same per-user standardised blocks of ``chunk_size`` users (memory: a few
+    chunk × items arrays plus B, never users × items). Train items are masked by the evaluation, as for EASE.
+    """
+
+    name = "ease_ilp"
+
+    def __init__(
+        self,
+        lambdas: Sequence[float] = (50.0, 100.0, 250.0),
+        ks: Sequence[int] = (64, 128, 256, 512),
+        weights: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
+        select_metric: str = "recall@20",
+        chunk_size: int = 1024,
+        svd_seed: int = 0,
+        dtype=np.float64,
+    ):
+        if not len(lambdas) or not len(ks) or not len(weights):
+            raise ValueError("ease_ilp needs at least one lambda, one k and one weight")
+        if any(int(k) < 1 for k in ks):
+            raise ValueError(f"ease_ilp's ranks k must be >= 1, got {list(ks)}")
+        self.lambdas = [float(v) for v in lambdas]
+        self.ks = [int(k) for k in ks]
+        self.weights = [float(w) for w in weights]
+        self.select_metric, self.chunk_size, self.svd_seed, self.dtype = select_metric, int(chunk_size), svd_seed, dtype
+
+    # ---- EASE term
+    def _fit_ease(self, lam: float) -> np.ndarray:
+        return _row_major(EASE.closed_form(self.train_, lam, self.dtype))
+
+    def _ease_term(self, rows: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """(rows, items) X B, standardised per user."""
+        return _standardise_rows(np.asarray(self.train_[rows] @ b, dtype=np.float64))
+
+    # ---- ideal low-pass term
+    def _fit_lowpass(self, k: int) -> None:
+        """V (items, k) of R̃ = D_U^-1/2 X D_I^-1/2, singular values descending, and the item degree scalings."""
+        x = self.train_
+        deg_u = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
+        deg_i = np.asarray(x.sum(axis=0), dtype=np.float64).ravel()
+        inv_sqrt = lambda d: np.divide(1.0, np.sqrt(d), out=np.zeros_like(d), where=d > 0)  # noqa: E731
+        self.item_inv_sqrt_, self.item_sqrt_ = inv_sqrt(deg_i), np.sqrt(deg_i)
+        rn = sp.diags(inv_sqrt(deg_u)) @ x.astype(np.float64) @ sp.diags(self.item_inv_sqrt_)
+        v0 = np.random.default_rng(self.svd_seed).uniform(-1.0, 1.0, min(rn.shape))
+        _, s, vt = spla.svds(sp.csr_matrix(rn), k=k, v0=v0, solver="arpack")
+        order = np.argsort(-s, kind="stable")
+        self.singular_values_ = s[order]
+        self.v_ = np.ascontiguousarray(vt[order].T)  # (items, k)
+        self.v_right_ = self.v_.T * self.item_sqrt_[None, :]  # V_kᵀ D_I^1/2, (k, items); rank k = first k rows
+
+    def _lowpass_input(self, rows: np.ndarray) -> np.ndarray:
+        """X D_I^-1/2 V at the largest k, (rows, k_max): sliced for every smaller k."""
+        return np.asarray(self.train_[rows] @ sp.diags(self.item_inv_sqrt_) @ self.v_, dtype=np.float64)
+
+    def _lowpass_term(self, rows: np.ndarray, k: int, z: np.ndarray | None = None) -> np.ndarray:
+        """(rows, items) X D_I^-1/2 V_k V_kᵀ D_I^1/2, standardised per user."""
+        z = self._lowpass_input(rows) if z is None else z
+        return _standardise_rows(z[:, :k] @ self.v_right_[:k])
+
+    # ---- fit / score
+    def fit(self, train, valid=None):
+        self.train_ = _check_train(train, valid)
+        num_users, num_items = self.train_.shape
+        k_max = min(num_users, num_items) - 1
+        if k_max < 1:
+            raise ValueError(f"ease_ilp needs at least 2 users and 2 items, got {self.train_.shape}")
+        self.ks_used_ = sorted(set(min(k, k_max) for k in self.ks))
+        grid = [(lam, k, w) for lam in self.lambdas for k in self.ks_used_ for w in self.weights]
+        if len(grid) > 1 and valid is None:
+            raise ValueError(f"ease_ilp got {len(grid)} grid points but no validation matrix to choose among them")
+        t0 = time.perf_counter()
+        self._fit_lowpass(max(self.ks_used_))
+        self.svd_seconds_ = time.perf_counter() - t0
+        self.validation_, self.ease_seconds_ = {}, {}
+        best, best_val = None, -np.inf
+        for lam in self.lambdas:
+            t0 = time.perf_counter()
+            b = self._fit_ease(lam)
+            self.ease_seconds_[lam] = time.perf_counter() - t0
+            if len(grid) == 1:
+                best = (lam, self.ks_used_[0], self.weights[0], b)
+                break
+            results = self._validate(b, sp.csr_matrix(valid))
+            for (k, w), res in results.items():
+                self.validation_[_grid_key(**{"lambda": lam, "k": k, "w": w})] = res
+                if res[self.select_metric] > best_val:
+                    best, best_val = (lam, k, w, b), res[self.select_metric]
+            del b
+        self.lambda_, self.k_, self.w_, self.B_ = best
+        return self
+
+    def _validate(self, b: np.ndarray, valid: sp.csr_matrix) -> dict[tuple[int, float], dict]:
+        """Validation metrics of every (k, w) at one λ, from per-user standardised blocks of ``chunk_size`` users,
+        scored by :func:`evaluate_recommender` (the same masking as every baseline)."""
+        per_user = {(k, w): [] for k in self.ks_used_ for w in self.weights}
+        users = np.arange(self.train_.shape[0])
+        block = _Block()
+        for start in range(0, len(users), self.chunk_size):
+            rows = users[start : start + self.chunk_size]
+            s_e, z = self._ease_term(rows, b), self._lowpass_input(rows)
+            for k in self.ks_used_:
+                s_i = self._lowpass_term(rows, k, z)
+                for w in self.weights:
+                    block.scores = s_e + w * s_i
+                    per_user[(k, w)].append(evaluate_recommender(block, self.train_, valid, users=rows,
+                                                                 batch_size=len(rows), per_user=True))
+        return {key: summarize(merge_per_user(parts)) for key, parts in per_user.items()}
+
+    def score(self, user_ids):
+        self._require_fit()
+        rows = np.asarray(user_ids)
+        out = np.empty((len(rows), self.train_.shape[1]), dtype=np.float32)
+        for start in range(0, len(rows), self.chunk_size):
+            r = rows[start : start + self.chunk_size]
+            out[start : start + len(r)] = self._ease_term(r, self.B_) + self.w_ * self._lowpass_term(r, self.k_)
+        return out
+
+    def info(self):
+        return {
+            "lambda": self.lambda_,
+            "k": self.k_,
+            "w": self.w_,
+            "grid": {"lambda": self.lambdas, "k": self.ks, "k_used": self.ks_used_, "w": self.weights},
+            "select_metric": self.select_metric,
+            "svd_seconds": self.svd_seconds_,
+            "ease_seconds": {str(k): v for k, v in self.ease_seconds_.items()},
+            "validation": self.validation_,
+        }
+
+
+class _Block(Recommender):
+    """A precomputed score block served to :func:`evaluate_recommender` (``scores`` rows = the users asked for)."""
+
+    scores: np.ndarray
+
+    def score(self, user_ids):
+        return self.scores
 
 
 class _VAE(nn.Module):
@@ -471,7 +733,8 @@ class LightGCN(Recommender):
                 "batch_size": self.batch_size, "lr": self.lr, "reg": self.reg, "seed": self.seed}
 
 
-BASELINES = {"pop": Popularity, "itemknn": ItemKNN, "ease": EASE, "multivae": MultiVAE, "lightgcn": LightGCN}
+BASELINES = {"pop": Popularity, "itemknn": ItemKNN, "ease": EASE, "rlae": RLAE, "ease_ilp": EASEIdealLowPass,
+             "multivae": MultiVAE, "lightgcn": LightGCN}
 
 
 def make_baseline(name: str, seed: int = 0, **kwargs) -> Recommender:

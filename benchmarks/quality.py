@@ -10,7 +10,7 @@ the ``recommendation`` config with train/validation/test) or a raw data folder (
 
 Writes ``benchmarks/results/<dataset>/<date>.json`` (every run: validation and test metrics, wall time, chosen
 hyper-parameters), ``<date>.md`` (mean ± std over seeds) and ``<date>.png`` (bar chart). Deterministic
-baselines (pop, itemknn, ease) run once; stochastic ones and GraphGPT2 variants run once per seed.
+baselines (pop, itemknn, ease, rlae, ease_ilp) run once; stochastic ones and GraphGPT2 variants run once per seed.
 Model selection uses validation only; test is evaluated once per run with the selected model.
 """
 from __future__ import annotations
@@ -375,6 +375,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-config", default=None, help="train.config preset or YAML for variants (default: from --preset)")
     p.add_argument("--override", nargs="*", default=[], help="extra dotted overrides for every variant")
     p.add_argument("--ease-lambdas", nargs="+", type=float, default=[10, 50, 100, 250, 500, 1000, 2000])
+    p.add_argument("--rlae-lambdas", nargs="+", type=float, default=[50, 100, 250, 500], help="RLAE's L2 grid")
+    p.add_argument("--rlae-xis", nargs="+", type=float, default=[0, 0.1, 0.2, 0.3, 0.5], help="RLAE's diagonal bounds (0 = EASE)")
+    p.add_argument("--ease-ilp-lambdas", nargs="+", type=float, default=[50, 100, 250], help="ease_ilp: EASE L2 grid")
+    p.add_argument("--ease-ilp-ks", nargs="+", type=int, default=[64, 128, 256, 512], help="ease_ilp: low-pass ranks")
+    p.add_argument("--ease-ilp-weights", nargs="+", type=float, default=[0.25, 0.5, 0.75, 1], help="ease_ilp: low-pass weights")
     p.add_argument("--itemknn-topk", type=int, default=None, help="neighbours per item (default: all)")
     p.add_argument("--multivae-epochs", type=int, default=None)
     p.add_argument("--lightgcn-epochs", type=int, default=None)
@@ -411,6 +416,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
           f"{data.train.nnz}/{data.valid.nnz}/{data.test.nnz}, split {data.split_hash[:12]} ({time.perf_counter() - t0:.1f} s)", flush=True)
     kwargs = {
         "ease": {"lambdas": args.ease_lambdas},
+        "rlae": {"lambdas": args.rlae_lambdas, "xis": args.rlae_xis},
+        "ease_ilp": {"lambdas": args.ease_ilp_lambdas, "ks": args.ease_ilp_ks, "weights": args.ease_ilp_weights},
         "itemknn": {"topk": args.itemknn_topk},
         "multivae": _budget(preset["multivae"], args.multivae_epochs, args.multivae_patience),
         "lightgcn": _budget(preset["lightgcn"], args.lightgcn_epochs, args.lightgcn_patience),
