@@ -86,6 +86,7 @@ def run_size(users: int, items: int, edges: int, work: Path, seed: int, exponent
 
     # ---- bias inputs vs one training step, CPU preset (mi_cpu.yaml), one process ----
     from modeling_graphgpt2 import GraphGPT2Config, GraphGPT2ForRecommendation
+    from train.common import model_config_kwargs
     from train.config import load_config
 
     cfg = load_config("mi_cpu")
@@ -122,11 +123,7 @@ def run_size(users: int, items: int, edges: int, work: Path, seed: int, exponent
     collate = corpus.collator(L)
     batch = collate(remasked)
     m = cfg.model
-    config = GraphGPT2Config(num_users=corpus.num_users, num_items=corpus.num_items, base_vocab_size=corpus.base_vocab_size,
-                             n_layer=m.n_layer, n_embd=m.n_embd, n_head=m.n_head, n_positions=m.n_positions,
-                             resid_pdrop=m.dropout, embd_pdrop=m.dropout, attn_pdrop=m.dropout, graph_bias=m.graph_bias,
-                             max_hops=m.max_hops, mutual_reg_weight=m.mutual_reg_weight)
-    model = GraphGPT2ForRecommendation(config)
+    model = GraphGPT2ForRecommendation(GraphGPT2Config(**model_config_kwargs(m, corpus)))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
 

@@ -36,6 +36,63 @@ def ease_closed_form(x: sp.spmatrix, lam: float, dtype=np.float64) -> np.ndarray
     return p
 
 
+def ease_neighbourhood(x: sp.spmatrix, lam: float, neighbours: int, block_items: int = 512) -> sp.csr_matrix:
+    """EASE restricted to each item's ``neighbours`` most co-held items (a scalable EASE): column j of B is the
+    ridge regression of item j's users on the users of its neighbour set N(j),
+
+        B[N(j), j] = (X_N^T X_N + lambda I)^-1 X_N^T x_j,     B[i, j] = 0 for i outside N(j),
+
+    which is exactly EASE's column j when N(j) holds every other item (EASE's zero-diagonal closed form is this
+    leave-one-item-out ridge regression). N(j) is the ``neighbours`` items with the largest co-occurrence count
+    (ties: lower index first; items never held together are left out unless ``neighbours`` >= I - 1, which takes
+    every other item). Memory O(nnz(X) + block x I sparse + I x K) and time O(I K^3) for the K x K solves, so it
+    follows the catalog, not I^2. Returns B as (I, I) CSR float32 with at most K entries per column."""
+    x = _binary_csr(x)
+    num_items = x.shape[1]
+    by_item = sp.csr_matrix(x.T)  # (I, U): item rows, for the neighbours' Gram blocks
+    k = min(int(neighbours), num_items - 1)
+    every_other = k >= num_items - 1
+    rows, cols, vals = [], [], []
+    for start in range(0, num_items, block_items):
+        targets = np.arange(start, min(start + block_items, num_items))
+        counts = (by_item[targets] @ x).tocsr()  # (b, I) co-occurrence counts of the block's items
+        counts.sort_indices()
+        sets = np.full((len(targets), k), -1, dtype=np.int64)
+        for r, j in enumerate(targets):
+            if every_other:
+                sets[r] = np.delete(np.arange(num_items), j)
+                continue
+            s, e = counts.indptr[r], counts.indptr[r + 1]
+            c_idx, c_val = counts.indices[s:e], counts.data[s:e]
+            keep = c_idx != j
+            c_idx, c_val = c_idx[keep], c_val[keep]
+            top = c_idx[np.argsort(-c_val, kind="stable")[:k]]  # stable over sorted indices: ties -> lower index
+            sets[r, : len(top)] = np.sort(top)
+        gram = np.zeros((len(targets), k, k))
+        rhs = np.zeros((len(targets), k))
+        for r, j in enumerate(targets):
+            members = sets[r][sets[r] >= 0]
+            if len(members) == 0:
+                continue
+            sub = by_item[members]
+            gram[r, : len(members), : len(members)] = (sub @ sub.T).toarray()
+            rhs[r, : len(members)] = counts[r, members].toarray().ravel()
+        # padded slots have a zero row and column plus lambda on the diagonal, so their coefficient is exactly 0
+        gram[:, np.arange(k), np.arange(k)] += lam
+        factor = torch.linalg.cholesky(torch.from_numpy(gram))
+        coef = torch.cholesky_solve(torch.from_numpy(rhs).unsqueeze(-1), factor).squeeze(-1).numpy()
+        real = sets >= 0
+        rows.append(sets[real])
+        cols.append(np.repeat(targets, real.sum(axis=1)))
+        vals.append(coef[real].astype(np.float32))
+    empty = np.zeros(0, dtype=np.int64)
+    b = sp.csr_matrix((np.concatenate(vals) if vals else np.zeros(0, np.float32),
+                       (np.concatenate(rows) if rows else empty, np.concatenate(cols) if cols else empty)),
+                      shape=(num_items, num_items), dtype=np.float32)
+    b.eliminate_zeros()
+    return b
+
+
 def cooccurrence_row_normalised(x: sp.spmatrix) -> sp.csr_matrix:
     """C_ij = |U_i ∩ U_j| / sum_k |U_i ∩ U_k| (k != i), diagonal 0: row i is "users of i also hold j"."""
     x = _binary_csr(x)
@@ -74,12 +131,21 @@ def top_n_per_row(mat: np.ndarray | sp.spmatrix, n: int, block_rows: int = 1024)
     return indices, values
 
 
-def residual_matrix(train: sp.spmatrix, kind: str, topn: int, lam: float = 500.0) -> tuple[np.ndarray, np.ndarray]:
+def ease_form(num_items: int, exact_max_items: int) -> str:
+    """Which EASE the size rule fits: "exact" up to ``exact_max_items`` items, else "neighbourhood"."""
+    return "exact" if num_items <= exact_max_items else "neighbourhood"
+
+
+def residual_matrix(train: sp.spmatrix, kind: str, topn: int, lam: float = 500.0, exact_max_items: int = 20000,
+                    neighbours: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """The item-item matrix of the model's graph residual, fitted on ``train`` (pass the TRAIN split only) and
-    pruned to its ``topn`` largest-magnitude entries per row: (indices, values), each (num_items, min(topn, I))."""
+    pruned to its ``topn`` largest-magnitude entries per row: (indices, values), each (num_items, min(topn, I)).
+    Kind "ease" is exact up to ``exact_max_items`` items and the neighbourhood EASE of ``neighbours`` above
+    (``ease_form``; GraphGPT2Config.graph_residual_exact_max_items)."""
     x = _binary_csr(train)
     if kind == "ease":
-        mat = ease_closed_form(x, lam)
+        exact = ease_form(x.shape[1], exact_max_items) == "exact"
+        mat = ease_closed_form(x, lam) if exact else ease_neighbourhood(x, lam, neighbours)
     elif kind == "cooc":
         mat = cooccurrence_row_normalised(x)
     else:
@@ -150,5 +216,5 @@ def edge_buckets(train: sp.spmatrix, topn: int) -> tuple[np.ndarray, np.ndarray,
     return columns, buckets, degree_buckets
 
 
-__all__ = ["cooccurrence_row_normalised", "ease_closed_form", "edge_buckets", "ideal_lowpass_basis", "normalized_adjacency",
+__all__ = ["cooccurrence_row_normalised", "ease_closed_form", "ease_form", "ease_neighbourhood", "edge_buckets", "ideal_lowpass_basis", "normalized_adjacency",
            "residual_matrix", "top_n_per_row"]

@@ -91,6 +91,14 @@ class GraphGPT2Config(GPT2Config):
             Entries kept per item row of the residual matrix (>= 1; capped at `num_items`).
         graph_residual_lambda (`float`, defaults to 500.0):
             L2 weight of the `"ease"` residual (> 0); recorded for `"cooc"` but unused.
+        graph_residual_exact_max_items (`int`, defaults to 20000):
+            Size rule of the `"ease"` residual: up to this many items it is EASE's exact closed form (a dense
+            float64 item x item inverse: 8 I^2 bytes, twice at its peak, so 6.4 GB at 20k items); above it, the
+            neighbourhood EASE of `graph_residual_neighbours` (memory O(I K), time O(I K^3)). 0 always uses the
+            neighbourhood form.
+        graph_residual_neighbours (`int`, defaults to 256):
+            K of the neighbourhood EASE: each item's column of W is EASE's ridge regression restricted to its K most
+            co-held items (`data_builders/item_graph.py:ease_neighbourhood`; exactly EASE when K covers all items).
         graph_residual_scale_init (`float`, defaults to 0.0):
             Initial value of the learned scalar `scale` (in units of the residual's per-prompt standard
             deviation; trained with the ID embeddings' learning rate).
@@ -156,6 +164,8 @@ class GraphGPT2Config(GPT2Config):
     graph_residual: str = "none"
     graph_residual_topn: int = 200
     graph_residual_lambda: float = 500.0
+    graph_residual_exact_max_items: int = 20000
+    graph_residual_neighbours: int = 256
     graph_residual_scale_init: float = 0.0
     graph_residual_learn_scale: bool = True
     graph_lowpass_rank: int = 0
@@ -211,6 +221,8 @@ class GraphGPT2Config(GPT2Config):
             raise GraphGPT2ConfigError("graph_residual",
                                        f"must be one of {GRAPH_RESIDUAL_KINDS}, got {self.graph_residual!r}")
         _int("graph_residual_topn", 1)
+        _int("graph_residual_exact_max_items", 0)
+        _int("graph_residual_neighbours", 1)
         if not isinstance(self.graph_residual_learn_scale, bool):
             raise GraphGPT2ConfigError("graph_residual_learn_scale", f"must be true/false, got {self.graph_residual_learn_scale!r}")
         _int("graph_lowpass_rank", 0)

@@ -9,7 +9,8 @@ import torch
 
 from benchmarks.baselines import EASE, to_csr
 from data_builders.corpus import Corpus
-from data_builders.item_graph import cooccurrence_row_normalised, residual_matrix, top_n_per_row
+from data_builders.item_graph import (cooccurrence_row_normalised, ease_closed_form, ease_form, ease_neighbourhood,
+                                     residual_matrix, top_n_per_row)
 from modeling_graphgpt2 import GraphGPT2ForRecommendation
 from train.common import build_model
 from train.config import ConfigError, load_config
@@ -80,7 +81,7 @@ def test_option_off_keeps_the_state_dict_and_old_checkpoints_load(tmp_path):
     plain.save_pretrained(tmp_path)
     conf = json.loads((tmp_path / "config.json").read_text())
     old = {k: v for k, v in conf.items() if not k.startswith("graph_residual")}
-    assert len(old) == len(conf) - 5
+    assert len(old) == len(conf) - 7
     (tmp_path / "config.json").write_text(json.dumps(old))
     loaded, info = GraphGPT2ForRecommendation.from_pretrained(tmp_path, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and loaded.graph_residual is None
@@ -155,7 +156,9 @@ def test_config_fields_are_checked_and_name_the_run_config_key():
     assert _ALLOWED_CHOICES["model.graph_residual"] is GRAPH_RESIDUAL_KINDS
     for override, key in (("model.graph_residual=knn", "model.graph_residual"),
                           ("model.graph_residual_topn=0", "model.graph_residual_topn"),
-                          ("model.graph_residual_lambda=0", "model.graph_residual_lambda")):
+                          ("model.graph_residual_lambda=0", "model.graph_residual_lambda"),
+                          ("model.graph_residual_neighbours=0", "model.graph_residual_neighbours"),
+                          ("model.graph_residual_exact_max_items=-1", "model.graph_residual_exact_max_items")):
         with pytest.raises(ConfigError, match=f"key '{key}'"):
             load_config("demo", [override])
     with pytest.raises(GraphGPT2ConfigError, match="graph_residual_scale_init"):
@@ -167,17 +170,57 @@ def test_config_fields_are_checked_and_name_the_run_config_key():
             conf.graph_residual_scale_init) == ("cooc", 7, 50.0, 0.5)
 
 
+def test_neighbourhood_ease_is_exact_ease_when_the_neighbourhood_covers_every_item():
+    x = random_interactions()
+    exact = ease_closed_form(x, 7.0)
+    for block in (3, 512):  # blocks of targets change nothing
+        got = ease_neighbourhood(x, 7.0, neighbours=ITEMS - 1, block_items=block).toarray()
+        np.testing.assert_allclose(got, exact, atol=1e-6)
+    assert np.abs(exact).max() > 0.05  # not trivially zero
+
+
+def test_neighbourhood_ease_is_each_columns_ridge_regression_on_its_k_most_co_held_items():
+    x = random_interactions(users=80, seed=3)
+    k, lam = 5, 4.0
+    b = ease_neighbourhood(x, lam, k).toarray()
+    xd = x.toarray().astype(np.float64)
+    co = xd.T @ xd
+    for j in range(ITEMS):
+        counts = np.delete(co[j], j)
+        others = np.delete(np.arange(ITEMS), j)
+        order = np.lexsort((others, -counts))  # by count, ties to the lower index
+        members = np.sort(others[order][: k][counts[order][: k] > 0])
+        xn = xd[:, members]
+        want = np.linalg.solve(xn.T @ xn + lam * np.eye(len(members)), xn.T @ xd[:, j])
+        np.testing.assert_allclose(b[members, j], want, atol=1e-5)
+        outside = np.setdiff1d(np.arange(ITEMS), members)
+        assert not b[outside, j].any()  # only the neighbourhood gets weight, never the item itself
+
+
+def test_the_size_rule_picks_exact_ease_up_to_its_threshold():
+    assert ease_form(100, 100) == "exact" and ease_form(101, 100) == "neighbourhood"
+    assert ease_form(5, 0) == "neighbourhood"  # 0: always the scalable form
+    x = random_interactions()
+    small = residual_matrix(x, "ease", 10, 7.0, exact_max_items=ITEMS, neighbours=3)
+    np.testing.assert_array_equal(small[1], top_n_per_row(ease_closed_form(x, 7.0), 10)[1])
+    big = residual_matrix(x, "ease", 10, 7.0, exact_max_items=ITEMS - 1, neighbours=3)
+    assert (dense(*big) != 0).sum(axis=0).max() <= 3  # at most K sources per target item
+
+
 # ---------------------------------------------------------------------------------------------- train-only matrix
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return build_tiny_data(tmp_path_factory.mktemp("residual") / "tiny")
 
 
-@pytest.mark.parametrize("kind", ["ease", "cooc"])
-def test_the_built_models_matrix_comes_from_the_train_pairs_only(tiny, tmp_path, kind):
+@pytest.mark.parametrize("kind, form", [("ease", "exact"), ("ease", "neighbourhood"), ("cooc", None)])
+def test_the_built_models_matrix_comes_from_the_train_pairs_only(tiny, tmp_path, kind, form):
     corpus = Corpus(tiny)
-    cfg = load_config("demo", tiny_overrides(tiny, tmp_path, f"model.graph_residual={kind}",
+    size_rule = {"exact": [], "neighbourhood": ["model.graph_residual_exact_max_items=0",
+                                                "model.graph_residual_neighbours=8"], None: []}[form]
+    cfg = load_config("demo", tiny_overrides(tiny, tmp_path, f"model.graph_residual={kind}", *size_rule,
                                              "model.graph_residual_topn=15", "model.graph_residual_lambda=20"))
+    exact_max, k = cfg.model.graph_residual_exact_max_items, cfg.model.graph_residual_neighbours
     model = build_model(cfg, corpus)
     got = (model.graph_residual.indices.numpy(), model.graph_residual.values.numpy())
     # the train pairs read another way: the train recommendation rows' targets (not the graph edges)
@@ -185,14 +228,17 @@ def test_the_built_models_matrix_comes_from_the_train_pairs_only(tiny, tmp_path,
     for ex in corpus.rec_examples("train"):
         train_lists[ex.user] = list(ex.targets)
     train = to_csr(train_lists, corpus.num_items)
-    want = residual_matrix(train, kind, 15, lam=20.0)
+    want = residual_matrix(train, kind, 15, 20.0, exact_max, k)
+    if form == "neighbourhood":  # the size rule picked the scalable form, and it is not the exact one
+        assert ease_form(corpus.num_items, exact_max) == form
+        assert not np.allclose(dense(*want), dense(*residual_matrix(train, kind, 15, 20.0)))
     np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_array_equal(got[0], want[0])
     # one test pair more changes the matrix: a leak would show
     ex = next(e for e in corpus.rec_examples("test") if e.targets)
     leaked = train.tolil()
     leaked[ex.user, ex.targets[0]] = 1.0
-    assert not np.array_equal(dense(*residual_matrix(leaked.tocsr(), kind, 15, lam=20.0)), dense(*got))
+    assert not np.array_equal(dense(*residual_matrix(leaked.tocsr(), kind, 15, 20.0, exact_max, k)), dense(*got))
 
 
 def test_finetuning_learns_the_scale_and_the_best_model_keeps_the_matrix(tiny, tmp_path):

@@ -79,8 +79,9 @@ def test_bad_yaml_file_names_file_and_key(tmp_path):
         ("model.n_layer=0", "model.n_layer"),
         ("model.n_head=0", "model.n_head"),
         ("model.lora_r=-3", "model.lora_r"),
-        ("model.dropout=1.5", "model.dropout"),
-        ("model.dropout=-0.1", "model.dropout"),
+        ("model.resid_pdrop=1.5", "model.resid_pdrop"),
+        ("model.attn_pdrop=-0.1", "model.attn_pdrop"),
+        ("model.dropout=0.2", "model.dropout"),
         ("model.max_hops=0", "model.max_hops"),
         ("model.bias_delta=2", "model.bias_delta"),
         ("model.graph_bias_layers=[5]", "model.graph_bias_layers"),
@@ -124,7 +125,7 @@ def test_model_section_is_a_graphgpt2_config():
     conf = model_config(cfg.model, num_users=3, num_items=4, base_vocab_size=10)
     assert (conf.graph_bias_layers, conf.graph_bias_per_head, conf.graph_bias) == ([1], True, "exp")
     assert (conf.n_layer, conf.n_embd, conf.n_head, conf.resid_pdrop) == (cfg.model.n_layer, cfg.model.n_embd,
-                                                                          cfg.model.n_head, cfg.model.dropout)
+                                                                          cfg.model.n_head, cfg.model.resid_pdrop)
     assert _ALLOWED_CHOICES["model.graph_bias"] is GRAPH_BIAS_MODES  # listed once, in the model's config
 
 

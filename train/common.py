@@ -100,8 +100,9 @@ def build_model(cfg: RunConfig, corpus: Corpus):
     # the graph levers' tables are fitted on the TRAIN interactions only: no validation/test pair enters them
     conf, train = model.config, corpus.interaction_matrix("train")
     if model.graph_residual is not None:
-        model.graph_residual.set_matrix(*residual_matrix(train, conf.graph_residual, conf.graph_residual_topn,
-                                                         conf.graph_residual_lambda))
+        model.graph_residual.set_matrix(*residual_matrix(
+            train, conf.graph_residual, conf.graph_residual_topn, conf.graph_residual_lambda,
+            conf.graph_residual_exact_max_items, conf.graph_residual_neighbours))
     if model.graph_lowpass is not None:
         model.graph_lowpass.set_basis(*ideal_lowpass_basis(train, conf.graph_lowpass_rank))
     if model.id_propagation is not None:

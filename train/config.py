@@ -56,42 +56,38 @@ class DataConfig:
     max_length: int = 1024  # prompts longer than this are truncated (histories from the left, see docs/training.md)
 
 
-@dataclass
-class ModelConfig:
-    """Size and graph-bias settings of GraphGPT2ForRecommendation; checked by building a GraphGPT2Config from them
-    (``model_config``), so the model's own validation is the only one."""
+# The model section of a run config is GraphGPT2Config's keyword arguments: every field GraphGPT2Config declares
+# itself (documented in its docstring, validated by it) and GPT-2's architecture fields, with GraphGPT2Config's
+# defaults. The dataset folder supplies the sizes. Only the keys that are not model options are declared here.
+_GPT2_MODEL_KEYS = ("n_positions", "n_embd", "n_layer", "n_head", "n_inner", "activation_function", "resid_pdrop",
+                    "embd_pdrop", "attn_pdrop", "layer_norm_epsilon", "initializer_range")
+_DATA_SIZE_KEYS = ("num_users", "num_items", "base_vocab_size", "graph_train_edges")  # from the dataset folder
+_RUN_ONLY_MODEL_FIELDS = [
+    ("init_from", Optional[str], None),  # local GPT-2 checkpoint folder (backbone weights); None = random init
+    ("lora_r", int, 0),  # >0: LoRA adapters on c_attn/c_proj/c_fc, ID embeddings trained in full
+    ("lora_alpha", int, 16),
+]
 
-    n_layer: int = 2
-    n_embd: int = 64
-    n_head: int = 4
-    n_positions: int = 1024
-    dropout: float = 0.1  # resid/embd/attn dropout
-    graph_bias: str = "paper"  # one of GRAPH_BIAS_MODES: "paper" | "exp" | "learned" | "constant" | "none"
-    graph_bias_layers: Optional[list[int]] = None  # layers that get the bias; None = every layer
-    graph_bias_per_head: bool = False  # a learnable per-head scale on the fixed bias modes
-    max_hops: int = 6
-    bias_delta: float = 0.5
-    init_from: Optional[str] = None  # local GPT-2 checkpoint folder (backbone weights); None = random init
-    freeze_backbone: bool = False  # True = CLLM4Rec (train ID embeddings only)
-    lora_r: int = 0  # >0: LoRA adapters on c_attn/c_proj/c_fc, ID embeddings trained in full
-    lora_alpha: int = 16
-    mutual_reg_weight: float = 1.0  # lambda_V of the content<->collab embedding regulariser
-    user_token_dropout: float = 0.0  # P(a user token reads its table's mean user); 1 = no user identity (docs/model.md)
-    # Graph residual in the item head: rec scores + learned scale * (prompt items' multi-hot) @ W, W fitted on the
-    # TRAIN interactions when the model is built (train/common.py) and stored with the weights (docs/model.md).
-    graph_residual: str = "none"  # one of GRAPH_RESIDUAL_KINDS: "none" | "ease" | "cooc"
-    graph_residual_topn: int = 200  # entries of W kept per item row
-    graph_residual_lambda: float = 500.0  # EASE's L2 weight (kind "ease")
-    graph_residual_scale_init: float = 0.0  # initial value of the learned scale (trained at the stage's lr_id)
-    graph_residual_learn_scale: bool = True  # false: the scale stays at graph_residual_scale_init
-    # GF-CF's ideal low-pass filter as a second item-head residual, rank k over the TRAIN graph (0 = off; docs/model.md)
-    graph_lowpass_rank: int = 0
-    graph_lowpass_scale_init: float = 0.0  # its fixed scale (finetune.lowpass_scale_grid chooses it on validation)
-    # LightGCN smoothing of the collab ID tables over the TRAIN graph, K layers (0 = off; docs/model.md)
-    id_propagation_layers: int = 0
-    # per-head learned attention bias over edge buckets (co-holders of item pairs, item degree; docs/model.md)
-    graph_edge_bias: bool = False
-    graph_edge_topn: int = 200  # co-held items kept per item for the edge buckets
+
+def _model_config_fields() -> list[tuple[str, Any, Any]]:
+    """(name, type, dataclass field) of each GraphGPT2Config keyword a run config may set."""
+    own = set(vars(GraphGPT2Config).get("__annotations__", {}))
+    out = []
+    for f in dataclasses.fields(GraphGPT2Config):
+        if (f.name in own and f.name not in _DATA_SIZE_KEYS) or f.name in _GPT2_MODEL_KEYS:
+            default = (field(default_factory=f.default_factory) if f.default is dataclasses.MISSING
+                       else field(default=f.default))
+            out.append((f.name, f.type, default))
+    return out
+
+
+MODEL_CONFIG_KEYS = tuple(name for name, _, _ in _model_config_fields())
+ModelConfig = dataclasses.make_dataclass("ModelConfig", _model_config_fields() + _RUN_ONLY_MODEL_FIELDS)
+ModelConfig.__module__ = __name__
+ModelConfig.__doc__ = """The run config's model section: GraphGPT2Config's keyword arguments (see its docstring for every
+field; the dataset folder gives num_users, num_items, base_vocab_size) plus the run-only keys init_from, lora_r and
+lora_alpha. Checked by building a GraphGPT2Config from it (``model_config``), so the model's own validation is the
+only one."""
 
 
 @dataclass
@@ -259,6 +255,9 @@ def _apply(obj: Any, updates: dict, prefix: str, where: str) -> None:
     types_ = _field_types(obj)
     for name, value in updates.items():
         key = f"{prefix}{name}"
+        if name not in types_ and f"{prefix}{name}" == "model.dropout":  # a run config from before GPT-2's names
+            raise ConfigError(f"{where}: key 'model.dropout' is now GPT-2's own three keys: set model.resid_pdrop, "
+                              "model.embd_pdrop and model.attn_pdrop (GraphGPT2Config's names; each defaults to 0.1)")
         if name not in types_:
             known = ", ".join(f"{prefix}{n}" for n in types_)
             raise ConfigError(f"{where}: unknown key '{key}' (known keys: {known})")
@@ -269,24 +268,9 @@ def _apply(obj: Any, updates: dict, prefix: str, where: str) -> None:
             setattr(obj, name, _check_value(key.lstrip("."), value, types_[name], where))
 
 
-# run-config key of each GraphGPT2Config field that ModelConfig sets under another name
-_MODEL_FIELD_KEYS = {"resid_pdrop": "model.dropout", "embd_pdrop": "model.dropout", "attn_pdrop": "model.dropout"}
-
-
 def model_config_fields(m: ModelConfig) -> dict[str, Any]:
     """GraphGPT2Config keyword arguments of the model section (sizes of the data not included)."""
-    return dict(
-        n_layer=m.n_layer, n_embd=m.n_embd, n_head=m.n_head, n_positions=m.n_positions,
-        resid_pdrop=m.dropout, embd_pdrop=m.dropout, attn_pdrop=m.dropout,
-        graph_bias=m.graph_bias, graph_bias_layers=m.graph_bias_layers, graph_bias_per_head=m.graph_bias_per_head,
-        max_hops=m.max_hops, bias_delta=m.bias_delta, mutual_reg_weight=m.mutual_reg_weight,
-        user_token_dropout=m.user_token_dropout,
-        freeze_backbone=m.freeze_backbone, graph_residual=m.graph_residual, graph_residual_topn=m.graph_residual_topn,
-        graph_residual_lambda=m.graph_residual_lambda, graph_residual_scale_init=m.graph_residual_scale_init,
-        graph_residual_learn_scale=m.graph_residual_learn_scale, graph_lowpass_rank=m.graph_lowpass_rank,
-        graph_lowpass_scale_init=m.graph_lowpass_scale_init, id_propagation_layers=m.id_propagation_layers,
-        graph_edge_bias=m.graph_edge_bias, graph_edge_topn=m.graph_edge_topn,
-    )
+    return {name: getattr(m, name) for name in MODEL_CONFIG_KEYS}
 
 
 def model_config(m: ModelConfig, **sizes: Any) -> GraphGPT2Config:
@@ -296,8 +280,7 @@ def model_config(m: ModelConfig, **sizes: Any) -> GraphGPT2Config:
     try:
         return GraphGPT2Config(**model_config_fields(m), **sizes)
     except GraphGPT2ConfigError as err:
-        key = _MODEL_FIELD_KEYS.get(err.field, f"model.{err.field}")
-        raise ConfigError(f"key '{key}': {err}") from None
+        raise ConfigError(f"key 'model.{err.field}': {err}") from None
 
 
 def _require(cfg: RunConfig, key: str, ok: Any, what: str) -> None:
