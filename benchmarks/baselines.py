@@ -24,7 +24,7 @@ import scipy.sparse.linalg as spla
 import torch
 from torch import nn
 
-from data_builders.item_graph import ease_closed_form, normalized_adjacency
+from data_builders.item_graph import ease_closed_form, ease_form, ease_neighbourhood, normalized_adjacency
 from modeling_graphgpt2.modeling_graphgpt2 import SymmetricSparseProduct
 from train.metrics import item_popularity, merge_per_user, per_user_metrics, summarize
 from train.trainer import Trainer
@@ -347,6 +347,9 @@ class EASEIdealLowPass(Recommender):
         score = S_E / std_u(S_E) + w · S_I / std_u(S_I)    (std over all items of the user's row, before masking)
 
     The two terms are separate methods (``_fit_ease`` / ``_ease_term`` and ``_fit_lowpass`` / ``_lowpass_term``).
+    B follows the model residual's size rule: exact EASE up to ``exact_max_items`` items, above it the
+    neighbourhood EASE of ``neighbours`` co-held items per item (``ease_neighbourhood``: a sparse B, so the blend
+    runs at catalog sizes where a dense item x item inverse does not fit).
     The SVD runs once, at the largest k (truncated ARPACK ``svds`` with a fixed start vector), and smaller k slice
     it; k is clipped to min(users, items) − 1. Zero degrees give zero weights in D^-1/2. The grid λ × k × w is
     chosen on validation ``select_metric`` (ties: the first in λ, k, w order): one EASE inverse per λ, and every
@@ -365,6 +368,8 @@ class EASEIdealLowPass(Recommender):
         chunk_size: int = 1024,
         svd_seed: int = 0,
         dtype=np.float64,
+        exact_max_items: int = 20000,
+        neighbours: int = 256,
     ):
         if not len(lambdas) or not len(ks) or not len(weights):
             raise ValueError("ease_ilp needs at least one lambda, one k and one weight")
@@ -374,14 +379,18 @@ class EASEIdealLowPass(Recommender):
         self.ks = [int(k) for k in ks]
         self.weights = [float(w) for w in weights]
         self.select_metric, self.chunk_size, self.svd_seed, self.dtype = select_metric, int(chunk_size), svd_seed, dtype
+        self.exact_max_items, self.neighbours = int(exact_max_items), int(neighbours)
 
     # ---- EASE term
-    def _fit_ease(self, lam: float) -> np.ndarray:
-        return _row_major(EASE.closed_form(self.train_, lam, self.dtype))
+    def _fit_ease(self, lam: float) -> np.ndarray | sp.csr_matrix:
+        if self.ease_form_ == "exact":
+            return _row_major(EASE.closed_form(self.train_, lam, self.dtype))
+        return ease_neighbourhood(self.train_, lam, self.neighbours)
 
-    def _ease_term(self, rows: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def _ease_term(self, rows: np.ndarray, b: np.ndarray | sp.csr_matrix) -> np.ndarray:
         """(rows, items) X B, standardised per user."""
-        return _standardise_rows(np.asarray(self.train_[rows] @ b, dtype=np.float64))
+        s_e = self.train_[rows] @ b
+        return _standardise_rows(np.asarray(s_e.toarray() if sp.issparse(s_e) else s_e, dtype=np.float64))
 
     # ---- ideal low-pass term
     def _fit_lowpass(self, k: int) -> None:
@@ -416,6 +425,7 @@ class EASEIdealLowPass(Recommender):
         if k_max < 1:
             raise ValueError(f"ease_ilp needs at least 2 users and 2 items, got {self.train_.shape}")
         self.ks_used_ = sorted(set(min(k, k_max) for k in self.ks))
+        self.ease_form_ = ease_form(num_items, self.exact_max_items)
         grid = [(lam, k, w) for lam in self.lambdas for k in self.ks_used_ for w in self.weights]
         if len(grid) > 1 and valid is None:
             raise ValueError(f"ease_ilp got {len(grid)} grid points but no validation matrix to choose among them")
@@ -472,6 +482,8 @@ class EASEIdealLowPass(Recommender):
             "k": self.k_,
             "w": self.w_,
             "grid": {"lambda": self.lambdas, "k": self.ks, "k_used": self.ks_used_, "w": self.weights},
+            "ease_form": self.ease_form_,
+            "neighbours": self.neighbours if self.ease_form_ == "neighbourhood" else None,
             "select_metric": self.select_metric,
             "svd_seconds": self.svd_seconds_,
             "ease_seconds": {str(k): v for k, v in self.ease_seconds_.items()},

@@ -380,6 +380,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ease-ilp-lambdas", nargs="+", type=float, default=[50, 100, 250], help="ease_ilp: EASE L2 grid")
     p.add_argument("--ease-ilp-ks", nargs="+", type=int, default=[64, 128, 256, 512], help="ease_ilp: low-pass ranks")
     p.add_argument("--ease-ilp-weights", nargs="+", type=float, default=[0.25, 0.5, 0.75, 1], help="ease_ilp: low-pass weights")
+    p.add_argument("--ease-ilp-exact-max-items", type=int, default=20000,
+                   help="ease_ilp: exact EASE up to this many items, the neighbourhood EASE above (0 = always)")
+    p.add_argument("--ease-ilp-neighbours", type=int, default=256, help="ease_ilp: K of the neighbourhood EASE")
     p.add_argument("--itemknn-topk", type=int, default=None, help="neighbours per item (default: all)")
     p.add_argument("--multivae-epochs", type=int, default=None)
     p.add_argument("--lightgcn-epochs", type=int, default=None)
@@ -417,7 +420,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     kwargs = {
         "ease": {"lambdas": args.ease_lambdas},
         "rlae": {"lambdas": args.rlae_lambdas, "xis": args.rlae_xis},
-        "ease_ilp": {"lambdas": args.ease_ilp_lambdas, "ks": args.ease_ilp_ks, "weights": args.ease_ilp_weights},
+        "ease_ilp": {"lambdas": args.ease_ilp_lambdas, "ks": args.ease_ilp_ks, "weights": args.ease_ilp_weights,
+                     "exact_max_items": args.ease_ilp_exact_max_items, "neighbours": args.ease_ilp_neighbours},
         "itemknn": {"topk": args.itemknn_topk},
         "multivae": _budget(preset["multivae"], args.multivae_epochs, args.multivae_patience),
         "lightgcn": _budget(preset["lightgcn"], args.lightgcn_epochs, args.lightgcn_patience),

@@ -14,11 +14,22 @@ return, so ``build_split`` and the dataset-folder build run on it unchanged. All
 - Ratings are 4 or 5 (all positives) and timestamps increase along each user's list.
 Duplicate (user, item) draws are dropped and topped up, so the edge count is close to ``num_edges`` (within a
 fraction of a percent; very dense requests may fall short).
+
+As files a user would build from (RecBole atomic ``<name>.inter`` + ``<name>.item``; reviews are not part of that
+format)::
+
+    python -m data_builders.powerlaw --users 60000 --items 50000 --edges 600000 --out /tmp/pl60k
+    python -m data_builders build --source /tmp/pl60k --out /tmp/pl60k_folder --train-bpe 4000 --max-length 128
 """
 from __future__ import annotations
 
+import argparse
+import os
+from pathlib import Path
+
 import numpy as np
 
+from .atomic import atomic_write
 from .records import Interaction, ItemMeta, RawDataset, ReadReport
 
 _NOUNS = ["Cable", "Adapter", "Charger", "Headphones", "Speaker", "Mouse", "Keyboard", "Case", "Stand", "Battery", "Hub", "Lens"]
@@ -130,3 +141,53 @@ def make_powerlaw(
             },
         },
     )
+
+
+def _field(text: str | None) -> str:
+    """An atomic-file cell: tabs and newlines would split the row."""
+    return "" if text is None else " ".join(str(text).split())
+
+
+def write_atomic(raw: RawDataset, folder: str | os.PathLike, name: str = "powerlaw") -> tuple[Path, Path]:
+    """Write ``raw`` as RecBole atomic files ``<folder>/<name>.inter`` and ``<name>.item`` (each written to a temp
+    file and renamed into place); returns their paths."""
+    folder = Path(folder)
+    inter, item = folder / f"{name}.inter", folder / f"{name}.item"
+
+    def write_inter(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("user_id:token\titem_id:token\trating:float\ttimestamp:float\n")
+            for r in raw.interactions:
+                f.write(f"{r.user}\t{r.item}\t{r.rating}\t{r.timestamp}\n")
+
+    def write_item(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("item_id:token\ttitle:token_seq\tbrand:token\tcategories:token_seq\tdescription:token_seq\tprice:float\n")
+            for key, m in raw.items.items():
+                f.write("\t".join([key, _field(m.title), _field(m.brand), " | ".join(_field(c) for c in m.categories),
+                                   _field(m.description), "" if m.price is None else str(m.price)]) + "\n")
+
+    atomic_write(inter, write_inter)
+    atomic_write(item, write_item)
+    return inter, item
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m data_builders.powerlaw",
+                                 description="Write a synthetic power-law shop as RecBole atomic files.")
+    ap.add_argument("--users", type=int, required=True)
+    ap.add_argument("--items", type=int, required=True)
+    ap.add_argument("--edges", type=int, required=True)
+    ap.add_argument("--exponent", type=float, default=0.9)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", required=True, help="folder for <name>.inter and <name>.item")
+    ap.add_argument("--name", default="powerlaw")
+    args = ap.parse_args(argv)
+    raw = make_powerlaw(args.users, args.items, args.edges, exponent=args.exponent, seed=args.seed)
+    for path in write_atomic(raw, args.out, args.name):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

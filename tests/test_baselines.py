@@ -237,6 +237,19 @@ def test_ease_ilp_matches_dense_reference(tiny, lam, k, w):
                                atol=1e-6)
 
 
+def test_ease_ilp_above_its_size_rule_uses_the_neighbourhood_ease(tiny):
+    x, train = tiny
+    scalable = EASEIdealLowPass(lambdas=(3.0,), ks=(4,), weights=(0.5,), exact_max_items=0, neighbours=11).fit(train)
+    exact = EASEIdealLowPass(lambdas=(3.0,), ks=(4,), weights=(0.5,)).fit(train)
+    assert (scalable.info()["ease_form"], exact.info()["ease_form"]) == ("neighbourhood", "exact")
+    assert sp.issparse(scalable.B_)
+    # K covers the 11 other items: the neighbourhood EASE is EASE, so the blend is the same
+    np.testing.assert_allclose(scalable.score(np.arange(30)), exact.score(np.arange(30)), atol=1e-4)
+    small = EASEIdealLowPass(lambdas=(3.0,), ks=(4,), weights=(0.5,), exact_max_items=0, neighbours=2).fit(train)
+    assert (small.B_ != 0).sum(axis=0).max() <= 2
+    assert np.isfinite(small.score(np.arange(30))).all()
+
+
 @pytest.mark.parametrize("make", [
     lambda: RLAE(lambdas=(1.0, 30.0, 1e4), xis=(0.0, 0.3, 0.6)),
     lambda: EASEIdealLowPass(lambdas=(1.0, 30.0), ks=(2, 8, 40), weights=(0.25, 1.0, 4.0), chunk_size=64),

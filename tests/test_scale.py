@@ -225,3 +225,15 @@ def test_check_folder_finds_stored_hops_equal_to_the_dense_table_and_flags_a_dif
     monkeypatch.setattr(HopDistances, "pairwise", off_by_one)
     bad = check_folder(tmp_path / "pl", batch=64)["configs"]
     assert bad["recommendation test"]["mismatched_rows"] == bad["recommendation test"]["rows"]
+
+
+def test_powerlaw_atomic_files_read_back_as_the_generated_shop(tmp_path):
+    from data_builders.powerlaw import main as powerlaw_main
+    from data_builders.readers import read_source
+
+    assert powerlaw_main(["--users", "60", "--items", "30", "--edges", "600", "--seed", "3", "--out", str(tmp_path)]) == 0
+    made, read = make_powerlaw(60, 30, 600, seed=3), read_source(tmp_path)
+    key = lambda r: (r.user, r.item, r.rating, r.timestamp)  # noqa: E731
+    assert sorted(map(key, read.interactions)) == sorted(map(key, made.interactions))
+    assert read.items == made.items and not read.report.skipped
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["powerlaw.inter", "powerlaw.item"]  # no temp file left
