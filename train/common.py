@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -83,8 +84,9 @@ def model_config_kwargs(m: ModelConfig, corpus: Corpus) -> dict:
     return kw
 
 
-def build_model(cfg: RunConfig, corpus: Corpus):
-    """A fresh GraphGPT2ForRecommendation sized for ``corpus`` (backbone from ``model.init_from`` when set)."""
+def build_model(cfg: RunConfig, corpus: Corpus, fit_seconds: dict | None = None):
+    """A fresh GraphGPT2ForRecommendation sized for ``corpus`` (backbone from ``model.init_from`` when set).
+    ``fit_seconds``, when given, receives the wall seconds of each graph lever's fit (``residual_fit_s``, ...)."""
     from modeling_graphgpt2 import GraphGPT2Config, GraphGPT2ForRecommendation
 
     if cfg.model.init_from:
@@ -99,16 +101,20 @@ def build_model(cfg: RunConfig, corpus: Corpus):
         model = GraphGPT2ForRecommendation(GraphGPT2Config(**model_config_kwargs(cfg.model, corpus)))
     # the graph levers' tables are fitted on the TRAIN interactions only: no validation/test pair enters them
     conf, train = model.config, corpus.interaction_matrix("train")
-    if model.graph_residual is not None:
-        model.graph_residual.set_matrix(*residual_matrix(
+    fits = {
+        "residual_fit_s": (model.graph_residual, lambda m: m.set_matrix(*residual_matrix(
             train, conf.graph_residual, conf.graph_residual_topn, conf.graph_residual_lambda,
-            conf.graph_residual_exact_max_items, conf.graph_residual_neighbours))
-    if model.graph_lowpass is not None:
-        model.graph_lowpass.set_basis(*ideal_lowpass_basis(train, conf.graph_lowpass_rank))
-    if model.id_propagation is not None:
-        model.id_propagation.set_adjacency(*normalized_adjacency(train))
-    if model.edge_tables is not None:
-        model.edge_tables.set_tables(*edge_buckets(train, conf.graph_edge_topn))
+            conf.graph_residual_exact_max_items, conf.graph_residual_neighbours))),
+        "lowpass_fit_s": (model.graph_lowpass, lambda m: m.set_basis(*ideal_lowpass_basis(train, conf.graph_lowpass_rank))),
+        "propagation_fit_s": (model.id_propagation, lambda m: m.set_adjacency(*normalized_adjacency(train))),
+        "edge_tables_fit_s": (model.edge_tables, lambda m: m.set_tables(*edge_buckets(train, conf.graph_edge_topn))),
+    }
+    for name, (lever, fit) in fits.items():
+        if lever is not None:
+            t0 = time.time()
+            fit(lever)
+            if fit_seconds is not None:
+                fit_seconds[name] = time.time() - t0
     # fingerprints of the data the ID rows belong to; checked when the model meets a dataset folder again
     model.config.tokenizer_sha256 = corpus.tokenizer_sha256
     model.config.graph_sha256 = corpus.graph_sha256

@@ -125,14 +125,16 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
         corpus.check_model(model.config)
         lora_base = init_dir
     else:
-        model = build_model(cfg, corpus)
+        model = build_model(cfg, corpus, stage_s)  # the graph levers' fits: stage_s["residual_fit_s"], ...
         lora_base = out / "lora_base_finetune"
+    t0 = time.time()
     collab_items_init = init_collab_items(model, corpus, f.init_collab_items, cfg.seed)
+    stage_s["text_init_s"] = time.time() - t0
     if cfg.model.freeze_backbone:
         freeze_backbone(model)
     if cfg.model.lora_r > 0:
         model = apply_lora(model, cfg.model.lora_r, cfg.model.lora_alpha, lora_base, accelerator.is_main_process)
-    stage_s["model_s"] = time.time() - t_model  # with a graph residual: fitting W on the train graph
+    stage_s["model_s"] = time.time() - t_model  # everything above: the levers' fits and the text init included
     num_train = corpus.num_rows("recommendation", "train")
     train_examples = corpus.rec_examples("train", rank_rows(accelerator, num_train))  # this rank's shard only
     target_lengths = train_target_lengths(corpus)
