@@ -1,5 +1,8 @@
 """Scale benchmark (issue 8): full dataset-folder builds on synthetic power-law graphs, and the cost of a training
-batch's bias inputs against a training step of the CPU preset.
+batch's bias inputs against a training step of the CPU preset; with ``--preset``, a whole preset run per size.
+
+    python -m benchmarks.bench_scale --preset amazon_cpu --sizes 60000:50000:600000 --epochs 1 --threads 1 \
+        --work /tmp/scale_preset --out benchmarks/results/scale_amazon_cpu.json
 
     OMP_NUM_THREADS=1 python -m benchmarks.bench_scale --sizes 20000:10000:200000 200000:100000:2000000 \
         --work /tmp/bench_scale --out benchmarks/results/scale.json
@@ -184,6 +187,56 @@ def dense_vs_stored(source: Path, repeat: int = 20) -> dict:
     return res
 
 
+def _measured(cmd: list[str], log: Path) -> dict:
+    """Run ``cmd`` (output to ``log``) under GNU time: wall seconds, peak RSS (GiB) and the exit status."""
+    stats = log.with_suffix(".time")
+    t = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", "-o", str(stats), *cmd], cwd=ROOT, stdout=f,
+                              stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - t
+    kib, user, system = stats.read_text().split()[-3:]
+    return {"command": " ".join(cmd), "returncode": proc.returncode, "wall_s": round(wall, 1),
+            "cpu_s": round(float(user) + float(system), 1), "peak_rss_gib": round(int(kib) / 1024**2, 3)}
+
+
+def run_preset_size(users: int, items: int, edges: int, work: Path, seed: int, exponent: float, preset: str,
+                    epochs: int, threads: int) -> dict:
+    """A power-law shop run as a user would: its atomic files (``python -m data_builders.powerlaw``), the README's
+    build command, then ``graphgpt2-rec run --config <preset> data.folder=... finetune.epochs=<epochs>``. Each step
+    is its own process (its own peak RSS); the run's stage times come from its result files."""
+    tag = f"{users}_{items}_{edges}"
+    raw, folder, out = work / f"raw_{tag}", work / f"folder_{tag}", work / f"run_{tag}"
+    py = sys.executable
+    steps = {
+        "generate": [py, "-m", "data_builders.powerlaw", "--users", str(users), "--items", str(items), "--edges",
+                     str(edges), "--exponent", str(exponent), "--seed", str(seed), "--out", str(raw)],
+        "build": [py, "-m", "data_builders", "build", "--source", str(raw), "--out", str(folder), "--train-bpe", "4000",
+                  "--max-length", "128"],
+        "run": [py, "-m", "train.main", "run", "--config", preset, f"data.folder={folder}", f"output.dir={out}",
+                f"finetune.epochs={epochs}", f"num_threads={threads}"],
+    }
+    res: dict = {"users": users, "items": items, "edges_requested": edges, "seed": seed, "exponent": exponent,
+                 "preset": preset, "finetune_epochs": epochs, "num_threads": threads, "steps": {}}
+    for name, cmd in steps.items():
+        res["steps"][name] = _measured(cmd, work / f"{name}_{tag}.log")
+        print(f"[scale] {tag} {name}: {res['steps'][name]}", flush=True)
+        if res["steps"][name]["returncode"] != 0:
+            return res
+    manifest = json.loads((folder / "manifest.json").read_text())
+    res["split"] = {k: manifest.get(k) for k in ("num_users", "num_items") if k in manifest}
+    res["rows"] = manifest.get("rows")
+    pipeline = json.loads((out / "pipeline_result.json").read_text())
+    finetune = json.loads((out / "finetune_result.json").read_text())
+    res["run_wall_s"] = {k: round(v, 1) for k, v in pipeline["wall"].items()}
+    res["finetune_steps"] = finetune["steps"]
+    res["test"] = {k: pipeline["test"][k] for k in ("recall@20", "recall@40", "ndcg@100")}
+    res["chosen_scales"] = {"ease": (pipeline.get("residual_scale_sweep") or {}).get("chosen"),
+                            "lowpass": (pipeline.get("lowpass_scale_sweep") or {}).get("chosen")}
+    res["popularity_test_recall@20"] = pipeline.get("popularity_test", {}).get("recall@20")
+    return res
+
+
 def check_folder(folder: Path, batch: int = 256, epochs: int = 1) -> dict:
     """Every stored row's bias input equals the old dense-table lookup (so a same-seed run sees the same bias):
     all rows of every config and split through the collator, plus ``epochs`` epochs of re-masked fine-tuning
@@ -259,6 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--exponent", type=float, default=0.9)
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--preset", default=None, metavar="NAME",
+                   help="instead: run each size as a user would (atomic files, build, `run --config NAME`), per-step "
+                        "wall time and peak RSS")
+    p.add_argument("--epochs", type=int, default=1, help="with --preset: finetune.epochs")
+    p.add_argument("--threads", type=int, default=0, help="with --preset: num_threads of the run (0 = all cores)")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one size in this process
     p.add_argument("--dense-vs-stored", default=None, metavar="RAW_SOURCE",
                    help="instead: time dense table vs stored vs graph hops on a small source (e.g. Musical Instruments)")
@@ -281,6 +339,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    if args.preset:
+        results = []
+        for size in args.sizes:
+            u, i, e = (int(x) for x in size.split(":"))
+            results.append(run_preset_size(u, i, e, work, args.seed, args.exponent, args.preset, args.epochs, args.threads))
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+            print(json.dumps(results[-1], indent=1), flush=True)
+        return 0 if all(s["returncode"] == 0 for r in results for s in r["steps"].values()) else 1
     if args.one:
         u, i, e = (int(x) for x in args.one.split(":"))
         print(json.dumps(run_size(u, i, e, work, args.seed, args.exponent, args.repeat)))
