@@ -223,9 +223,11 @@ def run_preset_size(users: int, items: int, edges: int, work: Path, seed: int, e
         print(f"[scale] {tag} {name}: {res['steps'][name]}", flush=True)
         if res["steps"][name]["returncode"] != 0:
             return res
-    manifest = json.loads((folder / "manifest.json").read_text())
-    res["split"] = {k: manifest.get(k) for k in ("num_users", "num_items") if k in manifest}
-    res["rows"] = manifest.get("rows")
+    from data_builders.corpus import Corpus
+
+    corpus = Corpus(folder)
+    res["split"] = {"users": corpus.num_users, "items": corpus.num_items, "train_edges": int(corpus.interaction_matrix("train").nnz)}
+    res["rows"] = corpus.manifest["rows"]
     pipeline = json.loads((out / "pipeline_result.json").read_text())
     finetune = json.loads((out / "finetune_result.json").read_text())
     res["run_wall_s"] = {k: round(v, 1) for k, v in pipeline["wall"].items()}

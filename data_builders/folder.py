@@ -22,6 +22,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -32,7 +33,7 @@ from .corpus import (EDGES_FILE, FORMAT_NAME, FORMAT_VERSION, GRAPH_DIR, HOP_TAB
                      README_FILE, TITLES_FILE, TOKENIZER_DIR, USERS_FILE, file_sha256)
 from .graph import DEFAULT_MAX_HOPS, DEFAULT_TABLE_BUDGET_BYTES, HopDistances, InteractionGraph
 from .pair_hops import PAIR_COLUMNS, attach_pair_hops
-from .prompts import CONFIG_SPLITS, PromptConfig, build_config_rows, corpus_texts, row_kinds
+from .prompts import CONFIG_SPLITS, PromptConfig, config_row_chunks, corpus_texts, row_kinds
 from .tokenization import build_tokenizer, save_tokenizer, tokenizer_sha256
 
 DEFAULT_ROWS_PER_SHARD = 100_000
@@ -92,19 +93,36 @@ def rows_to_table(rows: list[dict], config: str) -> pa.Table:
     return pa.Table.from_pydict(cols, schema=schema)
 
 
-def write_config(root: Path, config: str, splits: dict[str, list[dict]], rows_per_shard: int = DEFAULT_ROWS_PER_SHARD) -> dict[str, list[str]]:
-    """Write ``<root>/<config>/<split>-0000k-of-0000n.parquet``; returns the relative shard paths per split."""
+def write_config(root: Path, config: str, splits: dict[str, Iterable[list[dict]]],
+                 prepare: Callable[[list[dict]], None] | None = None) -> tuple[dict[str, list[str]], dict[str, int], dict[str, int]]:
+    """Write ``<root>/<config>/<split>-0000k-of-0000n.parquet``, one shard per chunk of rows (``config_row_chunks``),
+    each written as soon as it is made (after ``prepare(chunk)``, e.g. its pair hops), so memory holds one chunk.
+    A split without rows gets one empty shard. Shards are named ``-of-n`` once n is known. Returns the relative
+    shard paths per split, the rows per split and the rows per kind."""
     (root / config).mkdir(parents=True, exist_ok=True)
     files: dict[str, list[str]] = {}
-    for split_name, rows in splits.items():
-        n_shards = max(1, -(-len(rows) // rows_per_shard))
+    counts: dict[str, int] = {}
+    kinds: dict[str, int] = {}
+    for split_name, chunks in splits.items():
+        written, counts[split_name] = [], 0
+        for part in chunks:
+            if prepare is not None:
+                prepare(part)
+            pending = root / config / f".{split_name}-{len(written):05d}.parquet"
+            pq.write_table(rows_to_table(part, config), pending)
+            written.append(pending)
+            counts[split_name] += len(part)
+            for kind, n in row_kinds(part).items():
+                kinds[kind] = kinds.get(kind, 0) + n
+        if not written:  # an empty split still has its (empty) shard
+            written.append(root / config / f".{split_name}-00000.parquet")
+            pq.write_table(rows_to_table([], config), written[0])
         files[split_name] = []
-        for k in range(n_shards):
-            part = rows[k * rows_per_shard : (k + 1) * rows_per_shard]
-            rel = f"{config}/{split_name}-{k:05d}-of-{n_shards:05d}.parquet"
-            pq.write_table(rows_to_table(part, config), root / rel)
+        for k, pending in enumerate(written):
+            rel = f"{config}/{split_name}-{k:05d}-of-{len(written):05d}.parquet"
+            os.replace(pending, root / rel)
             files[split_name].append(rel)
-    return files
+    return files, counts, kinds
 
 
 # --------------------------------------------------------------------------------------------- card
@@ -213,23 +231,25 @@ def build_dataset_folder(
 
             it = tqdm(configs, desc="prompt corpora", unit="config", disable=None)  # a bar on a terminal only
         for config in it:
-            t = time.perf_counter()
-            splits = build_config_rows(config, split, tok, base, prompt_config, stats)
-            if not any(splits.values()):
+            t, pair_s = time.perf_counter(), [0.0]
+            chunks = config_row_chunks(config, split, tok, base, prompt_config, stats, chunk_rows=rows_per_shard)
+
+            def with_pair_hops(rows: list[dict], config=config) -> None:
+                t_pairs = time.perf_counter()  # only personalized configs repeat node lists: cache just those
+                attach_pair_hops(rows, graph, max_hops, pair_cache if config in ("interactions", "recommendation") else None)
+                pair_s[0] += time.perf_counter() - t_pairs
+
+            config_files, counts, config_kinds = write_config(tmp, config, chunks, with_pair_hops)
+            if not any(counts.values()):
                 # an empty Parquet shard cannot be loaded by datasets; leave the config out, say why
+                shutil.rmtree(tmp / config)
                 skipped[config] = "0 rows (e.g. the source has no review text or no shared brands/categories)"
                 log(f"{config}: 0 rows, config not written")
                 continue
-            t_pairs = time.perf_counter()
-            for rows in splits.values():  # only personalized configs repeat node lists: cache just those
-                attach_pair_hops(rows, graph, max_hops, pair_cache if config in ("interactions", "recommendation") else None)
-            seconds[f"pair_hops/{config}"] = time.perf_counter() - t_pairs  # included in prompts/<config>
-            files[config] = write_config(tmp, config, splits, rows_per_shard)
-            rows_count[config] = {s: len(r) for s, r in splits.items()}
-            kinds[config] = row_kinds([r for rows in splits.values() for r in rows])
+            files[config], rows_count[config], kinds[config] = config_files, counts, config_kinds
+            seconds[f"pair_hops/{config}"] = pair_s[0]  # included in prompts/<config>
             seconds[f"prompts/{config}"] = time.perf_counter() - t
             log(f"{config}: " + ", ".join(f"{s} {n:,}" for s, n in rows_count[config].items()))
-            del splits
 
         (tmp / MAPS_DIR).mkdir()
         _write_json(tmp / MAPS_DIR / USERS_FILE, list(split.user_ids))

@@ -34,6 +34,7 @@ Validation/test interactions never enter any prompt: only ``split.train`` and tr
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -108,9 +109,8 @@ class PromptConfig:
 
 
 # ----------------------------------------------------------------------------------------- text pieces
-def content_pairs(split, fields: Iterable[str] = CONTENT_FIELDS) -> list[dict]:
-    """(kind, prompt, main) for every non-empty item field."""
-    rows = []
+def content_pairs(split, fields: Iterable[str] = CONTENT_FIELDS) -> Iterator[dict]:
+    """(kind, prompt, main) for every non-empty item field, item by item."""
     for j, meta in enumerate(split.items):
         item = item_token(j)
         for kind in fields:
@@ -121,8 +121,7 @@ def content_pairs(split, fields: Iterable[str] = CONTENT_FIELDS) -> list[dict]:
             else:
                 value = (getattr(meta, kind) or "").strip()
             if value:
-                rows.append({"kind": kind, "prompt": CONTENT_TEMPLATES[kind].format(item=item), "main": " " + value, "user": -1})
-    return rows
+                yield {"kind": kind, "prompt": CONTENT_TEMPLATES[kind].format(item=item), "main": " " + value, "user": -1}
 
 
 def train_reviews(split) -> list[tuple[int, int, str]]:
@@ -136,11 +135,11 @@ def train_reviews(split) -> list[tuple[int, int, str]]:
     return out
 
 
-def review_pairs(split) -> list[dict]:
-    return [
+def review_pairs(split) -> Iterator[dict]:
+    return (
         {"kind": "review", "prompt": REVIEW_TEMPLATE.format(user=user_token(u), item=item_token(j)), "main": " " + text, "user": u}
         for u, j, text in train_reviews(split)
-    ]
+    )
 
 
 def item_groups(split, field_name: str) -> dict[str, list[int]]:
@@ -165,18 +164,16 @@ def chunk(items: list[int], max_items: int) -> list[list[int]]:
     return [c.tolist() for c in np.array_split(np.asarray(items, dtype=np.int64), n)]
 
 
-def second_order_pairs(split, fields: Iterable[str] = SECOND_ORDER_FIELDS, max_group_items: int = 50) -> list[dict]:
-    rows = []
+def second_order_pairs(split, fields: Iterable[str] = SECOND_ORDER_FIELDS, max_group_items: int = 50) -> Iterator[dict]:
     for field_name in fields:
         for value, items in item_groups(split, field_name).items():
             for part in chunk(items, max_group_items):
                 names = ", ".join(item_token(j) for j in part)
-                rows.append({"kind": f"{field_name}_group", "prompt": GROUP_TEMPLATES[field_name].format(items=names), "main": " " + value, "user": -1})
-    return rows
+                yield {"kind": f"{field_name}_group", "prompt": GROUP_TEMPLATES[field_name].format(items=names), "main": " " + value, "user": -1}
 
 
-def interaction_pairs(split) -> list[dict]:
-    return [
+def interaction_pairs(split) -> Iterator[dict]:
+    return (
         {
             "kind": "interactions",
             "prompt": INTERACTION_TEMPLATE.format(user=user_token(u)),
@@ -185,7 +182,7 @@ def interaction_pairs(split) -> list[dict]:
         }
         for u, items in enumerate(split.train)
         if len(items)
-    ]
+    )
 
 
 # ----------------------------------------------------------------------------------------- tokenisation
@@ -283,10 +280,9 @@ class RecPromptEncoder:
         return {"input_ids": ids, "node_positions": node_positions(ids, self.base_vocab_size), "history": items.astype(np.int32)}
 
 
-def recommendation_rows(split, encoder: RecPromptEncoder, split_name: str, stats: dict) -> list[dict]:
-    """Rows of the ``recommendation`` config for split "train", "validation" or "test"."""
+def recommendation_rows(split, encoder: RecPromptEncoder, split_name: str, stats: dict) -> Iterator[dict]:
+    """Rows of the ``recommendation`` config for split "train", "validation" or "test", user by user."""
     targets_of = {"train": split.train, "validation": split.valid, "test": split.test}[split_name]
-    rows = []
     for u, hist in enumerate(split.train):
         targets = np.asarray(targets_of[u], dtype=np.int32)
         if len(targets) == 0:
@@ -296,8 +292,7 @@ def recommendation_rows(split, encoder: RecPromptEncoder, split_name: str, stats
         if len(enc["history"]) < len(hist):
             stats["truncated_histories"] = stats.get("truncated_histories", 0) + 1
         ids = enc["input_ids"]
-        rows.append(
-            {
+        yield {
                 "kind": "recommendation",
                 "prompt": encoder.prompt_text(u, enc["history"]),
                 "main": "",
@@ -308,27 +303,42 @@ def recommendation_rows(split, encoder: RecPromptEncoder, split_name: str, stats
                 "history": enc["history"],
                 "targets": targets,
             }
-        )
-    return rows
+
+
+def _chunks(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    """Lists of ``size`` consecutive rows (the last one shorter; none for no rows)."""
+    it = iter(rows)
+    while part := list(itertools.islice(it, size)):
+        yield part
+
+
+def config_row_chunks(config: str, split, tokenizer, base_vocab_size: int, prompt_config: PromptConfig,
+                      stats: dict | None = None, chunk_rows: int = 100_000) -> dict[str, Iterator[list[dict]]]:
+    """The rows of one prompt config, ``{split_name: chunks}``, each chunk a list of at most ``chunk_rows``
+    consecutive rows, produced as they are consumed: a builder that writes each chunk before it asks for the next
+    holds one chunk, however many users and items there are. ``stats`` fills as the chunks are read."""
+    stats = {} if stats is None else stats
+    L = prompt_config.max_length
+    if config == "recommendation":
+        enc = RecPromptEncoder(tokenizer, base_vocab_size, split.num_users, split.num_items, L)
+        return {s: _chunks(recommendation_rows(split, enc, s, stats), chunk_rows) for s in CONFIG_SPLITS["recommendation"]}
+    if config == "content":
+        pairs = content_pairs(split, prompt_config.content_fields)
+    elif config == "review":
+        pairs = review_pairs(split)
+    elif config == "second_order":
+        pairs = second_order_pairs(split, prompt_config.second_order_fields, prompt_config.max_group_items)
+    elif config == "interactions":
+        pairs = interaction_pairs(split)
+    else:
+        raise ValueError(f"unknown prompt config {config!r}; choose from {ALL_CONFIGS}")
+    return {"train": (encode_pairs(part, tokenizer, base_vocab_size, L, stats) for part in _chunks(pairs, chunk_rows))}
 
 
 def build_config_rows(config: str, split, tokenizer, base_vocab_size: int, prompt_config: PromptConfig, stats: dict | None = None) -> dict[str, list[dict]]:
-    """All rows of one prompt config: ``{split_name: [row, ...]}``."""
-    stats = {} if stats is None else stats
-    L = prompt_config.max_length
-    if config == "content":
-        return {"train": encode_pairs(content_pairs(split, prompt_config.content_fields), tokenizer, base_vocab_size, L, stats)}
-    if config == "review":
-        return {"train": encode_pairs(review_pairs(split), tokenizer, base_vocab_size, L, stats)}
-    if config == "second_order":
-        pairs = second_order_pairs(split, prompt_config.second_order_fields, prompt_config.max_group_items)
-        return {"train": encode_pairs(pairs, tokenizer, base_vocab_size, L, stats)}
-    if config == "interactions":
-        return {"train": encode_pairs(interaction_pairs(split), tokenizer, base_vocab_size, L, stats)}
-    if config == "recommendation":
-        enc = RecPromptEncoder(tokenizer, base_vocab_size, split.num_users, split.num_items, L)
-        return {s: recommendation_rows(split, enc, s, stats) for s in CONFIG_SPLITS["recommendation"]}
-    raise ValueError(f"unknown prompt config {config!r}; choose from {ALL_CONFIGS}")
+    """All rows of one prompt config: ``{split_name: [row, ...]}`` (``config_row_chunks``, joined)."""
+    chunks = config_row_chunks(config, split, tokenizer, base_vocab_size, prompt_config, stats)
+    return {s: [r for part in parts for r in part] for s, parts in chunks.items()}
 
 
 def build_corpora(split, tokenizer, base_vocab_size: int, prompt_config: PromptConfig | None = None) -> tuple[dict, dict]:

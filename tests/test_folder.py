@@ -94,6 +94,21 @@ def test_builder_equals_folder(folder, tmp_path, gpt2_tokenizer_dir):
             assert dd[s].to_list() == c.dataset(config, s).to_list()
 
 
+def test_a_sharded_build_equals_the_one_shard_build_row_for_row(folder, tmp_path, gpt2_tokenizer_dir):
+    split, res = folder
+    one = Corpus(res.folder)
+    sharded = build_dataset_folder(split, tmp_path / "sharded", tokenizer_source=gpt2_tokenizer_dir, rows_per_shard=7)
+    many = Corpus(sharded.folder)
+    assert many.manifest["rows"] == one.manifest["rows"] and many.manifest["row_kinds"] == one.manifest["row_kinds"]
+    assert many.manifest["prompt_stats"] == one.manifest["prompt_stats"]
+    for config, splits in one.manifest["rows"].items():
+        for s, n in splits.items():
+            files = many.manifest["data_files"][config][s]
+            assert len(files) == max(1, -(-n // 7)) and all(f.endswith(f"-of-{len(files):05d}.parquet") for f in files)
+            assert many.dataset(config, s).to_list() == one.dataset(config, s).to_list()
+    assert not list(sharded.folder.rglob(".*.parquet"))  # no shard left under its pending name
+
+
 def test_overwrite_is_explicit_and_atomic(folder, tmp_path, gpt2_tokenizer_dir):
     split, _ = folder
     out = tmp_path / "ds"
