@@ -47,7 +47,7 @@ def split_terms(model, corpus: Corpus, split: str, cfg) -> dict:
         ids, mask = batch["input_ids"], batch["attention_mask"].bool()
         is_item = (ids >= first_item) & mask
         out["scores"].append(res.scores.float())
-        out["lowpass"].append(res.graph_lowpass.float())
+        out["lowpass"].append(res.score_terms["graph_lowpass"].float())
         out["item_index"].append(torch.where(is_item, ids - first_item, 0))
         out["is_item"].append(is_item)
         out["relevant"].append([np.asarray(ex.targets, dtype=np.int64) for ex in part])
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     modules = {}
     for name, (indices, values) in forms.items():
         modules[name] = GraphItemResidual(conf)
-        modules[name].set_matrix(indices, values)
+        modules[name].set_tables(indices, values)
     result = {"run": args.run, "folder": args.folder, "lambda": conf.graph_residual_lambda, "topn": conf.graph_residual_topn,
               "fit_seconds": fit_s, "stored_matrix_is_exact_ease": exact_matches, "published_scales": published,
               "forms": {}}

@@ -195,7 +195,7 @@ class ValidationMix:
         parts = []
         for start in range(0, len(self.examples), 256):
             batch = collate(rec_rows(self.corpus, self.examples[start:start + 256], 128))
-            parts.append(score_batch(model, batch, [0.0])[0].numpy())
+            parts.append(next(score_batch(model, batch, [0.0])).numpy())
         logits = np.concatenate(parts).astype(np.float32)
         np.save(cache, logits)
         return logits

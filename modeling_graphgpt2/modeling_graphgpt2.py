@@ -11,12 +11,17 @@ Layout (top to bottom):
   GraphGPT2Attention       GPT2Attention that merges the bias into the mask transformers built
   GraphGPT2Model           GPT2Model with the attention of every block swapped (GPT-2 key names kept)
   GraphIDEmbeddings        user + item embedding tables of one ID-embedding set
+  GraphLever               the protocol of a graph lever (built from the config, train-graph tables as buffers)
+  GraphScoreTerm           a lever that adds a standardised term to the rec scores
   GraphIDPropagation       optional LightGCN smoothing of the collab ID tables (the train adjacency as buffers)
   GraphEdgeTables          optional train-graph tables of the edge bias: (B, L) token ids -> (B, L, L) buckets
   GraphItemResidual        optional item-item residual of the item head (a train-graph matrix stored as buffers)
   GraphLowPassResidual     optional second residual: GF-CF's ideal low-pass filter (a train-graph basis, buffers)
   GraphGPT2ForRecommendation  routing of token ids, two ID sets, content/collab/rec heads, recommend(),
                               loading of stock GPT-2 weights
+
+A new graph lever is one GraphLever subclass (its `attribute`, `enabled(config)`, `tables` and what it computes),
+listed in GRAPH_LEVERS, plus its config field; the training code fills its tables (train/common.py LEVER_TABLES).
 """
 
 import json
@@ -194,10 +199,8 @@ class GraphGPT2PreTrainedModel(GPT2PreTrainedModel):
                 init.ones_(module.head_scale)
         if isinstance(module, GraphEdgeBias):
             init.zeros_(module.table)
-        if isinstance(module, GraphItemResidual):
-            init.constant_(module.scale, float(self.config.graph_residual_scale_init))
-        if isinstance(module, GraphLowPassResidual):
-            init.constant_(module.scale, float(self.config.graph_lowpass_scale_init))
+        if isinstance(module, GraphScoreTerm):
+            init.constant_(module.scale, float(getattr(self.config, module.scale_field)))
 
 
 class GraphGPT2Model(GraphGPT2PreTrainedModel, GPT2Model):
@@ -268,10 +271,9 @@ class GraphGPT2RecOutput(ModelOutput):
         reg_loss: weighted mutual regulariser between the two ID-embedding sets (already in `loss`).
         logits: (B, L, base_vocab_size) text logits ("content") or (B, L, num_items) item logits ("collab").
         scores: (B, num_items) item scores from the last non-pad token ("rec"), the graph residual included.
-        graph_residual: (B, num_items) the standardised graph residual x W / std(x W) before its scale ("rec", when
-            the model has one): `scores` = item logits + `graph_residual.scale` * this.
-        graph_lowpass: (B, num_items) the standardised low-pass term before its scale ("rec", when the model has
-            one): `scores` also adds `graph_lowpass.scale` * this.
+        score_terms: ("rec", when the model has score-term levers) {lever attribute: (B, num_items) its standardised
+            term before its scale}, e.g. "graph_residual" (x W / std(x W)) and "graph_lowpass": `scores` = item
+            logits + the sum of `<lever>.scale` * term.
         hidden_states, attentions: as in transformers (with output_hidden_states / output_attentions).
     """
 
@@ -282,8 +284,7 @@ class GraphGPT2RecOutput(ModelOutput):
     reg_loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     scores: torch.FloatTensor | None = None
-    graph_residual: torch.FloatTensor | None = None
-    graph_lowpass: torch.FloatTensor | None = None
+    score_terms: dict[str, torch.FloatTensor] | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
@@ -305,6 +306,74 @@ class GraphIDEmbeddings(nn.Module):
         self.item = nn.Embedding(config.num_items, config.n_embd)
 
 
+class GraphLever(nn.Module):
+    """The protocol of a graph lever of GraphGPT2ForRecommendation (docs/model.md, "Graph levers"):
+    - `attribute`: the model attribute it lives under; the model has None there when `enabled(config)` is false,
+      so a state dict without the lever is unchanged and old checkpoints load strictly;
+    - `tables`: its train-graph tables, persistent buffers (saved with the weights, so a published model scores
+      as it was trained), filled by the training code from the TRAIN interactions through `set_tables`, which
+      checks the shapes for every lever and `check_tables` for the lever's own value rules;
+    - its parameters, if any, are new parameters: the ID learning rate, no weight decay, trained in full under PEFT.
+    """
+
+    attribute: str = ""
+    tables: tuple[str, ...] = ()
+
+    @classmethod
+    def enabled(cls, config: GraphGPT2Config) -> bool:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def set_tables(self, *arrays) -> None:
+        """Copy in the tables, in the order of `tables` (numpy arrays or tensors of the buffers' shapes)."""
+        if len(arrays) != len(self.tables):
+            raise ValueError(f"{type(self).__name__} takes {len(self.tables)} tables {self.tables}, got {len(arrays)}")
+        new = {name: torch.as_tensor(value) for name, value in zip(self.tables, arrays)}
+        for name, tensor in new.items():
+            want = tuple(getattr(self, name).shape)
+            if tuple(tensor.shape) != want:
+                raise ValueError(f"{type(self).__name__} table {name} must have shape {want}, got {tuple(tensor.shape)}"
+                                 f"{self.shape_hint}")
+        self.check_tables(**new)
+        for name, tensor in new.items():
+            getattr(self, name).copy_(tensor)
+
+    shape_hint = ""  # what the shapes are, for the error message
+
+    def check_tables(self, **tables: torch.Tensor) -> None:
+        """Value rules beyond the shapes (index ranges, signs): raise ValueError naming the table."""
+
+
+class GraphScoreTerm(GraphLever):
+    """A graph lever that adds `scale * r / std(r)` to the "rec" scores, r (B, I) computed by `raw` from the prompt's
+    item tokens and standardised over the items per prompt. `scale` starts at the config's `scale_field` and is
+    learned only when `learn_scale(config)` (else it is chosen on validation after fine-tuning)."""
+
+    scale_field: str = ""
+
+    def __init__(self, config: GraphGPT2Config):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(getattr(config, self.scale_field))),
+                                  requires_grad=self.learn_scale(config))
+
+    @classmethod
+    def learn_scale(cls, config: GraphGPT2Config) -> bool:
+        return False
+
+    def raw(self, item_index: torch.Tensor, is_item: torch.Tensor) -> torch.Tensor:
+        """(B, L) item indices of the prompt's tokens and (B, L) "is an item token" -> (B, I) term before scaling."""
+        raise NotImplementedError
+
+    def forward(self, item_index: torch.Tensor, is_item: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.standardised(item_index, is_item)
+
+    def standardised(self, item_index: torch.Tensor, is_item: torch.Tensor) -> torch.Tensor:
+        """(B, I) r / std(r), before the scale; a prompt without items gives 0 / tiny = 0."""
+        residual = self.raw(item_index, is_item)
+        spread = residual.std(dim=-1, keepdim=True).clamp_min(torch.finfo(residual.dtype).tiny)
+        return residual / spread
+
+
 class SymmetricSparseProduct(torch.autograd.Function):
     """`adj @ e` for a symmetric sparse CSR `adj`. Its gradient is `adj @ grad` again, so backward reuses the CSR
     product instead of transposing a sparse matrix (2.3x faster on Beauty's graph)."""
@@ -319,13 +388,21 @@ class SymmetricSparseProduct(torch.autograd.Function):
         return None, ctx.adj @ grad
 
 
-class GraphIDPropagation(nn.Module):
+class GraphIDPropagation(GraphLever):
     """LightGCN smoothing of one ID-embedding set: `[users; items] -> mean_{l=0..K} A^l [users; items]`.
 
     A = D^-1/2 Adj D^-1/2 of the bipartite TRAIN graph (users 0..U-1, items U..U+I-1), stored as CSR buffers
-    (`crow_indices`, `col_indices`, `values`; filled by the training code with `set_adjacency`), so a published
+    (`crow_indices`, `col_indices`, `values`; filled by the training code with `set_tables`), so a published
     model smooths exactly as it was trained. Costs 2K sparse products per forward (K forward, K backward).
     """
+
+    attribute = "id_propagation"
+    tables = ("crow_indices", "col_indices", "values")
+    shape_hint = " (nodes + 1, or 2 * graph_train_edges)"
+
+    @classmethod
+    def enabled(cls, config: GraphGPT2Config) -> bool:
+        return config.id_propagation_layers > 0
 
     def __init__(self, config: GraphGPT2Config):
         super().__init__()
@@ -335,19 +412,10 @@ class GraphIDPropagation(nn.Module):
         self.register_buffer("col_indices", torch.zeros(entries, dtype=torch.long))
         self.register_buffer("values", torch.zeros(entries))
 
-    @torch.no_grad()
-    def set_adjacency(self, crow_indices, col_indices, values) -> None:
-        """Copy in the normalised adjacency as CSR arrays (numpy arrays or tensors) of the buffers' shapes."""
-        new = [torch.as_tensor(a) for a in (crow_indices, col_indices, values)]
-        for name, tensor in zip(("crow_indices", "col_indices", "values"), new):
-            if tuple(tensor.shape) != tuple(getattr(self, name).shape):
-                raise ValueError(f"adjacency {name} must have shape {tuple(getattr(self, name).shape)} (nodes + 1, or "
-                                 f"2 * graph_train_edges), got {tuple(tensor.shape)}")
+    def check_tables(self, crow_indices, col_indices, values) -> None:
         nodes = self.crow_indices.shape[0] - 1
-        if new[1].numel() and (int(new[1].min()) < 0 or int(new[1].max()) >= nodes):
+        if col_indices.numel() and (int(col_indices.min()) < 0 or int(col_indices.max()) >= nodes):
             raise ValueError(f"adjacency col_indices must be node indices in [0, {nodes})")
-        for name, tensor in zip(("crow_indices", "col_indices", "values"), new):
-            getattr(self, name).copy_(tensor)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(U, d) and (I, d) tables -> the smoothed (U, d) and (I, d) tables."""
@@ -355,7 +423,7 @@ class GraphIDPropagation(nn.Module):
         with warnings.catch_warnings():  # CSR support is "beta"; the product used here is the plain one
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
             adj = torch.sparse_csr_tensor(self.crow_indices, self.col_indices, self.values.to(users.dtype),
-                                          size=(nodes, nodes), check_invariants=False)  # checked in set_adjacency
+                                          size=(nodes, nodes), check_invariants=False)  # checked in check_tables
         e = torch.cat([users, items])
         total = e
         for _ in range(self.layers):
@@ -365,13 +433,20 @@ class GraphIDPropagation(nn.Module):
         return total[: users.shape[0]], total[users.shape[0]:]
 
 
-class GraphEdgeTables(nn.Module):
+class GraphEdgeTables(GraphLever):
     """The train-graph tables of the edge bias and the lookup (B, L) token ids -> (B, L, L) edge buckets.
 
     Buffers (filled by the training code with `set_tables`): `columns` (I, N) int32, each item's N most co-held
     items sorted by column (padding I); `buckets` (I, N) int8, the item-item bucket of each of those pairs;
     `degree_buckets` (I,) int8, the user-item bucket of each item. Bucket layout: configuration_graphgpt2 `EDGE_*`.
     """
+
+    attribute = "edge_tables"
+    tables = ("columns", "buckets", "degree_buckets")
+
+    @classmethod
+    def enabled(cls, config: GraphGPT2Config) -> bool:
+        return config.graph_edge_bias
 
     def __init__(self, config: GraphGPT2Config):
         super().__init__()
@@ -380,16 +455,6 @@ class GraphEdgeTables(nn.Module):
         self.register_buffer("columns", torch.full((config.num_items, width), config.num_items, dtype=torch.int32))
         self.register_buffer("buckets", torch.full((config.num_items, width), EDGE_BUCKET_NO_OTHER_USER, dtype=torch.int8))
         self.register_buffer("degree_buckets", torch.zeros(config.num_items, dtype=torch.int8))
-
-    @torch.no_grad()
-    def set_tables(self, columns, buckets, degree_buckets) -> None:
-        """Copy in the tables (numpy arrays or tensors) of the buffers' shapes."""
-        for name, value in zip(("columns", "buckets", "degree_buckets"), (columns, buckets, degree_buckets)):
-            tensor = torch.as_tensor(value)
-            if tuple(tensor.shape) != tuple(getattr(self, name).shape):
-                raise ValueError(f"edge table {name} must have shape {tuple(getattr(self, name).shape)}, "
-                                 f"got {tuple(tensor.shape)}")
-            getattr(self, name).copy_(tensor)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L) token ids (and padding mask) -> (B, L, L) long edge buckets; 0 wherever a token is text or pad."""
@@ -414,7 +479,7 @@ class GraphEdgeTables(nn.Module):
         return torch.where(item_user, degree.unsqueeze(2), out)
 
 
-class GraphItemResidual(nn.Module):
+class GraphItemResidual(GraphScoreTerm):
     """Graph residual of the item head: `scale * r / std(r)`, r = x W, x = multi-hot of the prompt's item tokens.
 
     W (num_items x num_items, fitted on the train graph by the training code) is stored sparsely as the top
@@ -425,42 +490,40 @@ class GraphItemResidual(nn.Module):
     item logits are ~1 wide, so an unnormalised scale would have to travel to ~500 at the ID learning rate.
     """
 
+    attribute = "graph_residual"
+    tables = ("indices", "values")
+    scale_field = "graph_residual_scale_init"
+    shape_hint = " (num_items, graph_residual_topn)"
+
+    @classmethod
+    def enabled(cls, config: GraphGPT2Config) -> bool:
+        return config.graph_residual != "none"
+
+    @classmethod
+    def learn_scale(cls, config: GraphGPT2Config) -> bool:
+        return bool(config.graph_residual_learn_scale)
+
     def __init__(self, config: GraphGPT2Config):
-        super().__init__()
+        super().__init__(config)
         width = min(config.graph_residual_topn, config.num_items)
         self.register_buffer("indices", torch.zeros(config.num_items, width, dtype=torch.long))
         self.register_buffer("values", torch.zeros(config.num_items, width))
-        self.scale = nn.Parameter(torch.tensor(float(config.graph_residual_scale_init)),
-                                  requires_grad=bool(config.graph_residual_learn_scale))
 
-    @torch.no_grad()
-    def set_matrix(self, indices, values) -> None:
-        """Copy in a pruned matrix: (I, N) column indices and values (numpy arrays or tensors)."""
-        indices, values = torch.as_tensor(indices), torch.as_tensor(values)
-        if tuple(indices.shape) != tuple(self.indices.shape) or tuple(values.shape) != tuple(self.values.shape):
-            raise ValueError(f"graph residual matrix must be (num_items, topn) = {tuple(self.indices.shape)}, got "
-                             f"indices {tuple(indices.shape)} and values {tuple(values.shape)}")
+    def check_tables(self, indices, values) -> None:
         num_items = self.indices.shape[0]
         if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= num_items):
             raise ValueError(f"graph residual indices must be item indices in [0, {num_items})")
-        self.indices.copy_(indices)
-        self.values.copy_(values)
 
-    def forward(self, item_index: torch.Tensor, is_item: torch.Tensor) -> torch.Tensor:
-        """(B, L) item indices of the prompt's tokens and (B, L) bool "is an item token" -> (B, I) residual."""
-        return self.scale * self.standardised(item_index, is_item)
-
-    def standardised(self, item_index: torch.Tensor, is_item: torch.Tensor) -> torch.Tensor:
-        """(B, I) x W / std(x W), before the scale."""
+    def raw(self, item_index: torch.Tensor, is_item: torch.Tensor) -> torch.Tensor:
+        """(B, I) x W."""
         batch, num_items = item_index.shape[0], self.indices.shape[0]
         weights = self.values[item_index] * is_item.unsqueeze(-1).to(self.values.dtype)  # (B, L, N)
         residual = self.values.new_zeros(batch, num_items)
         residual.scatter_add_(1, self.indices[item_index].reshape(batch, -1), weights.reshape(batch, -1))
-        spread = residual.std(dim=-1, keepdim=True).clamp_min(torch.finfo(residual.dtype).tiny)  # no items: 0 / tiny
-        return residual / spread
+        return residual
 
 
-class GraphLowPassResidual(nn.Module):
+class GraphLowPassResidual(GraphScoreTerm):
     """GF-CF's ideal low-pass filter as a residual of the item head: `scale * r / std(r)`,
     r = (x D^-1/2 V)(V^T D^1/2), x = multi-hot of the prompt's item tokens.
 
@@ -469,33 +532,35 @@ class GraphLowPassResidual(nn.Module):
     The cost per prompt is O(L k + I k): no item x item matrix. `scale` is fixed (chosen on validation).
     """
 
+    attribute = "graph_lowpass"
+    tables = ("basis", "sqrt_degree")
+    scale_field = "graph_lowpass_scale_init"
+    shape_hint = " (num_items, graph_lowpass_rank) and (num_items,)"
+
+    @classmethod
+    def enabled(cls, config: GraphGPT2Config) -> bool:
+        return config.graph_lowpass_rank > 0
+
     def __init__(self, config: GraphGPT2Config):
-        super().__init__()
+        super().__init__(config)
         rank = min(config.graph_lowpass_rank, config.num_items)
         self.register_buffer("basis", torch.zeros(config.num_items, rank))
         self.register_buffer("sqrt_degree", torch.zeros(config.num_items))
-        self.scale = nn.Parameter(torch.tensor(float(config.graph_lowpass_scale_init)), requires_grad=False)
 
-    @torch.no_grad()
-    def set_basis(self, basis, sqrt_degree) -> None:
-        """Copy in V (I, k) and the items' sqrt train degrees (I) (numpy arrays or tensors)."""
-        basis, sqrt_degree = torch.as_tensor(basis), torch.as_tensor(sqrt_degree)
-        if tuple(basis.shape) != tuple(self.basis.shape) or tuple(sqrt_degree.shape) != tuple(self.sqrt_degree.shape):
-            raise ValueError(f"low-pass basis must be (num_items, rank) = {tuple(self.basis.shape)} with degrees "
-                             f"{tuple(self.sqrt_degree.shape)}, got {tuple(basis.shape)} and {tuple(sqrt_degree.shape)}")
+    def check_tables(self, basis, sqrt_degree) -> None:
         if bool((sqrt_degree < 0).any()):
             raise ValueError("low-pass sqrt degrees must be >= 0")
-        self.basis.copy_(basis)
-        self.sqrt_degree.copy_(sqrt_degree)
 
-    def standardised(self, item_index: torch.Tensor, is_item: torch.Tensor) -> torch.Tensor:
-        """(B, L) item indices and "is an item token" -> (B, I) r / std(r), before the scale."""
+    def raw(self, item_index: torch.Tensor, is_item: torch.Tensor) -> torch.Tensor:
+        """(B, I) (x D^-1/2 V)(V^T D^1/2)."""
         inverse = torch.where(self.sqrt_degree > 0, 1.0 / self.sqrt_degree.clamp_min(1e-12), 0.0)
         weights = inverse[item_index] * is_item.to(self.basis.dtype)  # x D^-1/2 on the prompt's items
         projected = torch.einsum("bl,blk->bk", weights, self.basis[item_index])  # (B, k)
-        residual = (projected @ self.basis.T) * self.sqrt_degree  # (B, I)
-        spread = residual.std(dim=-1, keepdim=True).clamp_min(torch.finfo(residual.dtype).tiny)
-        return residual / spread
+        return (projected @ self.basis.T) * self.sqrt_degree  # (B, I)
+
+
+# every graph lever the model can hold, in the order they are registered (docs/model.md, "Graph levers")
+GRAPH_LEVERS = (GraphItemResidual, GraphLowPassResidual, GraphIDPropagation, GraphEdgeTables)
 
 
 TASKS = ("content", "collab", "rec")
@@ -520,10 +585,8 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
         self.collab_embeddings = GraphIDEmbeddings(config)
         self.lm_head = nn.Linear(config.n_embd, config.base_vocab_size, bias=False)
         # only with the option on, so state dicts without it are unchanged (old checkpoints load strictly)
-        self.graph_residual = GraphItemResidual(config) if config.graph_residual != "none" else None
-        self.graph_lowpass = GraphLowPassResidual(config) if config.graph_lowpass_rank > 0 else None
-        self.id_propagation = GraphIDPropagation(config) if config.id_propagation_layers > 0 else None
-        self.edge_tables = GraphEdgeTables(config) if config.graph_edge_bias else None
+        for lever in GRAPH_LEVERS:
+            setattr(self, lever.attribute, lever(config) if lever.enabled(config) else None)
         self.post_init()
         if config.freeze_backbone:
             self.set_backbone_trainable(False)
@@ -535,8 +598,8 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         if model.config.freeze_backbone:
             model.set_backbone_trainable(False)
-        if model.graph_residual is not None:
-            model.graph_residual.scale.requires_grad_(bool(model.config.graph_residual_learn_scale))
+        for _, term in model.score_terms():
+            term.scale.requires_grad_(term.learn_scale(model.config))
         return loaded
 
     # ---- small helpers --------------------------------------------------------------------------------------
@@ -548,6 +611,15 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
 
     def get_output_embeddings(self):
         return self.lm_head
+
+    def levers(self) -> list[tuple[str, GraphLever]]:
+        """(attribute, module) of every graph lever the model holds, in GRAPH_LEVERS order."""
+        return [(lever.attribute, getattr(self, lever.attribute)) for lever in GRAPH_LEVERS
+                if getattr(self, lever.attribute) is not None]
+
+    def score_terms(self) -> list[tuple[str, GraphScoreTerm]]:
+        """The levers that add a term to the "rec" scores."""
+        return [(name, lever) for name, lever in self.levers() if isinstance(lever, GraphScoreTerm)]
 
     def id_embeddings(self, name: str) -> GraphIDEmbeddings:
         """The ID-embedding set called `name` ("content" or "collab")."""
@@ -569,12 +641,11 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
 
     def new_parameters(self):
         """The parameters GPT-2 does not have: both ID-embedding sets, the graph-bias and edge-bias parameters and
-        the graph residual's scale."""
+        the graph levers' parameters (the score terms' scales)."""
         yield from self.content_embeddings.parameters()
         yield from self.collab_embeddings.parameters()
-        for residual in (self.graph_residual, self.graph_lowpass):
-            if residual is not None:
-                yield from residual.parameters()
+        for _, lever in self.levers():
+            yield from lever.parameters()
         for name, param in self.transformer.named_parameters():
             if is_graph_parameter(name):
                 yield param
@@ -618,7 +689,7 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
         """Module names to train in full under PEFT LoRA: the ID embeddings, plus graph-bias params and the graph
         residual if any."""
         names = ["content_embeddings", "collab_embeddings"]
-        names += [name for name in ("graph_residual", "graph_lowpass") if getattr(self, name) is not None]
+        names += [name for name, lever in self.levers() if any(True for _ in lever.parameters())]
         for module in ("graph_bias", "edge_bias"):
             if any(f".{module}." in n for n, _ in self.transformer.named_parameters()):
                 names.append(module)
@@ -786,8 +857,7 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
         last = self.last_token_index(attention_mask, batch, seq_len, hidden.device)
         result = GraphGPT2RecOutput()
         result.scores = F.linear(hidden[torch.arange(batch, device=hidden.device), last], item_weight)
-        residuals = [(name, module) for name, module in (("graph_residual", self.graph_residual),
-                                                         ("graph_lowpass", self.graph_lowpass)) if module is not None]
+        residuals = self.score_terms()
         if residuals:
             if input_ids is None:
                 raise ValueError("the graph residual needs input_ids (the prompt's item tokens)")
@@ -796,9 +866,10 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
             if attention_mask is not None:
                 is_item = is_item & attention_mask.bool()
             item_index = torch.where(is_item, input_ids - first_item, 0)
+            result.score_terms = {}
             for name, module in residuals:
                 term = module.standardised(item_index, is_item).to(result.scores.dtype)
-                setattr(result, name, term)
+                result.score_terms[name] = term
                 result.scores = result.scores + module.scale * term
         if target_items is not None:
             if tuple(target_items.shape) != (batch, self.config.num_items):

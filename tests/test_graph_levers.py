@@ -42,7 +42,7 @@ def dense_normalised(x: sp.spmatrix) -> np.ndarray:
 def propagated_model(layers: int = 2, seed: int = 0, **overrides) -> tuple[GraphGPT2ForRecommendation, sp.csr_matrix]:
     x = random_interactions(users=USERS)
     model = tiny_model(seed, id_propagation_layers=layers, graph_train_edges=int(x.nnz), **overrides)
-    model.id_propagation.set_adjacency(*normalized_adjacency(x))
+    model.id_propagation.set_tables(*normalized_adjacency(x))
     return model, x
 
 
@@ -168,7 +168,7 @@ def test_propagation_checks_the_adjacency_shape():
     model, x = propagated_model()
     crow, col, val = normalized_adjacency(x)
     with pytest.raises(ValueError, match="2 \\* graph_train_edges"):
-        model.id_propagation.set_adjacency(crow, col[:-2], val[:-2])
+        model.id_propagation.set_tables(crow, col[:-2], val[:-2])
     with pytest.raises(GraphGPT2ConfigError, match="id_propagation_layers"):
         tiny_config(id_propagation_layers=-1)
     with pytest.raises(ConfigError, match="key 'model.graph_edge_topn'"):
@@ -301,3 +301,48 @@ def test_finetuning_with_every_lever_saves_a_model_that_scores_as_it_was_validat
 
     again = evaluate_model(Accelerator(cpu=True), best.eval(), Corpus(tiny), "validation", cfg)
     assert again["recall@20"] == pytest.approx(result["validation"]["recall@20"], abs=1e-9)
+
+
+def test_a_new_score_term_lever_is_one_class_and_one_table_entry(tiny, tmp_path, monkeypatch):
+    """The lever protocol: a popularity term, declared once, is built, fitted on the train pairs, scored, trained at
+    the ID learning rate, kept in full under PEFT and saved/reloaded strictly, with no other code."""
+    import modeling_graphgpt2.modeling_graphgpt2 as mg
+    import train.common as common
+
+    class PopularityTerm(mg.GraphScoreTerm):
+        attribute, tables, scale_field = "popularity_term", ("counts",), "graph_lowpass_scale_init"
+
+        @classmethod
+        def enabled(cls, config):
+            return True
+
+        def __init__(self, config):
+            super().__init__(config)
+            self.register_buffer("counts", torch.zeros(config.num_items))
+
+        def raw(self, item_index, is_item):
+            return self.counts.expand(item_index.shape[0], -1)
+
+    monkeypatch.setattr(mg, "GRAPH_LEVERS", mg.GRAPH_LEVERS + (PopularityTerm,))
+    monkeypatch.setitem(common.LEVER_TABLES, "popularity_term",
+                        lambda x, conf: (np.asarray(x.sum(axis=0), dtype=np.float32).ravel(),))
+    corpus = Corpus(tiny)
+    cfg = load_config("demo", tiny_overrides(tiny, tmp_path, "model.graph_lowpass_scale_init=0.5"))
+    seconds = {}
+    model = build_model(cfg, corpus, seconds)
+    train = corpus.interaction_matrix("train")
+    np.testing.assert_array_equal(model.popularity_term.counts.numpy(), np.asarray(train.sum(axis=0)).ravel())
+    assert "popularity_term_fit_s" in seconds and model.popularity_term.scale.item() == 0.5
+    assert not model.popularity_term.scale.requires_grad  # a GraphScoreTerm's scale is fixed unless learn_scale
+    ids_group = next(g for g in model.optimizer_groups(1e-3, 1e-4, 0.1) if g["name"] == "id_embeddings")
+    assert not any(p is model.popularity_term.scale for p in ids_group["params"])  # frozen: in no group
+    assert "popularity_term" in model.peft_modules_to_save()
+    first_user = corpus.base_vocab_size
+    ids = torch.tensor([[first_user, first_user + corpus.num_users]])  # a user token, then the first item
+    out = model.eval()(ids, task="rec")
+    counts = model.popularity_term.counts
+    torch.testing.assert_close(out.score_terms["popularity_term"][0], counts / counts.std())
+    model.save_pretrained(tmp_path / "m")
+    loaded, info = type(model).from_pretrained(tmp_path / "m", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    torch.testing.assert_close(loaded.popularity_term.counts, counts)

@@ -67,7 +67,7 @@ def test_cooccurrence_rows_sum_to_one_and_top_n_keeps_the_largest():
 # ---------------------------------------------------------------------------------------------- the model
 def residual_model(scale: float, seed: int = 0, **overrides) -> GraphGPT2ForRecommendation:
     model = tiny_model(seed, graph_residual="ease", graph_residual_topn=20, graph_residual_scale_init=scale, **overrides)
-    model.graph_residual.set_matrix(*residual_matrix(random_interactions(), "ease", 20, lam=3.0))
+    model.graph_residual.set_tables(*residual_matrix(random_interactions(), "ease", 20, lam=3.0))
     return model
 
 
@@ -95,7 +95,7 @@ def test_scale_zero_gives_the_plain_scores_and_the_residual_is_the_prompts_items
     model = residual_model(0.0)
     missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
     assert set(missing) == {"graph_residual.indices", "graph_residual.values", "graph_residual.scale"} and not unexpected
-    model.graph_residual.set_matrix(*residual_matrix(random_interactions(), "ease", 20, lam=3.0))  # reloaded over
+    model.graph_residual.set_tables(*residual_matrix(random_interactions(), "ease", 20, lam=3.0))  # reloaded over
     ids, mask, hop = make_batch(pad=True)
     base = plain(ids, attention_mask=mask, hop_distances=hop).scores
     assert torch.equal(model(ids, attention_mask=mask, hop_distances=hop).scores, base)

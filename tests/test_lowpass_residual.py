@@ -44,7 +44,7 @@ def test_the_model_adds_the_standardised_filter_with_its_scale():
     basis, sqrt_degree = ideal_lowpass_basis(x, 16)
     plain = tiny_model(graph_bias="none")
     model = tiny_model(graph_bias="none", graph_lowpass_rank=16, graph_lowpass_scale_init=0.0)
-    model.graph_lowpass.set_basis(basis, sqrt_degree)
+    model.graph_lowpass.set_tables(basis, sqrt_degree)
     ids, mask, _ = make_batch(pad=True)
     out = model(input_ids=ids, attention_mask=mask, task="rec")
     torch.testing.assert_close(out.scores, plain(input_ids=ids, attention_mask=mask, task="rec").scores)  # scale 0
@@ -52,11 +52,11 @@ def test_the_model_adds_the_standardised_filter_with_its_scale():
     inv = np.where(sqrt_degree > 0, 1 / np.where(sqrt_degree > 0, sqrt_degree, 1), 0.0)
     r = (items * inv[None, :]) @ basis @ (basis.T * sqrt_degree[None, :])
     want = r / r.std(axis=1, ddof=1, keepdims=True)
-    np.testing.assert_allclose(out.graph_lowpass.detach().numpy(), want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out.score_terms["graph_lowpass"].detach().numpy(), want, rtol=1e-4, atol=1e-5)
     with torch.no_grad():
         model.graph_lowpass.scale.fill_(0.5)
     mixed = model(input_ids=ids, attention_mask=mask, task="rec").scores
-    torch.testing.assert_close(mixed, out.scores + 0.5 * out.graph_lowpass)
+    torch.testing.assert_close(mixed, out.scores + 0.5 * out.score_terms["graph_lowpass"])
     assert not model.graph_lowpass.scale.requires_grad  # fixed: chosen on validation, never trained
 
 
@@ -64,13 +64,13 @@ def test_off_the_state_dict_is_unchanged_and_on_it_saves_and_reloads_strictly(tm
     assert not any("graph_lowpass" in k for k in tiny_model().state_dict())
     model = tiny_model(graph_lowpass_rank=8, graph_lowpass_scale_init=0.25)
     basis, sqrt_degree = ideal_lowpass_basis(random_interactions(users=60, seed=5), 8)
-    model.graph_lowpass.set_basis(basis, sqrt_degree)
+    model.graph_lowpass.set_tables(basis, sqrt_degree)
     model.save_pretrained(tmp_path / "m")
     loaded = GraphGPT2ForRecommendation.from_pretrained(tmp_path / "m")
     for key in ("graph_lowpass.basis", "graph_lowpass.sqrt_degree", "graph_lowpass.scale"):
         torch.testing.assert_close(loaded.state_dict()[key], model.state_dict()[key])
-    with pytest.raises(ValueError, match="low-pass basis must be"):
-        model.graph_lowpass.set_basis(basis[:, :4], sqrt_degree)
+    with pytest.raises(ValueError, match=r"GraphLowPassResidual table basis must have shape \(300, 8\)"):
+        model.graph_lowpass.set_tables(basis[:, :4], sqrt_degree)
 
 
 @pytest.fixture(scope="module")

@@ -74,8 +74,8 @@ def model_with_graph_levers():
     train.data[:] = 1.0
     model = tiny_model(graph_bias="paper", id_propagation_layers=2, graph_train_edges=int(train.nnz), graph_edge_bias=True,
                        graph_edge_topn=10, graph_lowpass_rank=6, graph_lowpass_scale_init=0.5)
-    model.graph_lowpass.set_basis(*ideal_lowpass_basis(train, 6))
-    model.id_propagation.set_adjacency(*normalized_adjacency(train))
+    model.graph_lowpass.set_tables(*ideal_lowpass_basis(train, 6))
+    model.id_propagation.set_tables(*normalized_adjacency(train))
     model.edge_tables.set_tables(*edge_buckets(train, 10))
     with torch.no_grad():
         model.transformer.h[0].attn.edge_bias.table.normal_()

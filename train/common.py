@@ -84,9 +84,21 @@ def model_config_kwargs(m: ModelConfig, corpus: Corpus) -> dict:
     return kw
 
 
+# How each graph lever's tables are fitted on the TRAIN interactions (X, users x items, CSR), in the order of its
+# `tables` (modeling_graphgpt2 GRAPH_LEVERS; the formulas live in data_builders/item_graph.py)
+LEVER_TABLES = {
+    "graph_residual": lambda x, conf: residual_matrix(
+        x, conf.graph_residual, conf.graph_residual_topn, conf.graph_residual_lambda,
+        conf.graph_residual_exact_max_items, conf.graph_residual_neighbours),
+    "graph_lowpass": lambda x, conf: ideal_lowpass_basis(x, conf.graph_lowpass_rank),
+    "id_propagation": lambda x, conf: normalized_adjacency(x),
+    "edge_tables": lambda x, conf: edge_buckets(x, conf.graph_edge_topn),
+}
+
+
 def build_model(cfg: RunConfig, corpus: Corpus, fit_seconds: dict | None = None):
     """A fresh GraphGPT2ForRecommendation sized for ``corpus`` (backbone from ``model.init_from`` when set).
-    ``fit_seconds``, when given, receives the wall seconds of each graph lever's fit (``residual_fit_s``, ...)."""
+    ``fit_seconds``, when given, receives the wall seconds of each graph lever's fit (``graph_residual_fit_s``, ...)."""
     from modeling_graphgpt2 import GraphGPT2Config, GraphGPT2ForRecommendation
 
     if cfg.model.init_from:
@@ -101,20 +113,11 @@ def build_model(cfg: RunConfig, corpus: Corpus, fit_seconds: dict | None = None)
         model = GraphGPT2ForRecommendation(GraphGPT2Config(**model_config_kwargs(cfg.model, corpus)))
     # the graph levers' tables are fitted on the TRAIN interactions only: no validation/test pair enters them
     conf, train = model.config, corpus.interaction_matrix("train")
-    fits = {
-        "residual_fit_s": (model.graph_residual, lambda m: m.set_matrix(*residual_matrix(
-            train, conf.graph_residual, conf.graph_residual_topn, conf.graph_residual_lambda,
-            conf.graph_residual_exact_max_items, conf.graph_residual_neighbours))),
-        "lowpass_fit_s": (model.graph_lowpass, lambda m: m.set_basis(*ideal_lowpass_basis(train, conf.graph_lowpass_rank))),
-        "propagation_fit_s": (model.id_propagation, lambda m: m.set_adjacency(*normalized_adjacency(train))),
-        "edge_tables_fit_s": (model.edge_tables, lambda m: m.set_tables(*edge_buckets(train, conf.graph_edge_topn))),
-    }
-    for name, (lever, fit) in fits.items():
-        if lever is not None:
-            t0 = time.time()
-            fit(lever)
-            if fit_seconds is not None:
-                fit_seconds[name] = time.time() - t0
+    for name, lever in model.levers():
+        t0 = time.time()
+        lever.set_tables(*LEVER_TABLES[name](train, conf))
+        if fit_seconds is not None:
+            fit_seconds[f"{name}_fit_s"] = time.time() - t0
     # fingerprints of the data the ID rows belong to; checked when the model meets a dataset folder again
     model.config.tokenizer_sha256 = corpus.tokenizer_sha256
     model.config.graph_sha256 = corpus.graph_sha256

@@ -125,7 +125,7 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
         corpus.check_model(model.config)
         lora_base = init_dir
     else:
-        model = build_model(cfg, corpus, stage_s)  # the graph levers' fits: stage_s["residual_fit_s"], ...
+        model = build_model(cfg, corpus, stage_s)  # the graph levers' fits: stage_s["graph_residual_fit_s"], ...
         lora_base = out / "lora_base_finetune"
     t0 = time.time()
     collab_items_init = init_collab_items(model, corpus, f.init_collab_items, cfg.seed)

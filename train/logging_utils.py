@@ -115,8 +115,8 @@ def plot_training_curves(log_path: str | Path, png_path: str | Path, selection_m
 WALL_LABELS = {"build_s": "build", "pretrain_s": "pre-training", "finetune_s": "fine-tuning",
                "finetune_model_s": "model set-up", "finetune_train_s": "training epochs",
                "finetune_select_s": "selection on validation", "finetune_test_s": "test", "publish_s": "publish",
-               "finetune_residual_fit_s": "EASE residual fit", "finetune_lowpass_fit_s": "low-pass fit",
-               "finetune_propagation_fit_s": "propagation fit", "finetune_edge_tables_fit_s": "edge tables fit",
+               "finetune_graph_residual_fit_s": "EASE residual fit", "finetune_graph_lowpass_fit_s": "low-pass fit",
+               "finetune_id_propagation_fit_s": "propagation fit", "finetune_edge_tables_fit_s": "edge tables fit",
                "finetune_text_init_s": "item-text init"}
 
 
