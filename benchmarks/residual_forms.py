@@ -10,11 +10,14 @@ scores and standardised low-pass term, fits each residual form on the TRAIN inte
 selection for each: the EASE scale from ``finetune.residual_scale_grid`` on validation, then the low-pass scale from
 ``lowpass_scale_grid`` with it fixed (first of equals, as ``train.finetune.choose_residual_scale``), then test once
 with the chosen pair. The "exact" row must reproduce the run's own published test metrics (checked, printed).
+
+    python -m benchmarks.residual_forms summary outputs/forms/*.json     # mean ± std per dataset and form
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -65,7 +68,30 @@ def metrics_of(terms: dict, residual: list, s_ease: float, s_low: float, cfg) ->
     return summarize(merge_per_user(parts))
 
 
+def summary(paths: list[str]) -> str:
+    """A markdown table of several result files: per dataset folder and form, the test metrics' mean ± std over the
+    runs (seeds) and each one's ratio to the exact form of the same runs."""
+    runs: dict[str, list[dict]] = {}
+    for path in paths:
+        result = json.loads(Path(path).read_text())
+        runs.setdefault(Path(result["folder"]).name, []).append(result)
+    keys = ("recall@20", "recall@40", "ndcg@100")
+    lines = ["| dataset | form | runs | validation R@20 | " + " | ".join(f"test {k}" for k in keys) + " | R@20 / exact |",
+             "|---|---|---|---|" + "---|" * len(keys) + "---|"]
+    for folder, results in sorted(runs.items()):
+        exact = np.mean([r["forms"]["exact"]["test"]["recall@20"] for r in results])
+        for form in results[0]["forms"]:
+            test = {k: np.array([r["forms"][form]["test"][k] for r in results]) for k in keys}
+            val = np.mean([r["forms"][form]["validation_recall@20"] for r in results])
+            cells = " | ".join(f"{v.mean():.4f} ± {v.std(ddof=1) if len(v) > 1 else 0:.4f}" for v in test.values())
+            lines.append(f"| {folder} | {form} | {len(results)} | {val:.4f} | {cells} | {test['recall@20'].mean() / exact:.3f}x |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "summary":
+        print(summary(sys.argv[2:]))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", help="a finished amazon_cpu run folder (its best/ model is read)")
     ap.add_argument("folder", help="the run's dataset folder")
