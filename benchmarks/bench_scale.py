@@ -201,7 +201,7 @@ def _measured(cmd: list[str], log: Path) -> dict:
 
 
 def run_preset_size(users: int, items: int, edges: int, work: Path, seed: int, exponent: float, preset: str,
-                    epochs: int, threads: int) -> dict:
+                    epochs: int, threads: int, build_only: bool = False) -> dict:
     """A power-law shop run as a user would: its atomic files (``python -m data_builders.powerlaw``), the README's
     build command, then ``graphgpt2-rec run --config <preset> data.folder=... finetune.epochs=<epochs>``. Each step
     is its own process (its own peak RSS); the run's stage times come from its result files."""
@@ -216,6 +216,8 @@ def run_preset_size(users: int, items: int, edges: int, work: Path, seed: int, e
         "run": [py, "-m", "train.main", "run", "--config", preset, f"data.folder={folder}", f"output.dir={out}",
                 f"finetune.epochs={epochs}", f"num_threads={threads}"],
     }
+    if build_only:
+        del steps["run"]
     res: dict = {"users": users, "items": items, "edges_requested": edges, "seed": seed, "exponent": exponent,
                  "preset": preset, "finetune_epochs": epochs, "num_threads": threads, "steps": {}}
     for name, cmd in steps.items():
@@ -228,6 +230,9 @@ def run_preset_size(users: int, items: int, edges: int, work: Path, seed: int, e
     corpus = Corpus(folder)
     res["split"] = {"users": corpus.num_users, "items": corpus.num_items, "train_edges": int(corpus.interaction_matrix("train").nnz)}
     res["rows"] = corpus.manifest["rows"]
+    res["build_stage_seconds"] = corpus.manifest["build_seconds"]
+    if build_only:
+        return res
     pipeline = json.loads((out / "pipeline_result.json").read_text())
     finetune = json.loads((out / "finetune_result.json").read_text())
     res["run_wall_s"] = {k: round(v, 1) for k, v in pipeline["wall"].items()}
@@ -319,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                         "wall time and peak RSS")
     p.add_argument("--epochs", type=int, default=1, help="with --preset: finetune.epochs")
     p.add_argument("--threads", type=int, default=0, help="with --preset: num_threads of the run (0 = all cores)")
+    p.add_argument("--build-only", action="store_true", help="with --preset: the atomic files and the build, no run")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one size in this process
     p.add_argument("--dense-vs-stored", default=None, metavar="RAW_SOURCE",
                    help="instead: time dense table vs stored vs graph hops on a small source (e.g. Musical Instruments)")
@@ -345,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for size in args.sizes:
             u, i, e = (int(x) for x in size.split(":"))
-            results.append(run_preset_size(u, i, e, work, args.seed, args.exponent, args.preset, args.epochs, args.threads))
+            results.append(run_preset_size(u, i, e, work, args.seed, args.exponent, args.preset, args.epochs, args.threads,
+                                           args.build_only))
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
             print(json.dumps(results[-1], indent=1), flush=True)
