@@ -30,7 +30,7 @@ from train.metrics import item_popularity, merge_per_user, per_user_metrics, sum
 from train.trainer import Trainer
 
 __all__ = [
-    "Recommender",
+    "Baseline",
     "Popularity",
     "ItemKNN",
     "EASE",
@@ -67,7 +67,7 @@ def _check_train(train: sp.spmatrix, valid: sp.spmatrix | None) -> sp.csr_matrix
 
 
 def evaluate_recommender(
-    model: "Recommender",
+    model: "Baseline",
     train: sp.csr_matrix,
     target: sp.csr_matrix,
     users: np.ndarray | None = None,
@@ -90,13 +90,14 @@ def evaluate_recommender(
     return merged if per_user else summarize(merged)
 
 
-class Recommender:
-    """Common interface. Subclasses set ``name`` and ``stochastic`` and implement ``fit`` and ``score``."""
+class Baseline:
+    """Common interface of the baselines (not ``train.recommend.Recommender``, which serves a published model).
+    Subclasses set ``name`` and ``stochastic`` and implement ``fit`` and ``score``."""
 
     name = "base"
     stochastic = False  # True when the result depends on the seed (then benchmarks run several seeds)
 
-    def fit(self, train: sp.csr_matrix, valid: sp.csr_matrix | None = None) -> "Recommender":
+    def fit(self, train: sp.csr_matrix, valid: sp.csr_matrix | None = None) -> "Baseline":
         raise NotImplementedError
 
     def score(self, user_ids: np.ndarray) -> np.ndarray:
@@ -111,7 +112,7 @@ class Recommender:
             raise RuntimeError(f"{type(self).__name__}.score called before fit")
 
 
-class Popularity(Recommender):
+class Popularity(Baseline):
     """Score every item by its number of training interactions (the same list for every user)."""
 
     name = "pop"
@@ -126,7 +127,7 @@ class Popularity(Recommender):
         return np.broadcast_to(self.counts_, (len(user_ids), self.counts_.size)).copy()
 
 
-class ItemKNN(Recommender):
+class ItemKNN(Baseline):
     """Item-based cosine neighbourhood: S_ij = |U_i ∩ U_j| / sqrt(|U_i| |U_j|), diagonal 0; score = x_u S.
 
     ``topk=None`` keeps all neighbours; otherwise each item keeps its ``topk`` most similar items (the column
@@ -178,7 +179,7 @@ class ItemKNN(Recommender):
         return {"topk": self.topk, "shrink": self.shrink}
 
 
-class EASE(Recommender):
+class EASE(Baseline):
     """EASE (Steck, 2019): B = I - P diag(1/diag(P)), P = (XᵀX + λI)⁻¹, i.e. diag(B) = 0; score = x_u B.
 
     With several ``lambdas`` and a ``valid`` matrix, each λ is fitted on train and the one with the best
@@ -249,7 +250,7 @@ def _standardise_rows(scores: np.ndarray) -> np.ndarray:
     return scores
 
 
-class RLAE(Recommender):
+class RLAE(Baseline):
     """RLAE (Moon, Kim & Lee, SIGIR 2023, "It's Enough: Relaxing Diagonal Constraints in Linear Autoencoders for
     Recommendation"): EASE with the equality diag(B) = 0 relaxed to the inequality diag(B) <= ξ.
 
@@ -338,7 +339,7 @@ class RLAE(Recommender):
         }
 
 
-class EASEIdealLowPass(Recommender):
+class EASEIdealLowPass(Baseline):
     """EASE blended with GF-CF's ideal low-pass filter (Shen et al., CIKM 2021, "How Powerful is Graph Convolution
     for Recommendation?"), each term standardised per user:
 
@@ -491,7 +492,7 @@ class EASEIdealLowPass(Recommender):
         }
 
 
-class _Block(Recommender):
+class _Block(Baseline):
     """A precomputed score block served to :func:`evaluate_recommender` (``scores`` rows = the users asked for)."""
 
     scores: np.ndarray
@@ -547,7 +548,7 @@ def _history(fit, **per_epoch: dict) -> list[dict]:
     return rows
 
 
-class MultiVAE(Recommender):
+class MultiVAE(Baseline):
     """Multi-VAE with KL annealing: loss = -Σ x log softmax(f(z)) + β KL, β = min(cap, step / anneal_steps).
 
     Trained on train rows (Adam, batch of users); with ``valid`` the epoch with the best validation
@@ -639,7 +640,7 @@ class MultiVAE(Recommender):
         }
 
 
-class LightGCN(Recommender):
+class LightGCN(Baseline):
     """LightGCN (He et al., 2020): ID embeddings smoothed over the normalised train graph, BPR loss.
 
     E = mean_{l=0..L} Â^l E0 with Â = D^-1/2 A D^-1/2 on the user-item bipartite train graph; score = e_u · e_i.
@@ -749,7 +750,7 @@ BASELINES = {"pop": Popularity, "itemknn": ItemKNN, "ease": EASE, "rlae": RLAE, 
              "multivae": MultiVAE, "lightgcn": LightGCN}
 
 
-def make_baseline(name: str, seed: int = 0, **kwargs) -> Recommender:
+def make_baseline(name: str, seed: int = 0, **kwargs) -> Baseline:
     """Instantiate a baseline by its short name; ``seed`` only reaches stochastic models."""
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; expected one of {sorted(BASELINES)}")
