@@ -244,6 +244,92 @@ def run_preset_size(users: int, items: int, edges: int, work: Path, seed: int, e
     return res
 
 
+def preset_stages(folder: Path, preset: str, threads: int, train_steps: int, eval_batches: int) -> dict:
+    """Every stage of ``preset`` on a built folder, in this process, where a whole run does not fit the session:
+    the graph levers' fits and the item-text init in full, then ``train_steps`` fine-tuning steps and
+    ``eval_batches`` evaluation batches (plain, and with the two residual-scale sweeps) timed and extrapolated to
+    one epoch and to the whole validation and test splits (the result says which numbers are extrapolated)."""
+    import torch
+
+    from data_builders.corpus import Corpus
+    from data_builders.collate import MODEL_INPUT_KEYS
+    from train.common import build_model, init_collab_items, make_optimizer, set_threads, steps_per_epoch
+    from train.config import load_config
+    from train.evaluate import rec_rows, score_batch
+    from train.finetune import masked_prompts, train_target_lengths
+    from train.metrics import per_user_metrics
+
+    cfg = load_config(preset, [f"data.folder={folder}", f"num_threads={threads}"])
+    res: dict = {"folder": str(folder), "preset": preset, "torch_threads": set_threads(threads), "measured_s": {},
+                 "extrapolated_s": {}}
+    torch.manual_seed(cfg.seed)
+    t = time.perf_counter()
+    corpus = Corpus(folder)
+    res["measured_s"]["open_folder"] = time.perf_counter() - t
+    res["sizes"] = {"users": corpus.num_users, "items": corpus.num_items,
+                    "train_edges": int(corpus.interaction_matrix("train").nnz)}
+    t = time.perf_counter()
+    fits: dict = {}
+    model = build_model(cfg, corpus, fits)
+    res["measured_s"].update(fits)
+    res["measured_s"]["model_total"] = time.perf_counter() - t
+    t = time.perf_counter()
+    res["text_init"] = init_collab_items(model, corpus, cfg.finetune.init_collab_items, cfg.seed)
+    res["measured_s"]["text_init"] = time.perf_counter() - t
+    res["peak_rss_gib_after_fits"] = _rss_gib()
+
+    f, bs = cfg.finetune, cfg.finetune.batch_size
+    num_train = corpus.num_rows("recommendation", "train")
+    examples = corpus.rec_examples("train", range(min(num_train, (train_steps + 2) * bs)))
+    rows = masked_prompts(corpus, examples, f.mask_fraction, cfg.seed, 0, cfg.data.max_length, train_target_lengths(corpus),
+                          f.visible_target_weight)
+    collate = corpus.collator(cfg.data.max_length)
+    optimizer = make_optimizer(model, f)
+    model.train()
+    times = []
+    for step in range(min(train_steps + 2, len(rows) // bs)):
+        t = time.perf_counter()
+        batch = collate(rows[step * bs:(step + 1) * bs])
+        out = model(**{k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS}, target_items=batch["target_items"],
+                    task="rec", reg_weight=cfg.model.mutual_reg_weight)
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t)
+    step_s = float(np.median(times[2:] or times))  # the first steps allocate
+    epoch_steps = steps_per_epoch(num_train, bs, 1)
+    res["finetune_step_s"] = {"median": step_s, "timed_steps": len(times[2:] or times), "steps_per_epoch": epoch_steps}
+    res["extrapolated_s"]["finetune_epoch"] = step_s * epoch_steps
+
+    model.eval()
+    grids = (f.residual_scale_grid, f.lowpass_scale_grid)
+    ebs = cfg.eval.batch_size
+    train_ui = corpus.hops.graph.ui
+    per_batch = {"plain": [], "sweep": []}
+    for part in corpus.iter_rec_examples("test", range(min(corpus.num_rows("recommendation", "test"), eval_batches * ebs)),
+                                         chunk_rows=ebs):
+        batch = collate(rec_rows(corpus, part, cfg.data.max_length))
+        relevant = [np.asarray(ex.targets, dtype=np.int64) for ex in part]
+        exclude = train_ui[np.asarray([ex.user for ex in part], dtype=np.int64)]
+        t = time.perf_counter()
+        for scores in score_batch(model, batch):
+            per_user_metrics(scores.numpy(), relevant, exclude, cfg.eval.recall_ks, cfg.eval.ndcg_ks)
+        per_batch["plain"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        for grid, term in zip(grids, ("graph_residual", "graph_lowpass")):
+            for scores in score_batch(model, batch, grid, term):
+                per_user_metrics(scores.numpy(), relevant, exclude, cfg.eval.recall_ks, cfg.eval.ndcg_ks)
+        per_batch["sweep"].append(time.perf_counter() - t)
+    plain, sweep = float(np.median(per_batch["plain"])), float(np.median(per_batch["sweep"]))
+    val_batches = -(-corpus.num_rows("recommendation", "validation") // ebs)
+    test_batches = -(-corpus.num_rows("recommendation", "test") // ebs)
+    res["eval_batch_s"] = {"plain": plain, "both_sweeps": sweep, "timed_batches": len(per_batch["plain"]), "batch_size": ebs}
+    res["extrapolated_s"].update({"validation_pass_per_epoch": plain * val_batches, "residual_sweeps": sweep * val_batches,
+                                  "test": plain * test_batches})
+    res["peak_rss_gib"] = _rss_gib()
+    return res
+
+
 def check_folder(folder: Path, batch: int = 256, epochs: int = 1) -> dict:
     """Every stored row's bias input equals the old dense-table lookup (so a same-seed run sees the same bias):
     all rows of every config and split through the collator, plus ``epochs`` epochs of re-masked fine-tuning
@@ -325,6 +411,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=1, help="with --preset: finetune.epochs")
     p.add_argument("--threads", type=int, default=0, help="with --preset: num_threads of the run (0 = all cores)")
     p.add_argument("--build-only", action="store_true", help="with --preset: the atomic files and the build, no run")
+    p.add_argument("--stages", default=None, metavar="DATASET_FOLDER",
+                   help="instead: time every stage of --preset on a built folder in one process (fits and text init in "
+                        "full; --train-steps steps and --eval-batches batches timed and extrapolated)")
+    p.add_argument("--train-steps", type=int, default=30)
+    p.add_argument("--eval-batches", type=int, default=8)
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one size in this process
     p.add_argument("--dense-vs-stored", default=None, metavar="RAW_SOURCE",
                    help="instead: time dense table vs stored vs graph hops on a small source (e.g. Musical Instruments)")
@@ -344,6 +435,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if not any(c["mismatched_rows"] for c in res["configs"].values()) else 1
     if args.dense_vs_stored:
         print(json.dumps(dense_vs_stored(Path(args.dense_vs_stored)), indent=1))
+        return 0
+    if args.stages:
+        res = preset_stages(Path(args.stages), args.preset or "amazon_cpu", args.threads, args.train_steps, args.eval_batches)
+        print(json.dumps(res, indent=1))
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
         return 0
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
