@@ -306,8 +306,12 @@ def preset_stages(folder: Path, preset: str, threads: int, train_steps: int, eva
     ebs = cfg.eval.batch_size
     train_ui = corpus.hops.graph.ui
     per_batch = {"plain": [], "sweep": []}
-    for part in corpus.iter_rec_examples("test", range(min(corpus.num_rows("recommendation", "test"), eval_batches * ebs)),
-                                         chunk_rows=ebs):
+    # evaluation reads 64 batches at a time sorted by prompt length (train.evaluate.length_sorted): time batches
+    # spread evenly over such a sorted chunk, so their padding is what evaluation's is
+    chunk = sorted(next(corpus.iter_rec_examples("test", range(min(corpus.num_rows("recommendation", "test"), 64 * ebs)),
+                                                 chunk_rows=64 * ebs)), key=lambda ex: len(ex.input_ids))
+    starts = np.linspace(0, max(0, len(chunk) - ebs), eval_batches).astype(int)
+    for part in (chunk[start:start + ebs] for start in starts):
         batch = collate(rec_rows(corpus, part, cfg.data.max_length))
         relevant = [np.asarray(ex.targets, dtype=np.int64) for ex in part]
         exclude = train_ui[np.asarray([ex.user for ex in part], dtype=np.int64)]
