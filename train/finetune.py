@@ -109,17 +109,12 @@ def choose_residual_scale(accelerator, model, corpus: Corpus, cfg: RunConfig, mo
     return {"metric": metric, "scales": list(grid), "values": values, "chosen": grid[best]}, swept[best]
 
 
-@locks_output_dir
-def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None, init_dir: str | Path | None = None) -> dict:
-    """Train, select on validation, evaluate test once. Returns val/test metrics and paths."""
-    out = Path(cfg.output.dir)
-    check_run_outputs(out, (BEST_DIR,), ("finetune",))  # before any work: what this stage replaces is ours
-    f = cfg.finetune
-    accelerator = make_accelerator(cfg, out)
-    seed_everything(cfg.seed)
-    corpus = corpus or Corpus(cfg.data.folder, cfg.data.leave_user_out_hops)
-    init_dir = Path(init_dir) if init_dir else out / PRETRAINED_DIR
-    stage_s, t_model = {}, time.time()  # wall seconds of each stage (benchmarks/RESULTS.md reports them)
+def prepare_model(cfg: RunConfig, corpus: Corpus, accelerator, init_dir: Path, stage_s: dict):
+    """The model fine-tuning starts from: the pre-trained one when pre-training ran, else a fresh one with its
+    graph levers fitted (their times into ``stage_s``); then the item-text init, the frozen backbone or LoRA.
+    Returns the model and what the item-text init did."""
+    out, f = Path(cfg.output.dir), cfg.finetune
+    t_model = time.time()
     if cfg.pretrain.do_pretrain and init_dir.is_dir():
         model = load_model(init_dir, merge_lora=True)
         corpus.check_model(model.config)
@@ -135,6 +130,13 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
     if cfg.model.lora_r > 0:
         model = apply_lora(model, cfg.model.lora_r, cfg.model.lora_alpha, lora_base, accelerator.is_main_process)
     stage_s["model_s"] = time.time() - t_model  # everything above: the levers' fits and the text init included
+    return model, collab_items_init
+
+
+def fit_epochs(cfg: RunConfig, corpus: Corpus, accelerator, model, resume: bool):
+    """The fine-tuning epochs (``Trainer.fit``): the best epoch on validation is saved to ``<output.dir>/best``.
+    Returns the fit result and the trainer (its logger is still open)."""
+    out, f = Path(cfg.output.dir), cfg.finetune
     num_train = corpus.num_rows("recommendation", "train")
     train_examples = corpus.rec_examples("train", rank_rows(accelerator, num_train))  # this rank's shard only
     target_lengths = train_target_lengths(corpus)
@@ -166,14 +168,17 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
         val = evaluate_model(accelerator, trainer.model, corpus, "validation", cfg)
         return {n: val[n] for n in names}
 
-    t0 = time.time()
     fit = trainer.fit(f.epochs if f.do_finetune else 0, batches, loss, validate=validate,
                       on_best=lambda epoch: save_model(accelerator, trainer.model, best_dir),
                       epoch_info=lambda epoch: {"task": "rec"}, resume=resume, also_clear=(best_dir,),
                       epoch_steps=[epoch_steps] * f.epochs)
-    train_wall = stage_s["train_s"] = time.time() - t0  # the epochs with their validation passes
+    return fit, trainer
 
-    # Test once, with the selected model (or the starting model when fine-tuning is off: NoFineTune).
+
+def select_and_test(cfg: RunConfig, corpus: Corpus, accelerator, trainer, stage_s: dict) -> dict:
+    """The selected model (or the starting one when fine-tuning is off: NoFineTune), its residual scales chosen on
+    validation, then test evaluated ONCE. Returns the validation and test metrics and the sweeps."""
+    f, best_dir = cfg.finetune, Path(cfg.output.dir) / BEST_DIR
     if best_dir.is_dir():
         final = load_model(best_dir, merge_lora=True)
     else:
@@ -192,8 +197,27 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
     stage_s["select_s"], t0 = time.time() - t0, time.time()  # final validation (the residual-scale sweep)
     test = evaluate_model(accelerator, final, corpus, "test", cfg)
     stage_s["test_s"] = time.time() - t0
+    return {"validation": val, "test": test, "residual_scale_sweep": scale_sweep, "lowpass_scale_sweep": lowpass_sweep}
+
+
+@locks_output_dir
+def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None, init_dir: str | Path | None = None) -> dict:
+    """Train, select on validation, evaluate test once. Returns val/test metrics and paths."""
+    out = Path(cfg.output.dir)
+    check_run_outputs(out, (BEST_DIR,), ("finetune",))  # before any work: what this stage replaces is ours
+    accelerator = make_accelerator(cfg, out)
+    seed_everything(cfg.seed)
+    corpus = corpus or Corpus(cfg.data.folder, cfg.data.leave_user_out_hops)
+    init_dir = Path(init_dir) if init_dir else out / PRETRAINED_DIR
+    stage_s: dict = {}  # wall seconds of each stage (benchmarks/RESULTS.md reports them)
+    model, collab_items_init = prepare_model(cfg, corpus, accelerator, init_dir, stage_s)
+    t0 = time.time()
+    fit, trainer = fit_epochs(cfg, corpus, accelerator, model, resume)
+    train_wall = stage_s["train_s"] = time.time() - t0  # the epochs with their validation passes
+    chosen = select_and_test(cfg, corpus, accelerator, trainer, stage_s)
+    val, test = chosen["validation"], chosen["test"]
     result = {
-        "selection_metric": f.selection_metric,
+        "selection_metric": cfg.finetune.selection_metric,
         "best_epoch": fit.best_epoch,
         "validation": {k: v for k, v in val.items() if k != "users"},
         "test": {k: v for k, v in test.items() if k != "users"},
@@ -202,10 +226,10 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
         "stopped_early": fit.stopped_early,
         "train_wall_s": train_wall,
         "stage_s": stage_s,
-        "model_dir": str(best_dir),
+        "model_dir": str(out / BEST_DIR),
         "steps": fit.global_step,
-        "residual_scale_sweep": scale_sweep,
-        "lowpass_scale_sweep": lowpass_sweep,
+        "residual_scale_sweep": chosen["residual_scale_sweep"],
+        "lowpass_scale_sweep": chosen["lowpass_scale_sweep"],
         "init_collab_items": collab_items_init,
     }
     if accelerator.is_main_process:
