@@ -122,10 +122,11 @@ def read_atomic(
     cols = _columns(inter_path, header, required=("user_id", "item_id"))
     u_col, i_col = cols["user_id"], cols["item_id"]
     r_col, t_col = cols.get("rating"), cols.get("timestamp")
+    ids: dict[str, str] = {}  # one string object per distinct id: 10M events repeat 1.2M ids (~1 GB of copies)
     for lineno, parts in rows:
         try:
-            user = _required_token(parts[u_col], "user_id")
-            item = _required_token(parts[i_col], "item_id")
+            user = ids.setdefault(u := _required_token(parts[u_col], "user_id"), u)
+            item = ids.setdefault(i := _required_token(parts[i_col], "item_id"), i)
             rating = _rating(parts[r_col], "rating") if r_col is not None else None
             ts = _timestamp(parts[t_col], "timestamp") if t_col is not None else None
         except _BadLine as bad:
@@ -188,10 +189,11 @@ def _read_amazon(reviews_path: Path, meta_path, strict: bool, name: str | None, 
     files = [_file_record(reviews_path)]
     interactions: list[Interaction] = []
     reviews: dict[tuple[str, str], str] = {}
+    ids: dict[str, str] = {}  # one string object per distinct id (see read_atomic)
     for lineno, record in _records(reviews_path, strict, report):
         try:
-            user = _required_str(record, "reviewerID")
-            item = _required_str(record, "asin")
+            user = ids.setdefault(u := _required_str(record, "reviewerID"), u)
+            item = ids.setdefault(i := _required_str(record, "asin"), i)
             if "overall" not in record:
                 raise _BadLine("missing_field", "overall", "missing required field")
             rating = _rating(record["overall"], "overall")

@@ -36,7 +36,7 @@ class ItemMeta:
     price: float | None = None
 
 
-@dataclass
+@dataclass(slots=True)  # slots: ~70 bytes an event instead of ~300, so 10M events fit the build's memory bound
 class Interaction:
     """One (user, item) event as read from the raw files, before any filtering."""
 
@@ -129,6 +129,8 @@ class SplitDataset:
     items: list[ItemMeta]  # per item index (empty ItemMeta when the item has no metadata)
     reviews: dict[tuple[int, int], str]  # (user index, item index) -> text, ALL pairs
     manifest: dict  # seeds, filters, counts per step, split hashes, read report
+    # new products (build_split's cold_item_frac): {"validation": item indices, "test": item indices}, else empty
+    cold_items: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def num_users(self) -> int:
