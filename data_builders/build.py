@@ -45,6 +45,7 @@ class BuildConfig:
     rating_threshold: float | None = DEFAULT_RATING_THRESHOLD  # keep rating > this (no-op without ratings)
     k_core: int = DEFAULT_K_CORE
     seed: int = DEFAULT_SPLIT_SEED
+    cold_item_frac: float = 0.0  # fraction of items held out whole as new products (docs/model.md "New items")
     strict: bool = False  # stop at the first bad input line
     format: str = "auto"
     synthetic_users: int = 300
@@ -70,6 +71,8 @@ class BuildConfig:
         for name, minimum in (("max_group_items", 2), ("max_length", 16), ("k_core", 0), ("synthetic_users", 1), ("synthetic_items", 1)):
             if getattr(self, name) < minimum:
                 raise BuildConfigError(f"{name} must be >= {minimum}, got {getattr(self, name)}")
+        if not 0 <= self.cold_item_frac < 1:
+            raise BuildConfigError(f"cold_item_frac must be in [0, 1), got {self.cold_item_frac}")
         for name in ("rating_threshold", "hop_table_budget_gb"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
@@ -110,7 +113,8 @@ def build(cfg: BuildConfig) -> BuildResult:
     if missing_meta and cfg.prompts is not None and wanted_meta:
         raise ValueError(f"--prompts asks for {','.join(wanted_meta)}, which need item metadata, but the metadata file is {missing_meta}; "
                          "put it there or drop those prompt configs")
-    split = build_split(raw, rating_threshold=cfg.rating_threshold, k_core=cfg.k_core, seed=cfg.seed)
+    split = build_split(raw, rating_threshold=cfg.rating_threshold, k_core=cfg.k_core, seed=cfg.seed,
+                        cold_item_frac=cfg.cold_item_frac)
     result = build_dataset_folder(
         split,
         Path(cfg.out),
@@ -187,6 +191,7 @@ def add_build_arguments(b: argparse.ArgumentParser, base: BuildConfig | None = N
     b.add_argument("--rating-threshold", type=_finite_float, default=d.rating_threshold, help="keep rating > this (ignored when the source has no ratings)")
     b.add_argument("--k-core", type=_int_at_least(0), default=d.k_core)
     b.add_argument("--seed", type=int, default=d.seed, help="split seed")
+    b.add_argument("--cold-item-frac", type=_finite_float, default=d.cold_item_frac, help="hold out this fraction of the items whole as new products, half for validation, half for test (default 0: none)")
     b.add_argument("--strict", action="store_true", default=d.strict, help="stop at the first bad input line (default: count and report skips)")
     b.add_argument("--format", default=d.format, help="source format (default: detect)")
     b.add_argument("--synthetic-users", type=_int_at_least(1), default=d.synthetic_users)
@@ -204,7 +209,8 @@ def build_config_from_args(args: argparse.Namespace) -> BuildConfig:
     return BuildConfig(
         source=args.source, out=args.out, tokenizer=args.tokenizer, train_bpe=args.train_bpe, prompts=args.prompts,
         max_hops=args.max_hops, max_group_items=args.max_group_items, max_length=args.max_length,
-        rating_threshold=args.rating_threshold, k_core=args.k_core, seed=args.seed, strict=args.strict,
+        rating_threshold=args.rating_threshold, k_core=args.k_core, seed=args.seed,
+        cold_item_frac=args.cold_item_frac, strict=args.strict,
         format=args.format, synthetic_users=args.synthetic_users, synthetic_items=args.synthetic_items,
         hop_table_budget_gb=args.hop_table_budget_gb, save_hop_table=not args.no_hop_table,
         overwrite=args.overwrite, quiet=args.quiet,

@@ -45,6 +45,7 @@ MAPS_DIR = "maps"
 USERS_FILE = "users.json"
 ITEMS_FILE = "items.json"
 TITLES_FILE = "item_titles.json"
+COLD_ITEMS_FILE = "cold_items.json"  # cold-item splits only: {"validation": [item indices], "test": [...]}
 HISTORIES_FILE = "train_histories.json"  # published folders only: every user's train items in the split's order
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 TOKENIZER_CONFIG_DROP = ("is_local", "local_files_only", "auto_map")  # load-time flags save_pretrained writes back
@@ -166,6 +167,7 @@ class Corpus:
         self._check_file_hashes()
         self._encoders: dict[int, RecPromptEncoder] = {}
         self._train_items: list[list[int]] | None = None
+        self._cold_items: dict | None = None
 
     def _check_file_hashes(self) -> None:
         """Every file the model's behaviour depends on and no other hash covers (id maps, titles, a dense hop
@@ -381,6 +383,16 @@ class Corpus:
                     items[u].append(j)
             self._train_items = items
         return self._train_items
+
+    def cold_items(self, split: str) -> np.ndarray:
+        """Item indices held out whole as new products for ``split`` ("validation" or "test"; build_split's
+        ``cold_item_frac``); empty for a folder built without cold items."""
+        if split not in ("validation", "test"):
+            raise DataFolderError(f"cold items are held out for 'validation' and 'test', not {split!r}")
+        path = self.folder / MAPS_DIR / COLD_ITEMS_FILE
+        if self._cold_items is None:
+            self._cold_items = _read_json(path) if path.is_file() else {}
+        return np.asarray(self._cold_items.get(split, []), dtype=np.int64)
 
     def item_titles(self) -> list[str]:
         """Display title per item index (``item_<j>`` when the metadata had none)."""

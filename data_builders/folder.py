@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .atomic import OWNED_FILE, ForeignFolderError, atomic_write_text, check_replaceable, json_default, make_temp_dir, mark_owned
-from .corpus import (EDGES_FILE, FORMAT_NAME, FORMAT_VERSION, GRAPH_DIR, HOP_TABLE_FILE, ITEMS_FILE, MANIFEST_FILE, MAPS_DIR,
+from .corpus import (COLD_ITEMS_FILE, EDGES_FILE, FORMAT_NAME, FORMAT_VERSION, GRAPH_DIR, HOP_TABLE_FILE, ITEMS_FILE, MANIFEST_FILE, MAPS_DIR,
                      README_FILE, TITLES_FILE, TOKENIZER_DIR, USERS_FILE, file_sha256)
 from .graph import DEFAULT_MAX_HOPS, DEFAULT_TABLE_BUDGET_BYTES, HopDistances, InteractionGraph
 from .pair_hops import PAIR_COLUMNS, attach_pair_hops
@@ -255,6 +255,10 @@ def build_dataset_folder(
         _write_json(tmp / MAPS_DIR / USERS_FILE, list(split.user_ids))
         _write_json(tmp / MAPS_DIR / ITEMS_FILE, list(split.item_ids))
         _write_json(tmp / MAPS_DIR / TITLES_FILE, [m.title for m in split.items])
+        cold_files = []
+        if split.cold_items:
+            _write_json(tmp / MAPS_DIR / COLD_ITEMS_FILE, split.cold_items)
+            cold_files = [f"{MAPS_DIR}/{COLD_ITEMS_FILE}"]
 
         manifest = {
             "format": FORMAT_NAME,
@@ -277,7 +281,7 @@ def build_dataset_folder(
             },
             # the files no other hash covers; Corpus checks them on every load (a swapped map changes every answer)
             "files_sha256": {rel: file_sha256(tmp / rel) for rel in (
-                f"{MAPS_DIR}/{USERS_FILE}", f"{MAPS_DIR}/{ITEMS_FILE}", f"{MAPS_DIR}/{TITLES_FILE}",
+                f"{MAPS_DIR}/{USERS_FILE}", f"{MAPS_DIR}/{ITEMS_FILE}", f"{MAPS_DIR}/{TITLES_FILE}", *cold_files,
                 *([f"{GRAPH_DIR}/{HOP_TABLE_FILE}"] if (save_hop_table and hops.is_dense) else []))},
             "prompts": prompt_config.to_dict(),
             "configs": [c for c in configs if c in files],

@@ -28,26 +28,48 @@ def item_token_counts(corpus) -> sp.csr_matrix:
     return counts
 
 
-def text_svd_vectors(counts: sp.csr_matrix, dim: int, seed: int = 0) -> np.ndarray:
-    """(num_items, dim) float32: rows of U * S of the TF-IDF matrix (sublinear tf, smoothed idf, rows L2-normalised),
-    each column's sign fixed so its largest entry is positive; items without text get a zero row."""
+def smooth_idf(counts: sp.csr_matrix) -> np.ndarray:
+    """(vocab,) smoothed idf of token counts (items x vocab): log((1 + n) / (1 + df)) + 1."""
+    df = np.bincount(counts.indices, minlength=counts.shape[1])
+    return np.log((1 + counts.shape[0]) / (1 + df)) + 1.0
+
+
+def tfidf_rows(counts: sp.csr_matrix, idf: np.ndarray | None = None) -> sp.csr_matrix:
+    """The TF-IDF matrix of token counts: sublinear tf, smoothed idf (``idf``, else ``smooth_idf(counts)``), rows
+    L2-normalised (a row without text stays 0), so a row product is the cosine of two items' texts."""
     tf = counts.copy().astype(np.float64)
     tf.data = 1.0 + np.log(tf.data)
-    df = np.bincount(tf.indices, minlength=tf.shape[1])
-    idf = np.log((1 + tf.shape[0]) / (1 + df)) + 1.0
-    x = sp.csr_matrix(tf @ sp.diags(idf))
+    x = sp.csr_matrix(tf @ sp.diags(smooth_idf(counts) if idf is None else idf))
     norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
-    x = sp.csr_matrix(sp.diags(np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)) @ x)
+    return sp.csr_matrix(sp.diags(np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)) @ x)
+
+
+def text_svd(counts: sp.csr_matrix, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The item-text vectors and what maps a new item's counts to one: ``(vectors, idf, basis)``.
+
+    ``vectors`` (num_items, dim) float32 are the rows of U * S of ``tfidf_rows(counts)``, each column's sign fixed so
+    its largest entry is positive; items without text get a zero row. ``basis`` (vocab, dim) float32 holds the
+    matching right singular vectors (same order and signs), so ``tfidf_rows(c, idf) @ basis`` is the vector of any
+    counts ``c`` (equal to ``vectors`` for the fitted items, up to rounding). Columns past the rank are 0."""
+    x = tfidf_rows(counts)
     k = min(dim, min(x.shape) - 1)
     v0 = np.random.default_rng(seed).standard_normal(min(x.shape))  # ARPACK's start vector: deterministic
-    u, s, _ = svds(x, k=k, v0=v0)
+    u, s, vt = svds(x, k=k, v0=v0)
     vectors = u * s
     order = np.argsort(-s)
     vectors = vectors[:, order]
     signs = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(vectors.shape[1])])
+    signs = np.where(signs == 0, 1.0, signs)
     out = np.zeros((x.shape[0], dim), dtype=np.float32)
-    out[:, :k] = vectors * np.where(signs == 0, 1.0, signs)
-    return out
+    out[:, :k] = vectors * signs
+    basis = np.zeros((x.shape[1], dim), dtype=np.float32)
+    basis[:, :k] = vt[order].T * signs
+    return out, smooth_idf(counts).astype(np.float32), basis
 
 
-__all__ = ["item_token_counts", "text_svd_vectors"]
+def text_svd_vectors(counts: sp.csr_matrix, dim: int, seed: int = 0) -> np.ndarray:
+    """(num_items, dim) float32: ``text_svd``'s item vectors."""
+    return text_svd(counts, dim, seed)[0]
+
+
+__all__ = ["item_token_counts", "smooth_idf", "text_svd", "text_svd_vectors", "tfidf_rows"]

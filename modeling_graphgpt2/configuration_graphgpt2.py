@@ -135,6 +135,14 @@ class GraphGPT2Config(GPT2Config):
         graph_edge_topn (`int`, defaults to 200):
             Co-held items kept per item for `graph_edge_bias` (>= 1; capped at `num_items`); a pair outside an
             item's top list reads the "no other user" bucket.
+        cold_item_map_rank (`int`, defaults to 0):
+            k >= 0. With k > 0 the model keeps a map from an item's text to a collab item row, for items without
+            a train interaction (new products): token counts of the item's text -> TF-IDF (sublinear tf, stored
+            idf, unit rows) -> rank-k text vector (stored basis, the TF-IDF's right singular vectors) -> row
+            (stored ridge weight and bias, fitted on the trained rows of the items that have interactions). Buffers
+            `cold_item_map.idf` (base_vocab_size), `.basis` (base_vocab_size, k), `.weight` (k, n_embd), `.bias`
+            (n_embd), filled by the training code after fine-tuning (all zero: not fitted, e.g. no item text).
+            0: no map; the model cannot score items that are not in its table.
 
     Example:
 
@@ -174,6 +182,7 @@ class GraphGPT2Config(GPT2Config):
     graph_train_edges: int = 0
     graph_edge_bias: bool = False
     graph_edge_topn: int = 200
+    cold_item_map_rank: int = 0
 
     def __post_init__(self, **kwargs):
         # `wte` / `lm_head` cover only text tokens; keep GPT-2's `vocab_size` in step with it.
@@ -236,6 +245,7 @@ class GraphGPT2Config(GPT2Config):
         _int("id_propagation_layers", 0)
         _int("graph_train_edges", 0)
         _int("graph_edge_topn", 1)
+        _int("cold_item_map_rank", 0)
         if not isinstance(self.graph_edge_bias, bool):
             raise GraphGPT2ConfigError("graph_edge_bias", f"must be true/false, got {self.graph_edge_bias!r}")
         if self.n_embd % self.n_head != 0:

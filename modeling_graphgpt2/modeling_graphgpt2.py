@@ -271,6 +271,8 @@ class GraphGPT2RecOutput(ModelOutput):
         reg_loss: weighted mutual regulariser between the two ID-embedding sets (already in `loss`).
         logits: (B, L, base_vocab_size) text logits ("content") or (B, L, num_items) item logits ("collab").
         scores: (B, num_items) item scores from the last non-pad token ("rec"), the graph residual included.
+        user_states: (B, n_embd) ("rec") the last non-pad token's final hidden state: `scores` = user_states x the
+            item table^T + the score terms (what scores an item row that is not in the table yet, e.g. a new item).
         score_terms: ("rec", when the model has score-term levers) {lever attribute: (B, num_items) its standardised
             term before its scale}, e.g. "graph_residual" (x W / std(x W)) and "graph_lowpass": `scores` = item
             logits + the sum of `<lever>.scale` * term.
@@ -284,6 +286,7 @@ class GraphGPT2RecOutput(ModelOutput):
     reg_loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     scores: torch.FloatTensor | None = None
+    user_states: torch.FloatTensor | None = None
     score_terms: dict[str, torch.FloatTensor] | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
@@ -559,8 +562,48 @@ class GraphLowPassResidual(GraphScoreTerm):
         return (projected @ self.basis.T) * self.sqrt_degree  # (B, I)
 
 
+class GraphColdItemMap(GraphLever):
+    """Collab item rows for items without a train interaction, from their text (docs/model.md "New items"):
+    token counts (n, base_vocab_size) -> TF-IDF (sublinear tf x `idf`, unit rows) -> x `basis` (rank-k text
+    vector) -> x `weight` + `bias` (a ridge map fitted on the trained rows of the items with interactions).
+
+    The tables are filled after fine-tuning (train/cold_items.py); until then they are 0 and `fitted()` is False.
+    The map is a lever because it is fitted on the train graph's warm items; it adds nothing to the attention or
+    the scores of the items in the table (a held-out cold item's row in the table is already its output)."""
+
+    attribute = "cold_item_map"
+    tables = ("idf", "basis", "weight", "bias")
+    shape_hint = " (base_vocab_size,), (base_vocab_size, cold_item_map_rank), (cold_item_map_rank, n_embd), (n_embd,)"
+
+    @classmethod
+    def enabled(cls, config: GraphGPT2Config) -> bool:
+        return config.cold_item_map_rank > 0
+
+    def __init__(self, config: GraphGPT2Config):
+        super().__init__()
+        vocab, rank, width = config.base_vocab_size, config.cold_item_map_rank, config.n_embd
+        self.register_buffer("idf", torch.zeros(vocab))
+        self.register_buffer("basis", torch.zeros(vocab, rank))
+        self.register_buffer("weight", torch.zeros(rank, width))
+        self.register_buffer("bias", torch.zeros(width))
+
+    def check_tables(self, idf, basis, weight, bias) -> None:
+        if bool((idf < 0).any()):
+            raise ValueError("cold_item_map idf must be >= 0")
+
+    def fitted(self) -> bool:
+        return bool((self.idf > 0).any())
+
+    def forward(self, counts: torch.Tensor) -> torch.Tensor:
+        """(n, base_vocab_size) token counts of n items' texts -> (n, n_embd) collab item rows."""
+        counts = counts.to(self.idf.dtype)
+        tf = torch.where(counts > 0, 1.0 + torch.log(counts.clamp_min(1.0)), 0.0) * self.idf
+        unit = tf / tf.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(tf.dtype).tiny)
+        return (unit @ self.basis) @ self.weight + self.bias
+
+
 # every graph lever the model can hold, in the order they are registered (docs/model.md, "Graph levers")
-GRAPH_LEVERS = (GraphItemResidual, GraphLowPassResidual, GraphIDPropagation, GraphEdgeTables)
+GRAPH_LEVERS = (GraphItemResidual, GraphLowPassResidual, GraphIDPropagation, GraphEdgeTables, GraphColdItemMap)
 
 
 TASKS = ("content", "collab", "rec")
@@ -856,7 +899,8 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
         batch, seq_len = hidden.shape[:2]
         last = self.last_token_index(attention_mask, batch, seq_len, hidden.device)
         result = GraphGPT2RecOutput()
-        result.scores = F.linear(hidden[torch.arange(batch, device=hidden.device), last], item_weight)
+        result.user_states = hidden[torch.arange(batch, device=hidden.device), last]
+        result.scores = F.linear(result.user_states, item_weight)
         residuals = self.score_terms()
         if residuals:
             if input_ids is None:
@@ -913,24 +957,31 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
         hop_distances: torch.Tensor | None = None,
         k: int = 20,
         exclude_items: torch.Tensor | list[list[int]] | None = None,
+        new_item_rows: torch.Tensor | None = None,
     ) -> GraphGPT2Recommendations:
         """Top-k items for a batch of right-padded prompts (dropout off), excluding `exclude_items`.
 
-        `exclude_items` is a (B, num_items) bool mask or a list (one per row) of item-index lists.
+        `exclude_items` is a (B, num_items) bool mask or a list (one per row) of item-index lists. `new_item_rows`
+        (n, n_embd), e.g. `cold_item_map(counts)` of new products, are ranked with the catalog as items
+        num_items..num_items+n-1, each scored `user_states x row` (no graph term reaches an item without edges).
         """
-        num_items = self.config.num_items
+        num_items = self.config.num_items + (0 if new_item_rows is None else len(new_item_rows))
         if not 1 <= k <= num_items:
             raise ValueError(f"k must be in [1, num_items = {num_items}], got {k}")
         was_training = self.training
         self.eval()
         try:
-            scores = self(input_ids, attention_mask=attention_mask, hop_distances=hop_distances, task="rec").scores
+            out = self(input_ids, attention_mask=attention_mask, hop_distances=hop_distances, task="rec")
         finally:
             self.train(was_training)
-        scores = scores.float()
+        scores = out.scores.float()
+        if new_item_rows is not None:
+            new_scores = out.user_states.float() @ new_item_rows.to(out.user_states.device).float().T
+            scores = torch.cat([scores, new_scores], dim=-1)
         if exclude_items is not None:
-            scores = scores.masked_fill(self._exclusion_mask(exclude_items, scores.shape[0], scores.device),
-                                        float("-inf"))
+            mask = self._exclusion_mask(exclude_items, scores.shape[0], scores.device)
+            mask = F.pad(mask, (0, scores.shape[1] - mask.shape[1]), value=False)  # new items are never excluded
+            scores = scores.masked_fill(mask, float("-inf"))
         top = torch.topk(scores, k, dim=-1)
         return GraphGPT2Recommendations(items=top.indices, scores=top.values)
 

@@ -7,7 +7,8 @@ files, so `pipeline("graph-recommendation", model=<repo>, trust_remote_code=True
   RecPrompt            THE personalized predictive prompt (user, items) -> input_ids, node_positions; the
                        package's `data_builders.prompts.RecPromptEncoder` must give the same ids (tested)
   TrainGraph           train edges -> capped hop distances among a prompt's nodes (hop table or numpy BFS)
-  GraphRecommender     repo files -> top-k items for {"user": id} / {"history": [ids or titles]}
+  ItemText             a new item's fields -> the token counts of its content prompts (as the build counts them)
+  GraphRecommender     repo files -> top-k items for {"user": id} / {"history": [ids or titles]}, with new items
   GraphRecommendationPipeline   the transformers Pipeline around GraphRecommender
   serving record       serving.json: the sha256 of every file that decides the answers (weights, tokenizer,
                        maps, graph, settings, code) and of the config's fields; config.json holds serving.json's
@@ -22,6 +23,7 @@ context are cut from the LEFT, so the trigger phrase at the end survives.
 import hashlib
 import json
 import os
+import re
 import warnings
 
 import numpy as np
@@ -102,6 +104,94 @@ class RecPrompt:
         ids = np.concatenate([head, self.base_vocab_size + self.num_users + items, tail])
         pos = np.where(ids >= self.base_vocab_size, ids - self.base_vocab_size, -1).astype(np.int32)
         return {"input_ids": ids, "node_positions": pos, "history": items.astype(np.int32)}
+
+
+# The content prompts' fields and templates (data_builders.prompts CONTENT_TEMPLATES; equal, tested) and the text
+# rules that keep ID and special tokens out of text (data_builders.textclean; the two that change tokens)
+CONTENT_TEMPLATES = {
+    "title": "The title of {item} is:",
+    "brand": "The brand of {item} is:",
+    "categories": "The categories of {item} are:",
+    "description": "The description of {item} is:",
+    "price": "The price of {item} is:",
+}
+_ID_PATTERN = re.compile(r"(user|item)_(?=[0-9])")
+_SPECIAL_PATTERN = re.compile(r"<\|([^<>|\s]{0,64})\|>")
+NEW_ITEM_KEYS = ("id", "title", "brand", "categories", "description", "price")
+
+
+class ItemText:
+    """A new item ``{"id", "title", "brand", "categories": [...], "description", "price"}`` -> the counts of the
+    text tokens of its content prompts, field by field as the build writes them (`` value`` after the field's
+    template, cut to the build's max_length), i.e. the row ``data_builders.item_text.item_token_counts`` gives an
+    item of the catalog with the same metadata."""
+
+    def __init__(self, tokenizer, base_vocab_size, max_length, fields):
+        self.tokenizer, self.base_vocab_size, self.fields = tokenizer, int(base_vocab_size), tuple(fields)
+        self._room = {f: int(max_length) - len(self._ids(CONTENT_TEMPLATES[f].format(item=item_token(0)))) for f in self.fields}
+
+    def _ids(self, text):
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    @staticmethod
+    def value(item, field):
+        if field == "categories":
+            return ", ".join(str(c) for c in (item.get("categories") or []) if c)
+        if field == "price":
+            price = item.get("price")
+            return f"${float(price):.2f}" if price is not None and np.isfinite(float(price)) else ""
+        return str(item.get(field) or "").strip()
+
+    def counts(self, items):
+        """(n, base_vocab_size) float32 token counts."""
+        out = np.zeros((len(items), self.base_vocab_size), dtype=np.float32)
+        special = set(self.tokenizer.all_special_ids)
+        for row, item in enumerate(items):
+            for field in self.fields:
+                value = self.value(item, field)
+                if not value:
+                    continue
+                text = _SPECIAL_PATTERN.sub(r"<\1>", _ID_PATTERN.sub(r"\1-", " " + value))
+                for t in self._ids(text)[: max(self._room[field], 0)]:
+                    if t < self.base_vocab_size and t not in special:
+                        out[row, t] += 1
+        return out
+
+
+def new_item_text(model, tokenizer, prompts):
+    """The ItemText of a model with a fitted text map and the build's prompt settings (manifest.json "prompts");
+    a ValueError saying why not otherwise."""
+    lever = getattr(model, "cold_item_map", None)
+    why = ("its config has cold_item_map_rank 0" if lever is None else
+           "its text map was not fitted (the training data had no item text)" if not lever.fitted() else
+           "its manifest.json has no prompt settings" if not prompts.get("max_length") else None)
+    if why:
+        raise ValueError(f"this model cannot take new items: {why}")
+    return ItemText(tokenizer, model.config.base_vocab_size, prompts["max_length"],
+                    prompts.get("content_fields") or list(CONTENT_TEMPLATES))
+
+
+def new_item_rows(model, item_text, known_ids, new_items):
+    """``[{"id", "title", ...}]`` -> (raw ids, titles, (n, n_embd) collab rows from ``model.cold_item_map``); an item
+    id already in ``known_ids`` (the catalog) or repeated, an unknown key or an item without text is a named error."""
+    if not isinstance(new_items, (list, tuple)) or not all(isinstance(x, dict) for x in new_items):
+        raise ValueError('new_items must be a list of {"id": ..., "title": ..., "brand": ..., "categories": [...]} dicts')
+    ids = []
+    for k, item in enumerate(new_items):
+        unknown = sorted(map(str, set(item) - set(NEW_ITEM_KEYS)))
+        if unknown:
+            raise ValueError(f"new_items[{k}]: unknown keys {unknown}; a new item holds {list(NEW_ITEM_KEYS)}")
+        raw = item.get("id")
+        if isinstance(raw, bool) or not isinstance(raw, (str, int)) or str(raw) in known_ids or str(raw) in ids:
+            raise ValueError(f"new_items[{k}]: \"id\" must be a raw item id that is neither in the catalog nor repeated, "
+                             f"got {raw!r:.80}")
+        if not any(ItemText.value(item, f) for f in item_text.fields):
+            raise ValueError(f"new_items[{k}] ({raw!r:.80}): no text in any of {list(item_text.fields)}")
+        ids.append(str(raw))
+    lever = model.cold_item_map
+    with torch.no_grad():
+        rows = lever(torch.from_numpy(item_text.counts(new_items)).to(lever.idf.device))
+    return ids, [str(item.get("title") or i) for item, i in zip(new_items, ids)], rows
 
 
 class TrainGraph:
@@ -341,6 +431,7 @@ class GraphRecommender:
         self.max_length = min(int(meta.get("max_length", cfg.n_positions)), cfg.n_positions)
         self.leave_user_out = bool(meta.get("leave_user_out_hops", False))
         self.prompt = RecPrompt(tokenizer, cfg.base_vocab_size, cfg.num_users, cfg.num_items, self.max_length)
+        self.tokenizer = tokenizer
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         table = None
         if graph_meta.get("hop_table") and cfg.graph_bias != "none":
@@ -366,6 +457,11 @@ class GraphRecommender:
         for j, t in enumerate(self.titles):
             by_title.setdefault(t, []).append(j)
         self._title_index = by_title
+        self.prompts = (_read_json(manifest_path).get("prompts") or {}) if manifest_path else {}
+
+    def new_item_rows(self, new_items):
+        """``[{"id", "title", ...}]`` -> (ids, titles, (n, n_embd) rows from the model's text map)."""
+        return new_item_rows(self.model, new_item_text(self.model, self.tokenizer, self.prompts), self._item_index, new_items)
 
     # ---- requests -> (user index or None, history indices) -----------------------------------------------------
     def resolve(self, request):
@@ -430,8 +526,9 @@ class GraphRecommender:
         return ids, pos, mask
 
     @torch.no_grad()
-    def score(self, resolved, top_k, exclude_seen=True):
-        """[(u or None, items)] -> one list of (item index, score) per request, best first; one forward pass."""
+    def score(self, resolved, top_k, exclude_seen=True, new_rows=None):
+        """[(u or None, items)] -> one list of (item index, score) per request, best first; one forward pass. Item
+        indices from num_items on are the rows of ``new_rows`` (new items)."""
         encoded = [self.prompt.encode(u, items) for u, items in resolved]
         ids, pos, mask = self.collate(encoded)
         device = next(self.model.parameters()).device
@@ -440,9 +537,9 @@ class GraphRecommender:
             hops = self.hop_distances(pos)
             hops = torch.from_numpy(hops).to(device)
         exclude = [items if exclude_seen else [] for _, items in resolved]
-        k = min(int(top_k), self.num_items)
+        k = min(int(top_k), self.num_items + (0 if new_rows is None else len(new_rows)))
         rec = self.model.recommend(torch.from_numpy(ids).to(device), attention_mask=torch.from_numpy(mask).to(device),
-                                   hop_distances=hops, k=k, exclude_items=exclude)
+                                   hop_distances=hops, k=k, exclude_items=exclude, new_item_rows=new_rows)
         return [[(j, s) for j, s in zip(items, scores) if s != float("-inf")]
                 for items, scores in zip(rec.items.tolist(), rec.scores.tolist())]
 
@@ -451,26 +548,33 @@ class GraphRecommender:
         order = np.argsort(-self.graph.popularity, kind="stable")[:top_k]
         return [(int(j), float(self.graph.popularity[j])) for j in order]
 
-    def recommend(self, requests, top_k=10, exclude_seen=True, batch_size=64):
-        """One list of ``{"item_id", "title", "score"}`` per request (``"source": "popularity"`` on the fallback)."""
+    def recommend(self, requests, top_k=10, exclude_seen=True, batch_size=64, new_items=None):
+        """One list of ``{"item_id", "title", "score"}`` per request (``"source": "popularity"`` on the fallback);
+        ``new_items`` are ranked with the catalog and marked ``"new": true``."""
         check_options(top_k, exclude_seen, batch_size)
         if not isinstance(requests, (list, tuple)):
             raise ValueError(f"requests must be a list of request dicts, got {type(requests).__name__}")
+        new_ids, new_titles, new_rows = self.new_item_rows(new_items) if new_items else ([], [], None)
         resolved = [self.resolve(r) for r in requests]
         ranked = [None] * len(resolved)
         model_rows = [i for i, (u, items) in enumerate(resolved) if u is not None or items]
         for start in range(0, len(model_rows), batch_size):
             chunk = model_rows[start:start + batch_size]
-            for i, recs in zip(chunk, self.score([resolved[i] for i in chunk], top_k, exclude_seen)):
+            for i, recs in zip(chunk, self.score([resolved[i] for i in chunk], top_k, exclude_seen, new_rows)):
                 ranked[i] = recs
         out = []
         for i, recs in enumerate(ranked):
             source = "model"
             if recs is None:  # an empty history: nothing to condition on, so the most popular train items
                 recs, source = self.popular(top_k), "popularity"
-            out.append([{"item_id": self.item_ids[j], "title": self.titles[j], "score": float(s),
-                         **({"source": source} if source != "model" else {})} for j, s in recs])
+            out.append([self._entry(j, s, new_ids, new_titles, source) for j, s in recs])
         return out
+
+    def _entry(self, j, score, new_ids, new_titles, source):
+        if j >= self.num_items:
+            return {"item_id": new_ids[j - self.num_items], "title": new_titles[j - self.num_items], "score": float(score), "new": True}
+        return {"item_id": self.item_ids[j], "title": self.titles[j], "score": float(score),
+                **({"source": source} if source != "model" else {})}
 
 
 def _is_int(value):
@@ -501,7 +605,9 @@ class GraphRecommendationPipeline(Pipeline):
     """``pipeline("graph-recommendation", model=<repo>, trust_remote_code=True)``.
 
     Call with ``{"user": "<raw user id>"}``, ``{"history": ["<raw item id or exact title>", ...]}`` or a list of
-    them; options ``top_k`` (default 10), ``exclude_seen`` (default True) and ``batch_size`` (default 64).
+    them; options ``top_k`` (default 10), ``exclude_seen`` (default True), ``batch_size`` (default 64) and
+    ``new_items`` (products without interactions, ``[{"id", "title", "brand", "categories": [...], ...}]``: ranked
+    with the catalog from their text, marked ``"new": true``; needs a model with a fitted text map).
     Returns one list of ``{"item_id", "title", "score"}`` per input (a single list for a single input). An empty
     history is answered from train popularity and every entry carries ``"source": "popularity"``.
     """
@@ -513,19 +619,22 @@ class GraphRecommendationPipeline(Pipeline):
         self.recommender = GraphRecommender(self.model, self.tokenizer, self.model.config._name_or_path,
                                             getattr(self.model.config, "_commit_hash", None))
 
-    def _sanitize_parameters(self, top_k=None, exclude_seen=None, **kwargs):
+    def _sanitize_parameters(self, top_k=None, exclude_seen=None, new_items=None, **kwargs):
         params = {}
+        if new_items is not None:
+            params["new_items"] = new_items
         if top_k is not None:
             params["top_k"] = top_k
         if exclude_seen is not None:
             params["exclude_seen"] = exclude_seen  # checked as a boolean in recommend: bool("false") is True
         return {}, {}, params
 
-    def __call__(self, inputs, top_k=10, exclude_seen=True, batch_size=64, **kwargs):
+    def __call__(self, inputs, top_k=10, exclude_seen=True, batch_size=64, new_items=None, **kwargs):
         if kwargs:
-            raise TypeError(f"unexpected options {sorted(kwargs)}; the graph-recommendation pipeline takes top_k, exclude_seen, batch_size")
+            raise TypeError(f"unexpected options {sorted(kwargs)}; the graph-recommendation pipeline takes top_k, "
+                            "exclude_seen, batch_size, new_items")
         requests, single = as_request_list(inputs)
-        out = self.recommender.recommend(requests, top_k, exclude_seen, batch_size)
+        out = self.recommender.recommend(requests, top_k, exclude_seen, batch_size, new_items)
         return out[0] if single else out
 
     # Pipeline's abstract steps; __call__ above batches the whole request list itself (the hop tensor needs

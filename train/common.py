@@ -114,6 +114,8 @@ def build_model(cfg: RunConfig, corpus: Corpus, fit_seconds: dict | None = None)
     # the graph levers' tables are fitted on the TRAIN interactions only: no validation/test pair enters them
     conf, train = model.config, corpus.interaction_matrix("train")
     for name, lever in model.levers():
+        if name not in LEVER_TABLES:  # fitted on the trained rows after fine-tuning (the cold-item map)
+            continue
         t0 = time.time()
         lever.set_tables(*LEVER_TABLES[name](train, conf))
         if fit_seconds is not None:

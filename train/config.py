@@ -138,6 +138,10 @@ class FinetuneConfig(StageConfig):
     # for runs without pre-training, as it overwrites the content rows too); "content_set" = the collab item table
     # starts as a copy of the (pre-trained) content item table.
     init_collab_items: str = "none"
+    # New products (a dataset folder built with --cold-item-frac; docs/model.md "New items"): after selection, each
+    # cold item's collab row becomes a ridge map of its item text fitted on the warm items' rows; the ridge's alpha
+    # is the value of this grid with the best selection_metric on the validation cold items' shelf.
+    cold_map_alpha_grid: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0, 100.0])
 
 
 @dataclass
@@ -326,6 +330,8 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError("key 'finetune.residual_scale_grid' needs a graph residual (model.graph_residual=ease or cooc)")
     _require(cfg, "finetune.lowpass_scale_grid", lambda g: all(v >= 0 and v != float("inf") for v in g),
              "a list of finite scales >= 0")
+    _require(cfg, "finetune.cold_map_alpha_grid", lambda g: len(g) > 0 and all(0 < v < float("inf") for v in g),
+             "a non-empty list of finite ridge alphas > 0")
     if f.lowpass_scale_grid and cfg.model.graph_lowpass_rank <= 0:
         raise ConfigError("key 'finetune.lowpass_scale_grid' needs a low-pass residual (model.graph_lowpass_rank > 0)")
     if not 0.0 <= f.visible_target_weight <= 1.0:

@@ -40,6 +40,7 @@ from train.common import (
     steps_per_epoch,
     warmup_linear,
 )
+from train.cold_items import cold_item_metrics, fit_cold_item_map
 from train.config import RunConfig
 from train.evaluate import evaluate_model, evaluate_residual_scales
 from train.io_utils import BEST_DIR, PRETRAINED_DIR, atomic_write_json, check_run_outputs, locks_output_dir
@@ -194,10 +195,18 @@ def select_and_test(cfg: RunConfig, corpus: Corpus, accelerator, trainer, stage_
         lowpass_sweep, val = choose_residual_scale(accelerator, final, corpus, cfg, best_dir, term="graph_lowpass")
     if val is None:
         val = evaluate_model(accelerator, final, corpus, "validation", cfg)
+    cold_map = cold_test = None
+    if final.cold_item_map is not None or len(corpus.cold_items("validation")):  # the text map of new products
+        cold_map = fit_cold_item_map(accelerator, final, corpus, cfg)
+        if "chosen" in cold_map:
+            save_model(accelerator, final, best_dir)
     stage_s["select_s"], t0 = time.time() - t0, time.time()  # final validation (the residual-scale sweep)
     test = evaluate_model(accelerator, final, corpus, "test", cfg)
+    if cold_map is not None and "chosen" in cold_map and len(corpus.cold_items("test")):
+        cold_test = cold_item_metrics(accelerator, final, corpus, "test", cfg)
     stage_s["test_s"] = time.time() - t0
-    return {"validation": val, "test": test, "residual_scale_sweep": scale_sweep, "lowpass_scale_sweep": lowpass_sweep}
+    return {"validation": val, "test": test, "residual_scale_sweep": scale_sweep, "lowpass_scale_sweep": lowpass_sweep,
+            "cold_item_map": cold_map, "cold_items_test": cold_test}
 
 
 @locks_output_dir
@@ -231,6 +240,8 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
         "residual_scale_sweep": chosen["residual_scale_sweep"],
         "lowpass_scale_sweep": chosen["lowpass_scale_sweep"],
         "init_collab_items": collab_items_init,
+        **({"cold_item_map": chosen["cold_item_map"], "cold_items_test": chosen["cold_items_test"]}
+           if chosen["cold_item_map"] is not None else {}),
     }
     if accelerator.is_main_process:
         atomic_write_json(out / "finetune_result.json", result)

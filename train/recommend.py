@@ -3,6 +3,11 @@
     python -m train.recommend --model outputs/demo/hub_model --users 0 5 17 --k 10
     python -m train.recommend --model outputs/demo/hub_model --history SYN00041X "Bowmaster Ebony Bow 856"  # a new user
     python -m train.recommend --model outputs/demo/hub_model --all --out recs.jsonl     # every user, JSON lines
+    python -m train.recommend --model outputs/demo/hub_model --users 0 --new-items new.jsonl  # with new products
+
+``--new-items`` reads JSON lines ``{"id", "title", "brand", "categories": [...], "description", "price"}``: products
+without interactions, ranked with the catalog from their text (the model's text map, docs/model.md "New items")
+and marked "(new)"; the same rows the pipeline's ``new_items`` gives.
 
 A known user is scored from "user_u has interacted with <all train items, in the split's stored order>, user_u
 will interact with" (the prompt evaluation scored; maps/train_histories.json) and their train items are excluded. An unseen user has no ID token, so the prompt is the builders' anonymous template
@@ -23,7 +28,7 @@ import torch
 from data_builders.atomic import atomic_write
 from data_builders.corpus import Corpus
 from data_builders.textclean import printable
-from modeling_graphgpt2.pipeline_graphgpt2 import verify_serving_folder
+from modeling_graphgpt2.pipeline_graphgpt2 import new_item_rows, new_item_text, verify_serving_folder
 from train.cli_args import report_user_errors
 from train.modeling_io import load_model
 
@@ -44,6 +49,24 @@ class Recommender:
         self.item_ids = corpus.item_ids
         self.max_length = min(max_length, model.config.n_positions)
         self.collate = corpus.collator(self.max_length, with_hops=model.config.graph_bias != "none")
+        self.new_ids: list[str] = []  # new products (add_new_items): item indices num_items.. in the answers
+        self.new_titles: list[str] = []
+        self.new_rows: torch.Tensor | None = None
+
+    def add_new_items(self, new_items: list[dict]) -> None:
+        """Rank these products without interactions with the catalog from now on (the pipeline's ``new_items``)."""
+        text = new_item_text(self.model, self.corpus.tokenizer, self.corpus.manifest.get("prompts") or {})
+        known = {raw: j for j, raw in enumerate(self.item_ids or [])}
+        self.new_ids, self.new_titles, self.new_rows = new_item_rows(self.model, text, known, new_items)
+
+    def title(self, j: int) -> str:
+        """Display title of item index ``j`` (a new item's from num_items on)."""
+        return self.item_titles[j] if j < self.num_items else self.new_titles[j - self.num_items] + " (new)"
+
+    def item_id(self, j: int) -> str | None:
+        if j >= self.num_items:
+            return self.new_ids[j - self.num_items]
+        return self.item_ids[j] if self.item_ids else None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -66,7 +89,8 @@ class Recommender:
             rows = [{"input_ids": ids, "node_positions": pos} for ids, pos in prompts[start:start + batch_size]]
             batch = {key: v.to(device) for key, v in self.collate(rows).items()}
             rec = self.model.recommend(batch["input_ids"], attention_mask=batch["attention_mask"],
-                                       hop_distances=batch.get("hop_distances"), k=k, exclude_items=exclude[start:start + batch_size])
+                                       hop_distances=batch.get("hop_distances"), k=k, exclude_items=exclude[start:start + batch_size],
+                                       new_item_rows=self.new_rows)
             for items, scores in zip(rec.items.tolist(), rec.scores.tolist()):
                 out.append([(i, s) for i, s in zip(items, scores) if s != float("-inf")])
         return out
@@ -74,7 +98,7 @@ class Recommender:
     def _check_k(self, k: int) -> int:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        return min(k, self.num_items)
+        return min(k, self.num_items + len(self.new_ids))
 
     @torch.no_grad()
     def recommend_users(self, users: Sequence[int], k: int = 20, batch_size: int = 64) -> list[list[tuple[int, float]]]:
@@ -167,14 +191,33 @@ class Recommender:
                             "user": u,
                             "user_id": self.user_ids[u] if self.user_ids else None,
                             "items": [j for j, _ in recs],
-                            "item_ids": [self.item_ids[j] for j, _ in recs] if self.item_ids else None,
-                            "titles": [self.item_titles[j] for j, _ in recs],
+                            "item_ids": [self.item_id(j) for j, _ in recs] if self.item_ids else None,
+                            "titles": [self.title(j) for j, _ in recs],
                             "scores": [round(s, 5) for _, s in recs],
                         }) + "\n")
 
         self.check_output_file(path)
         atomic_write(path, write)
         return Path(path)
+
+
+def read_new_items(path: str | Path) -> list[dict]:
+    """The JSON objects of a JSON-lines file (blank lines skipped); a bad line is a ValueError naming file and line."""
+    items = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not a JSON object ({err.msg})") from None
+            if not isinstance(item, dict):
+                raise ValueError(f"{path}:{number}: expected a JSON object with \"id\" and text fields, got {type(item).__name__}")
+            items.append(item)
+    if not items:
+        raise ValueError(f"{path}: no new items in it")
+    return items
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--indices", action="store_true", help="--history gives item indices (0..num_items-1)")
     ap.add_argument("--k", type=int, default=20, help="recommendations per user (default 20)")
     ap.add_argument("--out", default=None, help="with --all: the JSON-lines file to write (required)")
+    ap.add_argument("--new-items", default=None, metavar="FILE.jsonl", help="new products, one JSON object a line "
+                    '({"id", "title", "brand", "categories": [...], ...}), ranked with the catalog from their text')
     ap.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
     args = ap.parse_args(argv)
     return report_user_errors(lambda: _run(args), args.debug)
@@ -199,8 +244,11 @@ def _run(args) -> int:
         if not args.out:
             raise ValueError("--all needs --out FILE.jsonl (where to write every user's recommendations)")
         Recommender.check_output_file(args.out)  # before the model is loaded and every user scored
+    new_items = read_new_items(args.new_items) if args.new_items else None
     rec = Recommender.from_folder(args.model)
     try:
+        if new_items:
+            rec.add_new_items(new_items)
         if args.all:
             print(rec.write_all(args.out, args.k))
             return 0
@@ -216,7 +264,7 @@ def _run(args) -> int:
     for who, recs in results.items():  # titles and ids are data: control characters shown escaped, never sent raw
         print(f"{printable(who)}:")
         for j, s in recs:
-            print(f"  {j:>6}  {s:8.3f}  {printable(rec.item_titles[j])}")
+            print(f"  {j:>6}  {s:8.3f}  {printable(rec.title(j))}")
     return 0
 
 

@@ -1,0 +1,228 @@
+"""New products (docs/model.md "New items"): the cold-item split, its leakage guards, the text map and its metrics."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from data_builders.build import build
+from data_builders.corpus import Corpus
+from data_builders.item_text import item_token_counts
+from data_builders.preprocess import build_split
+from data_builders.synthetic import make_synthetic
+from train.cold_items import candidate_columns, fit_text_map, held_out_cold_items, item_text_svd, shelf_metrics, warm_item_mask
+from train.common import build_model
+from train.config import ConfigError, load_config
+from train.testing import tiny_build_config, tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def cold_tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cold") / "tiny_cold"
+    build(tiny_build_config(folder, users=60, items=50).replace(cold_item_frac=0.2))
+    return folder
+
+
+def test_no_cold_fraction_is_todays_split_bit_for_bit():
+    raw = make_synthetic(num_users=60, num_items=40)
+    today, zero = build_split(raw), build_split(raw, cold_item_frac=0.0)
+    assert zero.manifest == today.manifest and zero.cold_items == {}
+    for s in ("train", "valid", "test"):
+        assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(today.split_lists(s), zero.split_lists(s)))
+
+
+def test_cold_items_leave_training_whole_and_split_in_halves():
+    raw = make_synthetic(num_users=80, num_items=50)
+    split = build_split(raw, cold_item_frac=0.2)
+    val_cold, test_cold = set(split.cold_items["validation"]), set(split.cold_items["test"])
+    assert val_cold and test_cold and not val_cold & test_cold
+    assert abs(len(val_cold | test_cold) - 0.2 * split.num_items) <= 2
+    assert not {int(j) for t in split.train for j in t} & (val_cold | test_cold)
+    # every interaction of a validation-cold item is in validation, of a test-cold item in test
+    assert not {int(j) for t in split.test for j in t} & val_cold
+    assert not {int(j) for t in split.valid for j in t} & test_cold
+    assert {int(j) for t in split.valid for j in t} >= val_cold and {int(j) for t in split.test for j in t} >= test_cold
+    assert all(len(t) > 0 for t in split.train)  # users left without a warm item are dropped
+    again = build_split(raw, cold_item_frac=0.2)
+    assert again.cold_items == split.cold_items and again.manifest["split_hash"] == split.manifest["split_hash"]
+    assert split.manifest["preprocess"]["cold_item_frac"] == 0.2
+    assert build_split(raw, cold_item_frac=0.2, seed=7).cold_items != split.cold_items
+    with pytest.raises(ValueError, match="cold_item_frac"):
+        build_split(raw, cold_item_frac=1.0)
+
+
+def test_no_cold_pair_reaches_the_graph_a_prompt_or_a_residual(cold_tiny, tmp_path):
+    corpus = Corpus(cold_tiny)
+    cold = set(corpus.cold_items("validation").tolist()) | set(corpus.cold_items("test").tolist())
+    manifest = json.loads((cold_tiny / "manifest.json").read_text())
+    assert "maps/cold_items.json" in manifest["files_sha256"]
+    assert not set(corpus.hops.graph.edges[:, 1].tolist()) & cold
+    U = corpus.num_users
+    for config in ("interactions", "second_order"):
+        for row in corpus.dataset(config).to_list():
+            if config == "interactions":  # interaction events: no cold item token
+                assert not {p - U for p in row["node_positions"] if p >= U} & cold
+    for row in corpus.dataset("recommendation", "train").to_list():
+        assert not set(row["history"]) & cold and not set(row["targets"]) & cold
+    for split in ("validation", "test"):
+        for row in corpus.dataset("recommendation", split).to_list():
+            assert not set(row["history"]) & cold  # histories are train items
+    cfg = load_config("demo", tiny_overrides(cold_tiny, tmp_path, "model.graph_residual=ease", "model.graph_residual_topn=10",
+                                             "model.graph_lowpass_rank=8"))
+    model = build_model(cfg, corpus)
+    idx, val = model.graph_residual.indices.numpy(), model.graph_residual.values.numpy()
+    assert np.all(val[np.isin(idx, list(cold))] == 0)  # no train pair ties anything to a cold item
+    cold_idx = np.asarray(sorted(cold))
+    assert np.all(model.graph_lowpass.sqrt_degree.numpy()[cold_idx] == 0)
+    assert not warm_item_mask(corpus)[cold_idx].any()
+
+
+def test_the_text_map_recovers_a_linear_map_and_the_shelf_ranks_only_the_candidates():
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((40, 6))
+    true_w, true_b = rng.standard_normal((6, 4)), rng.standard_normal(4)
+    rows = vectors @ true_w + true_b
+    fit = np.arange(40) < 30
+    w, b = fit_text_map(vectors, rows, fit, alpha=1e-9)
+    np.testing.assert_allclose(vectors[~fit] @ w + b, rows[~fit], atol=1e-6)
+    candidates = np.asarray([7, 3, 9])
+    assert [c.tolist() for c in candidate_columns([[9, 1], [3]], candidates)] == [[2], [1]]
+    scores = np.asarray([[0.0, 1.0, 2.0], [5.0, 4.0, 3.0]])  # user 0 ranks item 9 first; user 1 ranks item 3 2nd
+    m = shelf_metrics(scores, candidates, [np.asarray([9]), np.asarray([3])], ks=[1], ndcg_ks=[3])
+    assert m["recall@1"] == pytest.approx(0.5) and m["num_users"] == 2
+    assert m["ndcg@3"] == pytest.approx((1.0 + 1 / np.log2(3)) / 2)
+
+
+def test_finetuning_maps_the_cold_rows_from_text_and_reports_the_shelf(cold_tiny, tmp_path):
+    from train.finetune import finetune
+    from train.modeling_io import load_model
+
+    cfg = load_config("demo", tiny_overrides(cold_tiny, tmp_path, "pretrain.do_pretrain=false", "finetune.epochs=1",
+                                             "model.cold_item_map_rank=16", "finetune.cold_map_alpha_grid=[0.5, 5]"))
+    result = finetune(cfg)
+    sweep = result["cold_item_map"]
+    assert sweep["alphas"] == [0.5, 5] and sweep["chosen"] == sweep["alphas"][int(np.argmax(sweep["values"]))]
+    corpus = Corpus(cold_tiny)
+    best = load_model(result["model_dir"])
+    rows = best.id_embeddings("collab").item.weight.detach().numpy()
+    vectors, idf, basis = item_text_svd(corpus, 16, cfg.seed)
+    warm, cold = warm_item_mask(corpus), held_out_cold_items(corpus)
+    # the saved cold rows are the chosen map of their text, fitted on the (unchanged) warm rows, and the stored
+    # map gives the same rows from the items' token counts
+    w, b = fit_text_map(vectors, rows, warm, sweep["chosen"])
+    np.testing.assert_allclose(rows[cold], vectors[cold] @ w + b, rtol=1e-4, atol=1e-5)
+    assert best.cold_item_map.fitted()
+    counts = torch.from_numpy(item_token_counts(corpus)[cold].toarray())
+    np.testing.assert_allclose(best.cold_item_map(counts).detach().numpy(), rows[cold], rtol=1e-3, atol=1e-4)
+    shelf = result["cold_items_test"]["shelf"]
+    assert 0 <= shelf["recall@20"] <= 1 and shelf["num_users"] > 0
+    assert result["cold_items_test"]["shop_warm"]["num_users"] > 0
+
+
+def test_a_folder_without_item_text_says_its_cold_items_cannot_be_scored(tmp_path):
+    folder = tmp_path / "no_text"
+    build(tiny_build_config(folder, users=60, items=50).replace(cold_item_frac=0.2, prompts=("second_order", "interactions", "recommendation")))
+    from train.finetune import finetune
+
+    cfg = load_config("demo", tiny_overrides(folder, tmp_path / "run", "pretrain.do_pretrain=false", "finetune.epochs=1",
+                                             "data.pretrain_configs=[second_order]", "model.cold_item_map_rank=16"))
+    result = finetune(cfg)
+    assert "no item text" in result["cold_item_map"]["skipped"]
+    assert result["cold_items_test"] is None
+    cfg = load_config("demo", tiny_overrides(folder, tmp_path / "run0", "pretrain.do_pretrain=false", "finetune.epochs=1",
+                                             "data.pretrain_configs=[second_order]", "model.cold_item_map_rank=0"))
+    assert "cold_item_map_rank is 0" in finetune(cfg)["cold_item_map"]["skipped"]
+
+
+def test_the_alpha_grid_is_checked():
+    with pytest.raises(ConfigError, match="finetune.cold_map_alpha_grid"):
+        load_config("demo", ["finetune.cold_map_alpha_grid=[0]"])
+
+
+@pytest.fixture(scope="module")
+def cold_hub(cold_tiny, tmp_path_factory):
+    """A published folder of a tiny run on the cold-item folder, with the text map."""
+    from train.main import run_pipeline
+
+    out = tmp_path_factory.mktemp("cold_run")
+    cfg = load_config("demo", tiny_overrides(cold_tiny, out, "pretrain.do_pretrain=false", "finetune.epochs=1",
+                                             "model.cold_item_map_rank=16"))
+    result = run_pipeline(cfg, command="pytest cold hub")
+    return cfg, Corpus(cold_tiny), Path(result["paths"]["hub_model"])
+
+
+def _catalog_item_as_new(corpus: Corpus, j: int, new_id: str) -> dict:
+    """Item j's metadata as a new item (read again from the synthetic source the folder was built from)."""
+    from data_builders.build import read_raw
+
+    meta = read_raw(tiny_build_config("unused", users=60, items=50)).items[corpus.item_ids[j]]
+    return {"id": new_id, "title": meta.title, "brand": meta.brand, "categories": list(meta.categories),
+            "description": meta.description, "price": meta.price}
+
+
+def test_a_new_item_gets_the_score_the_model_gives_it_in_evaluation(cold_hub):
+    """A held-out cold item of the test split, sent to the pipeline as a new product with its metadata: its row from
+    the stored text map equals its row in the table, so its score equals the model's score for that item."""
+    from transformers import pipeline
+
+    from train.evaluate import rec_rows
+    from train.modeling_io import load_model
+    from train.recommend import Recommender
+
+    cfg, corpus, folder = cold_hub
+    pipe = pipeline("graph-recommendation", model=str(folder), trust_remote_code=True)
+    cold = int(corpus.cold_items("test")[0])
+    new = _catalog_item_as_new(corpus, cold, "NEW-1")
+    ex = corpus.rec_examples("test")[0]
+    top = corpus.num_items + 1
+    answer = pipe({"user": corpus.user_ids[ex.user]}, top_k=top, new_items=[new])
+    by_id = {r["item_id"]: r for r in answer}
+    assert by_id["NEW-1"]["new"] is True and "new" not in by_id[corpus.item_ids[cold]]
+    model = load_model(folder).eval()
+    batch = corpus.collator(cfg.data.max_length)(rec_rows(corpus, [ex], cfg.data.max_length))
+    with torch.no_grad():
+        scores = model(**{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "hop_distances")}, task="rec").scores[0]
+    assert by_id["NEW-1"]["score"] == pytest.approx(float(scores[cold]), abs=1e-4)
+    assert by_id[corpus.item_ids[cold]]["score"] == pytest.approx(float(scores[cold]), abs=1e-5)
+    # train.recommend ranks it the same way
+    rec = Recommender.from_folder(folder)
+    rec.add_new_items([new])
+    (recs,) = rec.recommend_users([ex.user], k=top)
+    mine = dict(recs)
+    assert mine[corpus.num_items] == pytest.approx(by_id["NEW-1"]["score"], abs=1e-5)
+    with pytest.raises(ValueError, match="neither in the catalog"):
+        pipe({"user": corpus.user_ids[ex.user]}, new_items=[{**new, "id": corpus.item_ids[0]}])
+    with pytest.raises(ValueError, match="no text"):
+        pipe({"user": corpus.user_ids[ex.user]}, new_items=[{"id": "NEW-2"}])
+
+
+def test_the_pipelines_item_text_counts_like_the_build(cold_hub):
+    """ItemText (remote code) gives the counts item_token_counts reads from the content prompts, for every item."""
+    from modeling_graphgpt2.pipeline_graphgpt2 import CONTENT_TEMPLATES, ItemText
+    from data_builders.prompts import CONTENT_TEMPLATES as BUILD_TEMPLATES
+
+    assert CONTENT_TEMPLATES == BUILD_TEMPLATES
+    _, corpus, _ = cold_hub
+    prompts = corpus.manifest["prompts"]
+    text = ItemText(corpus.tokenizer, corpus.base_vocab_size, prompts["max_length"], prompts["content_fields"])
+    items = [_catalog_item_as_new(corpus, j, f"N{j}") for j in range(corpus.num_items)]
+    np.testing.assert_array_equal(text.counts(items), item_token_counts(corpus).toarray())
+
+
+def test_a_model_without_the_text_map_says_it_cannot_take_new_items(tmp_path):
+    """A folder published without the map (cold_item_map_rank 0, or older folders) loads and answers as before;
+    asking it for new items is a named error."""
+    from transformers import pipeline
+
+    from train.main import run_pipeline
+    from train.testing import build_tiny_data
+
+    data = build_tiny_data(tmp_path / "data")
+    cfg = load_config("demo", tiny_overrides(data, tmp_path / "run", "pretrain.do_pretrain=false", "finetune.epochs=1"))
+    folder = Path(run_pipeline(cfg, command="pytest no map")["paths"]["hub_model"])
+    pipe = pipeline("graph-recommendation", model=str(folder), trust_remote_code=True)
+    user = Corpus(data).user_ids[0]
+    assert len(pipe({"user": user}, top_k=3)) == 3
+    with pytest.raises(ValueError, match="cannot take new items: its config has cold_item_map_rank 0"):
+        pipe({"user": user}, new_items=[{"id": "NEW", "title": "a new guitar"}])
