@@ -142,7 +142,13 @@ class GraphGPT2Config(GPT2Config):
             (stored ridge weight and bias, fitted on the trained rows of the items that have interactions). Buffers
             `cold_item_map.idf` (base_vocab_size), `.basis` (base_vocab_size, k), `.weight` (k, n_embd), `.bias`
             (n_embd), filled by the training code after fine-tuning (all zero: not fitted, e.g. no item text).
-            0: no map; the model cannot score items that are not in its table.
+            The same lever adds a score term to those items only (buffers `.item_text` (num_items, k), the catalog's
+            unit text vectors, and `.cold` (num_items), 1 for the held-out cold items): `scale * r / std(r)`, r =
+            the text cosine of the item to the mean of the prompt's items. 0: no map; the model cannot score items
+            that are not in its table.
+        cold_item_text_scale_init (`float`, defaults to 0.0):
+            The fixed scale of that text term (not trained; the training code chooses it on the validation cold
+            items after fine-tuning, `finetune.cold_item_text_scale_grid`).
 
     Example:
 
@@ -183,6 +189,7 @@ class GraphGPT2Config(GPT2Config):
     graph_edge_bias: bool = False
     graph_edge_topn: int = 200
     cold_item_map_rank: int = 0
+    cold_item_text_scale_init: float = 0.0
 
     def __post_init__(self, **kwargs):
         # `wte` / `lm_head` cover only text tokens; keep GPT-2's `vocab_size` in step with it.
@@ -236,7 +243,7 @@ class GraphGPT2Config(GPT2Config):
             raise GraphGPT2ConfigError("graph_residual_learn_scale", f"must be true/false, got {self.graph_residual_learn_scale!r}")
         _int("graph_lowpass_rank", 0)
         for name, low in (("graph_residual_lambda", 0.0), ("graph_residual_scale_init", None),
-                          ("graph_lowpass_scale_init", None)):
+                          ("graph_lowpass_scale_init", None), ("cold_item_text_scale_init", None)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value \
                     or abs(value) == float("inf") or (low is not None and value <= low):

@@ -562,44 +562,74 @@ class GraphLowPassResidual(GraphScoreTerm):
         return (projected @ self.basis.T) * self.sqrt_degree  # (B, I)
 
 
-class GraphColdItemMap(GraphLever):
-    """Collab item rows for items without a train interaction, from their text (docs/model.md "New items"):
-    token counts (n, base_vocab_size) -> TF-IDF (sublinear tf x `idf`, unit rows) -> x `basis` (rank-k text
-    vector) -> x `weight` + `bias` (a ridge map fitted on the trained rows of the items with interactions).
+class GraphColdItemMap(GraphScoreTerm):
+    """Items without a train interaction (new products) scored from their text (docs/model.md "New items"):
 
-    The tables are filled after fine-tuning (train/cold_items.py); until then they are 0 and `fitted()` is False.
-    The map is a lever because it is fitted on the train graph's warm items; it adds nothing to the attention or
-    the scores of the items in the table (a held-out cold item's row in the table is already its output)."""
+    - a collab row: token counts (n, base_vocab_size) -> TF-IDF (sublinear tf x `idf`, unit rows) -> x `basis`
+      (rank-k text vector) -> x `weight` + `bias`, a ridge map fitted on the trained rows of the items with
+      interactions (`rows`); a held-out cold item's row in the item table is this map's output;
+    - a score term for those items only (`cold` marks them): `scale * r / std(r)`, r = the cosine, in the rank-k
+      text space, of the item to the mean of the prompt's items (`item_text`: unit text vectors of the catalog),
+      the content-kNN signal the collab row alone does not carry.
+
+    The tables are filled after fine-tuning (train/cold_items.py); until then they are 0 (the term is 0, `fitted()`
+    is False), and the scale is chosen on the validation cold items."""
 
     attribute = "cold_item_map"
-    tables = ("idf", "basis", "weight", "bias")
-    shape_hint = " (base_vocab_size,), (base_vocab_size, cold_item_map_rank), (cold_item_map_rank, n_embd), (n_embd,)"
+    tables = ("idf", "basis", "weight", "bias", "item_text", "cold")
+    scale_field = "cold_item_text_scale_init"
+    shape_hint = (" (base_vocab_size,), (base_vocab_size, rank), (rank, n_embd), (n_embd,), (num_items, rank), "
+                  "(num_items,)")
 
     @classmethod
     def enabled(cls, config: GraphGPT2Config) -> bool:
         return config.cold_item_map_rank > 0
 
     def __init__(self, config: GraphGPT2Config):
-        super().__init__()
+        super().__init__(config)
         vocab, rank, width = config.base_vocab_size, config.cold_item_map_rank, config.n_embd
         self.register_buffer("idf", torch.zeros(vocab))
         self.register_buffer("basis", torch.zeros(vocab, rank))
         self.register_buffer("weight", torch.zeros(rank, width))
         self.register_buffer("bias", torch.zeros(width))
+        self.register_buffer("item_text", torch.zeros(config.num_items, rank))
+        self.register_buffer("cold", torch.zeros(config.num_items))
 
-    def check_tables(self, idf, basis, weight, bias) -> None:
+    def check_tables(self, idf, basis, weight, bias, item_text, cold) -> None:
         if bool((idf < 0).any()):
             raise ValueError("cold_item_map idf must be >= 0")
+        if not bool(((cold == 0) | (cold == 1)).all()):
+            raise ValueError("cold_item_map cold must be a 0/1 mask")
 
     def fitted(self) -> bool:
         return bool((self.idf > 0).any())
 
-    def forward(self, counts: torch.Tensor) -> torch.Tensor:
-        """(n, base_vocab_size) token counts of n items' texts -> (n, n_embd) collab item rows."""
+    def text_vectors(self, counts: torch.Tensor) -> torch.Tensor:
+        """(n, base_vocab_size) token counts of n items' texts -> (n, rank) text vectors."""
         counts = counts.to(self.idf.dtype)
         tf = torch.where(counts > 0, 1.0 + torch.log(counts.clamp_min(1.0)), 0.0) * self.idf
-        unit = tf / tf.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(tf.dtype).tiny)
-        return (unit @ self.basis) @ self.weight + self.bias
+        return (tf / tf.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(tf.dtype).tiny)) @ self.basis
+
+    def rows(self, counts: torch.Tensor) -> torch.Tensor:
+        """(n, base_vocab_size) token counts -> (n, n_embd) collab item rows."""
+        return self.text_vectors(counts) @ self.weight + self.bias
+
+    def prompt_text(self, item_index: torch.Tensor, is_item: torch.Tensor) -> torch.Tensor:
+        """(B, rank): the mean unit text vector of each prompt's items."""
+        mask = is_item.to(self.item_text.dtype).unsqueeze(-1)
+        return (self.item_text[item_index] * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+    def raw(self, item_index: torch.Tensor, is_item: torch.Tensor) -> torch.Tensor:
+        return (self.prompt_text(item_index, is_item) @ self.item_text.T) * self.cold
+
+    def new_item_scores(self, item_index, is_item, user_states, counts) -> torch.Tensor:
+        """(B, n) scores of n new items (token counts): their mapped rows, plus this term as a cold catalog item
+        with the same text gets it (standardised by the prompt's spread over the catalog)."""
+        vectors = self.text_vectors(counts)
+        unit = vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(vectors.dtype).tiny)
+        spread = self.raw(item_index, is_item).std(dim=-1, keepdim=True).clamp_min(torch.finfo(vectors.dtype).tiny)
+        term = (self.prompt_text(item_index, is_item) @ unit.T) / spread
+        return user_states @ (vectors @ self.weight + self.bias).T + self.scale * term
 
 
 # every graph lever the model can hold, in the order they are registered (docs/model.md, "Graph levers")
@@ -893,6 +923,14 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
             result.item_loss = result.loss = self._shifted_cross_entropy(result.logits, targets)
         return result
 
+    def prompt_items(self, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) item index of each token (0 where not an item) and (B, L) "is a real item token"."""
+        first_item = self.config.base_vocab_size + self.config.num_users
+        is_item = input_ids >= first_item
+        if attention_mask is not None:
+            is_item = is_item & attention_mask.bool()
+        return torch.where(is_item, input_ids - first_item, 0), is_item
+
     def rec_head(self, hidden, attention_mask, item_weight, target_items=None, input_ids=None) -> GraphGPT2RecOutput:
         """Recommendation: item scores from the last non-pad token (+ the graph residual of the prompt's item
         tokens, when configured); multinomial NLL against multi-hot targets."""
@@ -905,11 +943,7 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
         if residuals:
             if input_ids is None:
                 raise ValueError("the graph residual needs input_ids (the prompt's item tokens)")
-            first_item = self.config.base_vocab_size + self.config.num_users
-            is_item = input_ids >= first_item
-            if attention_mask is not None:
-                is_item = is_item & attention_mask.bool()
-            item_index = torch.where(is_item, input_ids - first_item, 0)
+            item_index, is_item = self.prompt_items(input_ids, attention_mask)
             result.score_terms = {}
             for name, module in residuals:
                 term = module.standardised(item_index, is_item).to(result.scores.dtype)
@@ -957,15 +991,17 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
         hop_distances: torch.Tensor | None = None,
         k: int = 20,
         exclude_items: torch.Tensor | list[list[int]] | None = None,
-        new_item_rows: torch.Tensor | None = None,
+        new_item_counts: torch.Tensor | None = None,
     ) -> GraphGPT2Recommendations:
         """Top-k items for a batch of right-padded prompts (dropout off), excluding `exclude_items`.
 
-        `exclude_items` is a (B, num_items) bool mask or a list (one per row) of item-index lists. `new_item_rows`
-        (n, n_embd), e.g. `cold_item_map(counts)` of new products, are ranked with the catalog as items
-        num_items..num_items+n-1, each scored `user_states x row` (no graph term reaches an item without edges).
+        `exclude_items` is a (B, num_items) bool mask or a list (one per row) of item-index lists.
+        `new_item_counts` (n, base_vocab_size), the token counts of new products' texts, ranks them with the catalog
+        as items num_items..num_items+n-1, scored by the fitted `cold_item_map` (`new_item_scores`).
         """
-        num_items = self.config.num_items + (0 if new_item_rows is None else len(new_item_rows))
+        if new_item_counts is not None and (self.cold_item_map is None or not self.cold_item_map.fitted()):
+            raise ValueError("new items need a fitted cold_item_map (config.cold_item_map_rank > 0, fitted after fine-tuning)")
+        num_items = self.config.num_items + (0 if new_item_counts is None else len(new_item_counts))
         if not 1 <= k <= num_items:
             raise ValueError(f"k must be in [1, num_items = {num_items}], got {k}")
         was_training = self.training
@@ -975,9 +1011,11 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
         finally:
             self.train(was_training)
         scores = out.scores.float()
-        if new_item_rows is not None:
-            new_scores = out.user_states.float() @ new_item_rows.to(out.user_states.device).float().T
-            scores = torch.cat([scores, new_scores], dim=-1)
+        if new_item_counts is not None:
+            item_index, is_item = self.prompt_items(input_ids, attention_mask)
+            new_scores = self.cold_item_map.new_item_scores(item_index, is_item, out.user_states,
+                                                             new_item_counts.to(out.user_states.device))
+            scores = torch.cat([scores, new_scores.float()], dim=-1)
         if exclude_items is not None:
             mask = self._exclusion_mask(exclude_items, scores.shape[0], scores.device)
             mask = F.pad(mask, (0, scores.shape[1] - mask.shape[1]), value=False)  # new items are never excluded

@@ -171,9 +171,10 @@ def new_item_text(model, tokenizer, prompts):
                     prompts.get("content_fields") or list(CONTENT_TEMPLATES))
 
 
-def new_item_rows(model, item_text, known_ids, new_items):
-    """``[{"id", "title", ...}]`` -> (raw ids, titles, (n, n_embd) collab rows from ``model.cold_item_map``); an item
-    id already in ``known_ids`` (the catalog) or repeated, an unknown key or an item without text is a named error."""
+def new_item_counts(item_text, known_ids, new_items):
+    """``[{"id", "title", ...}]`` -> (raw ids, titles, (n, base_vocab_size) token counts for the model's
+    ``recommend(new_item_counts=...)``); an item id already in ``known_ids`` (the catalog) or repeated, an unknown
+    key or an item without text is a named error."""
     if not isinstance(new_items, (list, tuple)) or not all(isinstance(x, dict) for x in new_items):
         raise ValueError('new_items must be a list of {"id": ..., "title": ..., "brand": ..., "categories": [...]} dicts')
     ids = []
@@ -188,10 +189,8 @@ def new_item_rows(model, item_text, known_ids, new_items):
         if not any(ItemText.value(item, f) for f in item_text.fields):
             raise ValueError(f"new_items[{k}] ({raw!r:.80}): no text in any of {list(item_text.fields)}")
         ids.append(str(raw))
-    lever = model.cold_item_map
-    with torch.no_grad():
-        rows = lever(torch.from_numpy(item_text.counts(new_items)).to(lever.idf.device))
-    return ids, [str(item.get("title") or i) for item, i in zip(new_items, ids)], rows
+    counts = torch.from_numpy(item_text.counts(new_items))
+    return ids, [str(item.get("title") or i) for item, i in zip(new_items, ids)], counts
 
 
 class TrainGraph:
@@ -459,9 +458,9 @@ class GraphRecommender:
         self._title_index = by_title
         self.prompts = (_read_json(manifest_path).get("prompts") or {}) if manifest_path else {}
 
-    def new_item_rows(self, new_items):
-        """``[{"id", "title", ...}]`` -> (ids, titles, (n, n_embd) rows from the model's text map)."""
-        return new_item_rows(self.model, new_item_text(self.model, self.tokenizer, self.prompts), self._item_index, new_items)
+    def new_item_counts(self, new_items):
+        """``[{"id", "title", ...}]`` -> (ids, titles, (n, base_vocab_size) token counts of their texts)."""
+        return new_item_counts(new_item_text(self.model, self.tokenizer, self.prompts), self._item_index, new_items)
 
     # ---- requests -> (user index or None, history indices) -----------------------------------------------------
     def resolve(self, request):
@@ -526,9 +525,9 @@ class GraphRecommender:
         return ids, pos, mask
 
     @torch.no_grad()
-    def score(self, resolved, top_k, exclude_seen=True, new_rows=None):
+    def score(self, resolved, top_k, exclude_seen=True, new_counts=None):
         """[(u or None, items)] -> one list of (item index, score) per request, best first; one forward pass. Item
-        indices from num_items on are the rows of ``new_rows`` (new items)."""
+        indices from num_items on are the new items of ``new_counts`` (their token counts)."""
         encoded = [self.prompt.encode(u, items) for u, items in resolved]
         ids, pos, mask = self.collate(encoded)
         device = next(self.model.parameters()).device
@@ -537,9 +536,9 @@ class GraphRecommender:
             hops = self.hop_distances(pos)
             hops = torch.from_numpy(hops).to(device)
         exclude = [items if exclude_seen else [] for _, items in resolved]
-        k = min(int(top_k), self.num_items + (0 if new_rows is None else len(new_rows)))
+        k = min(int(top_k), self.num_items + (0 if new_counts is None else len(new_counts)))
         rec = self.model.recommend(torch.from_numpy(ids).to(device), attention_mask=torch.from_numpy(mask).to(device),
-                                   hop_distances=hops, k=k, exclude_items=exclude, new_item_rows=new_rows)
+                                   hop_distances=hops, k=k, exclude_items=exclude, new_item_counts=new_counts)
         return [[(j, s) for j, s in zip(items, scores) if s != float("-inf")]
                 for items, scores in zip(rec.items.tolist(), rec.scores.tolist())]
 
@@ -554,13 +553,13 @@ class GraphRecommender:
         check_options(top_k, exclude_seen, batch_size)
         if not isinstance(requests, (list, tuple)):
             raise ValueError(f"requests must be a list of request dicts, got {type(requests).__name__}")
-        new_ids, new_titles, new_rows = self.new_item_rows(new_items) if new_items else ([], [], None)
+        new_ids, new_titles, new_counts = self.new_item_counts(new_items) if new_items else ([], [], None)
         resolved = [self.resolve(r) for r in requests]
         ranked = [None] * len(resolved)
         model_rows = [i for i, (u, items) in enumerate(resolved) if u is not None or items]
         for start in range(0, len(model_rows), batch_size):
             chunk = model_rows[start:start + batch_size]
-            for i, recs in zip(chunk, self.score([resolved[i] for i in chunk], top_k, exclude_seen, new_rows)):
+            for i, recs in zip(chunk, self.score([resolved[i] for i in chunk], top_k, exclude_seen, new_counts)):
                 ranked[i] = recs
         out = []
         for i, recs in enumerate(ranked):

@@ -99,10 +99,14 @@ def test_finetuning_maps_the_cold_rows_from_text_and_reports_the_shelf(cold_tiny
     from train.modeling_io import load_model
 
     cfg = load_config("demo", tiny_overrides(cold_tiny, tmp_path, "pretrain.do_pretrain=false", "finetune.epochs=1",
-                                             "model.cold_item_map_rank=16", "finetune.cold_map_alpha_grid=[0.5, 5]"))
+                                             "model.cold_item_map_rank=16", "finetune.cold_map_alpha_grid=[0.5, 5]",
+                                             "finetune.cold_item_text_scale_grid=[0, 3]"))
     result = finetune(cfg)
     sweep = result["cold_item_map"]
-    assert sweep["alphas"] == [0.5, 5] and sweep["chosen"] == sweep["alphas"][int(np.argmax(sweep["values"]))]
+    best_value = max(v for _, _, v in sweep["values"])
+    first_best = next((a, s) for a, s, v in sweep["values"] if v == best_value)
+    assert [(a, s) for a, s, _ in sweep["values"]] == [(0.5, 0), (0.5, 3), (5, 0), (5, 3)]
+    assert (sweep["chosen"]["alpha"], sweep["chosen"]["scale"]) == first_best
     corpus = Corpus(cold_tiny)
     best = load_model(result["model_dir"])
     rows = best.id_embeddings("collab").item.weight.detach().numpy()
@@ -110,14 +114,17 @@ def test_finetuning_maps_the_cold_rows_from_text_and_reports_the_shelf(cold_tiny
     warm, cold = warm_item_mask(corpus), held_out_cold_items(corpus)
     # the saved cold rows are the chosen map of their text, fitted on the (unchanged) warm rows, and the stored
     # map gives the same rows from the items' token counts
-    w, b = fit_text_map(vectors, rows, warm, sweep["chosen"])
+    w, b = fit_text_map(vectors, rows, warm, sweep["chosen"]["alpha"])
     np.testing.assert_allclose(rows[cold], vectors[cold] @ w + b, rtol=1e-4, atol=1e-5)
-    assert best.cold_item_map.fitted()
+    lever = best.cold_item_map
+    assert lever.fitted() and lever.scale.item() == sweep["chosen"]["scale"]
+    assert lever.cold.numpy()[cold].all() and lever.cold.sum().item() == len(cold)  # the term reaches cold items only
     counts = torch.from_numpy(item_token_counts(corpus)[cold].toarray())
-    np.testing.assert_allclose(best.cold_item_map(counts).detach().numpy(), rows[cold], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(lever.rows(counts).detach().numpy(), rows[cold], rtol=1e-3, atol=1e-4)
     shelf = result["cold_items_test"]["shelf"]
     assert 0 <= shelf["recall@20"] <= 1 and shelf["num_users"] > 0
     assert result["cold_items_test"]["shop_warm"]["num_users"] > 0
+    assert result["cold_items_test"]["catalog_warm"]["num_users"] == result["cold_items_test"]["shop_warm"]["num_users"]
 
 
 def test_a_folder_without_item_text_says_its_cold_items_cannot_be_scored(tmp_path):
@@ -147,7 +154,7 @@ def cold_hub(cold_tiny, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("cold_run")
     cfg = load_config("demo", tiny_overrides(cold_tiny, out, "pretrain.do_pretrain=false", "finetune.epochs=1",
-                                             "model.cold_item_map_rank=16"))
+                                             "model.cold_item_map_rank=16", "finetune.cold_item_text_scale_grid=[2]"))
     result = run_pipeline(cfg, command="pytest cold hub")
     return cfg, Corpus(cold_tiny), Path(result["paths"]["hub_model"])
 
@@ -163,7 +170,8 @@ def _catalog_item_as_new(corpus: Corpus, j: int, new_id: str) -> dict:
 
 def test_a_new_item_gets_the_score_the_model_gives_it_in_evaluation(cold_hub):
     """A held-out cold item of the test split, sent to the pipeline as a new product with its metadata: its row from
-    the stored text map equals its row in the table, so its score equals the model's score for that item."""
+    the stored text map equals its row in the table and its text term is the cold item's, so its score equals the
+    model's score for that item in evaluation (the term's scale is 2, so the term counts)."""
     from transformers import pipeline
 
     from train.evaluate import rec_rows
@@ -172,6 +180,7 @@ def test_a_new_item_gets_the_score_the_model_gives_it_in_evaluation(cold_hub):
 
     cfg, corpus, folder = cold_hub
     pipe = pipeline("graph-recommendation", model=str(folder), trust_remote_code=True)
+    assert pipe.model.cold_item_map.scale.item() == 2.0
     cold = int(corpus.cold_items("test")[0])
     new = _catalog_item_as_new(corpus, cold, "NEW-1")
     ex = corpus.rec_examples("test")[0]

@@ -10,8 +10,9 @@ degree are 0), so its score is the user state times its mapped row.
 Metrics, per split ("validation" or "test"), over that split's cold items:
 - ``shelf``: the "new arrivals" shelf: each user with a cold item among their targets ranks only the split's cold
   items (nothing masked: a cold item is never in a train history);
-- ``shop_warm``: the whole catalog ranked (train items masked), relevant = the user's warm targets only: what the
-  cold items' rows cost the warm recommendations.
+- ``shop_warm``: the whole catalog ranked (train items masked), relevant = the user's warm targets only;
+- ``catalog_warm``: the same with the split's cold items left out of the ranking (the shop before they arrived):
+  ``shop_warm`` against it is what the new items cost the warm recommendations.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from train.config import RunConfig
 from train.evaluate import example_batches, length_sorted, rec_rows
 from train.metrics import metric_names, per_user_metrics, summarize
 
-COLD_METRIC_SETS = ("shelf", "shop_warm")
+COLD_METRIC_SETS = ("shelf", "shop_warm", "catalog_warm")
 
 
 def warm_item_mask(corpus: Corpus) -> np.ndarray:
@@ -82,15 +83,22 @@ def _targets_in(part, items: np.ndarray) -> list[np.ndarray]:
     return [np.asarray([j for j in ex.targets if j in keep], dtype=np.int64) for ex in part]
 
 
-def user_states(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig) -> tuple[np.ndarray, list[np.ndarray]]:
-    """(n, d) user states of the split's users with a cold target, and those targets (item indices)."""
+def shelf_inputs(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig):
+    """For the split's users with a cold target: (n, d) user states, (n, C) the model's standardised cold-item text
+    term at the split's cold items (C of them; zeros when the model has none), and their cold targets."""
     cold = corpus.cold_items(split)
-    blocks = _split_pass(accelerator, model, corpus, split, cfg, lambda out, part: (
-        out.user_states.float().cpu().numpy(), _targets_in(part, cold)))
-    states = np.concatenate([s for s, _ in blocks]) if blocks else np.zeros((0, model.config.n_embd))
-    targets = [t for _, ts in blocks for t in ts]
+
+    def consume(out, part):
+        terms = (out.score_terms or {}).get("cold_item_map")
+        term = terms[:, cold].float().cpu().numpy() if terms is not None else np.zeros((len(part), len(cold)))
+        return out.user_states.float().cpu().numpy(), term, _targets_in(part, cold)
+
+    blocks = _split_pass(accelerator, model, corpus, split, cfg, consume)
+    states = np.concatenate([b[0] for b in blocks]) if blocks else np.zeros((0, model.config.n_embd))
+    terms = np.concatenate([b[1] for b in blocks]) if blocks else np.zeros((0, len(cold)))
+    targets = [t for b in blocks for t in b[2]]
     keep = np.asarray([len(t) > 0 for t in targets], dtype=bool)
-    return states[keep], [t for t, k in zip(targets, keep) if k]
+    return states[keep], terms[keep], [t for t, k in zip(targets, keep) if k]
 
 
 def candidate_columns(targets: Sequence[Sequence[int]], candidates: np.ndarray) -> list[np.ndarray]:
@@ -118,12 +126,13 @@ def held_out_cold_items(corpus: Corpus) -> np.ndarray:
 
 
 def fit_cold_item_map(accelerator, model, corpus: Corpus, cfg: RunConfig) -> dict:
-    """Fill the model's text map (``model.cold_item_map``) from the warm items' trained rows and write the mapped
-    rows of the folder's cold items into the collab item table.
+    """Fill the model's cold-item lever (``model.cold_item_map``): the text map from the warm items' trained rows,
+    the catalog's text vectors, the held-out cold items' mask; write the cold items' mapped rows into the collab item
+    table and set the text term's scale.
 
-    With validation cold items, the ridge alpha is the value of ``finetune.cold_map_alpha_grid`` with the best
-    validation shelf selection metric (first of equals); without, the grid's first value. Returns the sweep, or
-    why nothing was fitted."""
+    With validation cold items, the ridge alpha and the term's scale are the pair of ``finetune.cold_map_alpha_grid``
+    x ``cold_item_text_scale_grid`` with the best validation shelf selection metric (first of equals, one pass over
+    validation); without, each grid's first value. Returns the sweep, or why nothing was fitted."""
     net = accelerator.unwrap_model(model)
     lever = net.cold_item_map
     if lever is None:
@@ -133,33 +142,43 @@ def fit_cold_item_map(accelerator, model, corpus: Corpus, cfg: RunConfig) -> dic
         return {"skipped": f"{corpus.folder} has no item text: the model cannot score items without interactions"}
     vectors, idf, basis = fitted
     warm, cold = warm_item_mask(corpus), held_out_cold_items(corpus)
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), np.finfo(np.float32).tiny)
+    cold_mask = np.zeros(corpus.num_items, dtype=np.float32)
+    cold_mask[cold] = 1.0
+    zeros = np.zeros(lever.weight.shape, np.float32), np.zeros(lever.bias.shape, np.float32)
+    lever.set_tables(idf, basis, *zeros, unit, cold_mask)  # the text term first: the validation pass reads it
     rows = net.id_embeddings("collab").item.weight.detach().float().cpu().numpy()
-    alphas, metric = list(cfg.finetune.cold_map_alpha_grid), cfg.finetune.selection_metric
-    report: dict = {"metric": metric, "alphas": alphas, "cold_items": int(len(cold)), "warm_items": int(warm.sum())}
-    best = 0
+    f, metric = cfg.finetune, cfg.finetune.selection_metric
+    report: dict = {"metric": metric, "alphas": list(f.cold_map_alpha_grid), "scales": list(f.cold_item_text_scale_grid),
+                    "cold_items": int(len(cold)), "warm_items": int(warm.sum())}
+    alpha, scale = f.cold_map_alpha_grid[0], f.cold_item_text_scale_grid[0]
     if len(corpus.cold_items("validation")):
-        states, targets = user_states(accelerator, model, corpus, "validation", cfg)
+        states, terms, targets = shelf_inputs(accelerator, model, corpus, "validation", cfg)
         candidates = corpus.cold_items("validation")
-        sweep = []
-        for alpha in alphas:
-            weight, bias = fit_text_map(vectors, rows, warm, alpha)
-            mapped = vectors[candidates] @ weight + bias
-            sweep.append(shelf_metrics(states @ mapped.T, candidates, targets, cfg.eval.recall_ks, cfg.eval.ndcg_ks))
-        report["values"] = [m[metric] for m in sweep]
-        best = int(np.argmax(report["values"]))
-        report["validation_shelf"] = sweep[best]
-    weight, bias = fit_text_map(vectors, rows, warm, alphas[best])
-    lever.set_tables(idf, basis, weight, bias)
+        grid, sweep = [], []
+        for a in f.cold_map_alpha_grid:
+            weight, bias = fit_text_map(vectors, rows, warm, a)
+            mapped = states @ (vectors[candidates] @ weight + bias).T
+            for s in f.cold_item_text_scale_grid:
+                grid.append((a, s))
+                sweep.append(shelf_metrics(mapped + s * terms, candidates, targets, cfg.eval.recall_ks, cfg.eval.ndcg_ks))
+        report["values"] = [[a, s, m[metric]] for (a, s), m in zip(grid, sweep)]
+        best = int(np.argmax([m[metric] for m in sweep]))
+        (alpha, scale), report["validation_shelf"] = grid[best], sweep[best]
+    weight, bias = fit_text_map(vectors, rows, warm, alpha)
+    lever.set_tables(idf, basis, weight, bias, unit, cold_mask)
+    with torch.no_grad():
+        lever.scale.fill_(scale)
     set_cold_rows(net, cold, vectors[cold] @ weight + bias)
-    report["chosen"] = alphas[best]
-    accelerator.print(f"cold items: text map alpha {alphas[best]}"
-                      + (f", chosen on the validation shelf ({metric} {report['values'][best]:.4f})" if "values" in report else
-                         " (the grid's first: no validation cold items)"))
+    report["chosen"] = {"alpha": alpha, "scale": scale}
+    accelerator.print(f"cold items: text map alpha {alpha}, text term scale {scale}"
+                      + (f", chosen on the validation shelf ({metric} {report['validation_shelf'][metric]:.4f})"
+                         if "validation_shelf" in report else " (each grid's first: no validation cold items)"))
     return report
 
 
 def cold_item_metrics(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig) -> dict:
-    """``{"shelf": metrics, "shop_warm": metrics}`` of the model as it is (one pass over the split)."""
+    """``{"shelf", "shop_warm", "catalog_warm"}`` metrics of the model as it is (one pass over the split)."""
     ks, ndcg_ks = cfg.eval.recall_ks, cfg.eval.ndcg_ks
     names = metric_names(ks, ndcg_ks)
     cold = corpus.cold_items(split)
@@ -171,8 +190,12 @@ def cold_item_metrics(accelerator, model, corpus: Corpus, split: str, cfg: RunCo
         users = np.asarray([ex.user for ex in part], dtype=np.int64)
         shelf = per_user_metrics(scores[:, cold], relevant=candidate_columns([ex.targets for ex in part], cold),
                                  exclude=None, ks=ks, ndcg_ks=ndcg_ks)
-        shop = per_user_metrics(scores, relevant=_targets_in(part, warm), exclude=train_ui[users], ks=ks, ndcg_ks=ndcg_ks)
-        return [np.stack([m[n] for n in names] + [m["num_relevant"].astype(np.float64)], axis=1) for m in (shelf, shop)]
+        relevant = _targets_in(part, warm)
+        shop = per_user_metrics(scores, relevant=relevant, exclude=train_ui[users], ks=ks, ndcg_ks=ndcg_ks)
+        scores[:, cold] = -np.inf  # the catalog without the new items (train items masked as well, below)
+        catalog = per_user_metrics(scores, relevant=relevant, exclude=train_ui[users], ks=ks, ndcg_ks=ndcg_ks)
+        return [np.stack([m[n] for n in names] + [m["num_relevant"].astype(np.float64)], axis=1)
+                for m in (shelf, shop, catalog)]
 
     blocks = _split_pass(accelerator, model, corpus, split, cfg, consume)
     out = {}

@@ -138,10 +138,12 @@ class FinetuneConfig(StageConfig):
     # for runs without pre-training, as it overwrites the content rows too); "content_set" = the collab item table
     # starts as a copy of the (pre-trained) content item table.
     init_collab_items: str = "none"
-    # New products (a dataset folder built with --cold-item-frac; docs/model.md "New items"): after selection, each
-    # cold item's collab row becomes a ridge map of its item text fitted on the warm items' rows; the ridge's alpha
-    # is the value of this grid with the best selection_metric on the validation cold items' shelf.
+    # New products (model.cold_item_map_rank > 0; docs/model.md "New items"): after selection, the ridge alpha of the
+    # text -> collab row map and the scale of the cold items' text term are the pair of these grids with the best
+    # selection_metric on the validation cold items' shelf (a folder built with --cold-item-frac); a folder without
+    # cold items takes each grid's first value.
     cold_map_alpha_grid: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0, 100.0])
+    cold_item_text_scale_grid: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0, 4.0, 8.0])
 
 
 @dataclass
@@ -332,6 +334,8 @@ def _validate(cfg: RunConfig) -> None:
              "a list of finite scales >= 0")
     _require(cfg, "finetune.cold_map_alpha_grid", lambda g: len(g) > 0 and all(0 < v < float("inf") for v in g),
              "a non-empty list of finite ridge alphas > 0")
+    _require(cfg, "finetune.cold_item_text_scale_grid", lambda g: len(g) > 0 and all(0 <= v < float("inf") for v in g),
+             "a non-empty list of finite scales >= 0")
     if f.lowpass_scale_grid and cfg.model.graph_lowpass_rank <= 0:
         raise ConfigError("key 'finetune.lowpass_scale_grid' needs a low-pass residual (model.graph_lowpass_rank > 0)")
     if not 0.0 <= f.visible_target_weight <= 1.0:

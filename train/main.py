@@ -87,6 +87,8 @@ def _run_pipeline(cfg: RunConfig, resume: bool, command: str | None) -> dict:
         "history": fin["history"],  # validation metrics of every fine-tuning epoch
         "residual_scale_sweep": fin["residual_scale_sweep"],
         "lowpass_scale_sweep": fin["lowpass_scale_sweep"],
+        "cold_item_map": fin.get("cold_item_map"),  # the text map of new products (docs/model.md "New items")
+        "cold_items_test": fin.get("cold_items_test"),
         "wall": walls,
         "paths": {"output": str(out), "data": str(cfg.data.folder), "best_model": fin["model_dir"]},
         "pretrain": {k: v for k, v in (pre or {}).items() if k != "plan"},

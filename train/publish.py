@@ -168,6 +168,10 @@ def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None, da
     if result.get("popularity_test"):
         rows["Popularity (test)"] = result["popularity_test"]
     rows["GraphGPT2 (validation)"] = result["validation"]
+    cold = result.get("cold_items_test") or {}
+    if cold:  # a cold-item split: the new products' shelf and the warm targets of the whole shop
+        rows["GraphGPT2, new items' shelf (test cold items only)"] = cold["shelf"]
+        rows["GraphGPT2, whole shop, warm targets (test)"] = cold["shop_warm"]
     plan = pretrain_plan(cfg.pretrain) if cfg.pretrain.do_pretrain else []
     plan_text = (f"{plan.count('content')} content epochs and {plan.count('collab')} collaborative epochs "
                  f"(order: {' '.join(plan[:12])}{' ...' if len(plan) > 12 else ''})") if plan else "none (NoPretrain)"
@@ -184,6 +188,13 @@ def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None, da
                           + " (basis in `model.safetensors`), scale "
                           + (f"{lowpass['chosen']:g}, chosen on validation from {lowpass['scales']}" if lowpass
                              else f"{m.graph_lowpass_scale_init:g}"))
+    cold_map = result.get("cold_item_map") or {}
+    if "chosen" in cold_map:
+        chosen = cold_map["chosen"]
+        residual_text += (f"; new items: a rank-{m.cold_item_map_rank} text map (ridge alpha {chosen['alpha']:g}) and a "
+                          f"text-similarity term (scale {chosen['scale']:g})"
+                          + (", chosen on the validation cold items," if "values" in cold_map else "")
+                          + " score products without interactions from their text (`new_items=`)")
     card = ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE),

@@ -28,7 +28,7 @@ import torch
 from data_builders.atomic import atomic_write
 from data_builders.corpus import Corpus
 from data_builders.textclean import printable
-from modeling_graphgpt2.pipeline_graphgpt2 import new_item_rows, new_item_text, verify_serving_folder
+from modeling_graphgpt2.pipeline_graphgpt2 import new_item_counts, new_item_text, verify_serving_folder
 from train.cli_args import report_user_errors
 from train.modeling_io import load_model
 
@@ -51,13 +51,13 @@ class Recommender:
         self.collate = corpus.collator(self.max_length, with_hops=model.config.graph_bias != "none")
         self.new_ids: list[str] = []  # new products (add_new_items): item indices num_items.. in the answers
         self.new_titles: list[str] = []
-        self.new_rows: torch.Tensor | None = None
+        self.new_counts: torch.Tensor | None = None
 
     def add_new_items(self, new_items: list[dict]) -> None:
         """Rank these products without interactions with the catalog from now on (the pipeline's ``new_items``)."""
         text = new_item_text(self.model, self.corpus.tokenizer, self.corpus.manifest.get("prompts") or {})
         known = {raw: j for j, raw in enumerate(self.item_ids or [])}
-        self.new_ids, self.new_titles, self.new_rows = new_item_rows(self.model, text, known, new_items)
+        self.new_ids, self.new_titles, self.new_counts = new_item_counts(text, known, new_items)
 
     def title(self, j: int) -> str:
         """Display title of item index ``j`` (a new item's from num_items on)."""
@@ -90,7 +90,7 @@ class Recommender:
             batch = {key: v.to(device) for key, v in self.collate(rows).items()}
             rec = self.model.recommend(batch["input_ids"], attention_mask=batch["attention_mask"],
                                        hop_distances=batch.get("hop_distances"), k=k, exclude_items=exclude[start:start + batch_size],
-                                       new_item_rows=self.new_rows)
+                                       new_item_counts=self.new_counts)
             for items, scores in zip(rec.items.tolist(), rec.scores.tolist()):
                 out.append([(i, s) for i, s in zip(items, scores) if s != float("-inf")])
         return out
