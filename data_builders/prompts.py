@@ -41,6 +41,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from modeling_graphgpt2.pipeline_graphgpt2 import CONTENT_TEMPLATES  # served too: the remote code counts a new item's text
+
 from .records import item_token, user_token
 from .textclean import MAX_TEXT_CHARS, clean_text, split_long_runs
 
@@ -53,13 +55,6 @@ CONFIG_SPLITS = {
     "second_order": ("train",),
     "interactions": ("train",),
     "recommendation": ("train", "validation", "test"),
-}
-CONTENT_TEMPLATES = {
-    "title": "The title of {item} is:",
-    "brand": "The brand of {item} is:",
-    "categories": "The categories of {item} are:",
-    "description": "The description of {item} is:",
-    "price": "The price of {item} is:",
 }
 REVIEW_TEMPLATE = "{user} wrote the following review for {item}:"
 GROUP_TEMPLATES = {"brand": "Items {items} share the brand:", "category": "Items {items} are all in the category:"}

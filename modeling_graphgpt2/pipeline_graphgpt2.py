@@ -106,8 +106,8 @@ class RecPrompt:
         return {"input_ids": ids, "node_positions": pos, "history": items.astype(np.int32)}
 
 
-# The content prompts' fields and templates (data_builders.prompts CONTENT_TEMPLATES; equal, tested) and the text
-# rules that keep ID and special tokens out of text (data_builders.textclean; the two that change tokens)
+# The content prompts' templates (their one home: data_builders.prompts imports them) and the text rules that keep
+# ID and special tokens out of text (data_builders.textclean's two rules that change tokens; tested against it)
 CONTENT_TEMPLATES = {
     "title": "The title of {item} is:",
     "brand": "The brand of {item} is:",

@@ -208,15 +208,21 @@ def test_a_new_item_gets_the_score_the_model_gives_it_in_evaluation(cold_hub):
 
 def test_the_pipelines_item_text_counts_like_the_build(cold_hub):
     """ItemText (remote code) gives the counts item_token_counts reads from the content prompts, for every item."""
-    from modeling_graphgpt2.pipeline_graphgpt2 import CONTENT_TEMPLATES, ItemText
-    from data_builders.prompts import CONTENT_TEMPLATES as BUILD_TEMPLATES
+    from modeling_graphgpt2.pipeline_graphgpt2 import ItemText
 
-    assert CONTENT_TEMPLATES == BUILD_TEMPLATES
     _, corpus, _ = cold_hub
     prompts = corpus.manifest["prompts"]
     text = ItemText(corpus.tokenizer, corpus.base_vocab_size, prompts["max_length"], prompts["content_fields"])
     items = [_catalog_item_as_new(corpus, j, f"N{j}") for j in range(corpus.num_items)]
     np.testing.assert_array_equal(text.counts(items), item_token_counts(corpus).toarray())
+    # text that looks like ID or special tokens is rewritten as the build's clean_text rewrites it
+    from data_builders.textclean import clean_text
+
+    title = "item_5 and user_7 <|endoftext|> strings"
+    cleaned = clean_text(" " + title)[0]
+    expected = np.bincount(corpus.tokenizer(cleaned, add_special_tokens=False)["input_ids"], minlength=corpus.base_vocab_size)
+    assert cleaned != " " + title
+    np.testing.assert_array_equal(text.counts([{"id": "X", "title": title}])[0], expected[:corpus.base_vocab_size])
 
 
 def test_a_model_without_the_text_map_says_it_cannot_take_new_items(tmp_path):
