@@ -160,7 +160,9 @@ def clear_checkpoints(root: str | Path) -> None:
 # GRAPHGPT2_FAIL_AT=checkpoint raises inside a checkpoint write, after save_state and before the rename.
 
 
-def maybe_kill(stage: str, global_step: int) -> None:
+def injected_kill_point(stage: str, global_step: int) -> None:
+    """The kill/resume tests' fault injection (above): SIGKILL this process here when GRAPHGPT2_KILL_AFTER_STEP names
+    this stage and step; nothing otherwise."""
     at = os.environ.get("GRAPHGPT2_KILL_AFTER_STEP")
     if at is None:
         return

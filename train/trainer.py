@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable
 import torch
 from tqdm.auto import tqdm
 
-from train.checkpointing import maybe_kill, resume_or_reset, save_checkpoint
+from train.checkpointing import injected_kill_point, resume_or_reset, save_checkpoint
 
 ESTIMATE_SKIP_STEPS, ESTIMATE_AFTER_STEPS = 3, 10  # the stage's time estimate: steps 4-13 timed
 
@@ -168,7 +168,7 @@ class Trainer:
                     last_loss = self._mean_across_processes(loss)
                     self._log_step(epoch, info, last_loss, outputs)
                     bar.set_postfix(loss=f"{last_loss:.4f}")
-                maybe_kill(self.stage, self.global_step)
+                injected_kill_point(self.stage, self.global_step)
                 if epoch == start_epoch and n_batches == ESTIMATE_SKIP_STEPS:
                     t_epoch = time.perf_counter()  # the first steps pay one-off costs (allocation, caches)
                 if epoch == start_epoch and n_batches == ESTIMATE_SKIP_STEPS + ESTIMATE_AFTER_STEPS:
