@@ -620,7 +620,12 @@ class GraphColdItemMap(GraphScoreTerm):
         return (self.item_text[item_index] * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
     def raw(self, item_index: torch.Tensor, is_item: torch.Tensor) -> torch.Tensor:
-        return (self.prompt_text(item_index, is_item) @ self.item_text.T) * self.cold
+        """(B, I): the text cosine to the prompt on the `cold` items, 0 elsewhere (cost O(B k |cold|): nothing while
+        fine-tuning, when no item is marked yet, nor on a folder without held-out cold items)."""
+        cold = self.cold.nonzero().squeeze(1)
+        prompt = self.prompt_text(item_index, is_item)
+        out = torch.zeros(prompt.shape[0], self.cold.shape[0], dtype=prompt.dtype, device=prompt.device)
+        return out.index_copy(1, cold, prompt @ self.item_text[cold].T)
 
     def new_item_scores(self, item_index, is_item, user_states, counts) -> torch.Tensor:
         """(B, n) scores of n new items (token counts): their mapped rows, plus this term as a cold catalog item
