@@ -149,12 +149,16 @@ def test_the_alpha_grid_is_checked():
 
 @pytest.fixture(scope="module")
 def cold_hub(cold_tiny, tmp_path_factory):
-    """A published folder of a tiny run on the cold-item folder, with the text map."""
+    """A published folder of a tiny run on the cold-item folder, with the text map and the scalable (neighbourhood)
+    EASE residual at a fixed non-zero scale."""
     from train.main import run_pipeline
 
     out = tmp_path_factory.mktemp("cold_run")
     cfg = load_config("demo", tiny_overrides(cold_tiny, out, "pretrain.do_pretrain=false", "finetune.epochs=1",
-                                             "model.cold_item_map_rank=16", "finetune.cold_item_text_scale_grid=[2]"))
+                                             "model.cold_item_map_rank=16", "finetune.cold_item_text_scale_grid=[2]",
+                                             "model.graph_residual=ease", "model.graph_residual_exact_max_items=0",
+                                             "model.graph_residual_neighbours=8", "model.graph_residual_topn=15",
+                                             "model.graph_residual_learn_scale=false", "finetune.residual_scale_grid=[1]"))
     result = run_pipeline(cfg, command="pytest cold hub")
     return cfg, Corpus(cold_tiny), Path(result["paths"]["hub_model"])
 
@@ -241,3 +245,42 @@ def test_a_model_without_the_text_map_says_it_cannot_take_new_items(tmp_path):
     assert len(pipe({"user": user}, top_k=3)) == 3
     with pytest.raises(ValueError, match="cannot take new items: its config has cold_item_map_rank 0"):
         pipe({"user": user}, new_items=[{"id": "NEW", "title": "a new guitar"}])
+
+
+def test_the_neighbourhood_residual_and_the_map_reload_strictly_and_run_as_remote_code(cold_hub, tmp_path):
+    """The published model with the scalable residual and the cold-item lever: strict reload, and transformers' remote
+    code in a process that cannot import this package gives the package's scores, new items included."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    from isolation import BLOCK_PACKAGE
+    from modeling_graphgpt2 import GraphGPT2ForRecommendation
+    from train.evaluate import rec_rows
+
+    cfg, corpus, folder = cold_hub
+    model, info = GraphGPT2ForRecommendation.from_pretrained(folder, output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    assert model.config.graph_residual_exact_max_items == 0 and model.graph_residual.scale.item() == 1.0
+    rows = rec_rows(corpus, corpus.rec_examples("test")[:6], cfg.data.max_length)
+    batch = {k: v for k, v in corpus.collator(cfg.data.max_length)(rows).items() if k in ("input_ids", "attention_mask", "hop_distances")}
+    counts = torch.from_numpy(item_token_counts(corpus)[:3].toarray())
+    with torch.no_grad():
+        expected = model.eval().recommend(**batch, k=corpus.num_items + 3, new_item_counts=counts).scores
+    torch.save({"batch": batch, "counts": counts}, tmp_path / "inputs.pt")
+    script = textwrap.dedent(f"""
+        import json, sys, torch
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True)
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        data = torch.load({str(tmp_path / 'inputs.pt')!r})
+        rec = model.recommend(**data["batch"], k={corpus.num_items + 3}, new_item_counts=data["counts"])
+        print(json.dumps(rec.scores.tolist()))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", BLOCK_PACKAGE + script], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    remote = torch.tensor(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert torch.allclose(remote, expected, atol=1e-5)
