@@ -8,8 +8,9 @@
         --source ../shared/data/amazon-beauty-2014 --out benchmarks/results/Beauty/beauty_cold_items.json
 
 Rows, each on the validation and the test shelf (each user with a cold target ranks that split's cold items only):
-- the preset (``amazon_cpu``): the text map the run chose on validation, as the run measured it (its
-  ``finetune_result.json``: test evaluated once, inside the run);
+- the preset (``amazon_cpu``): the run's saved model (``<run>/best``, its text map and term chosen on validation
+  inside the run) on the test shelf and the whole shop (``train.cold_items.cold_item_metrics``), with the run's
+  own validation shelf;
 - random (seeded by the run's seed);
 - category popularity: a cold item scores the train interactions of the warm items in its leaf category (item
   metadata from ``--source``; an item without a category scores 0);
@@ -26,13 +27,15 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+from accelerate import Accelerator
 
 from data_builders.corpus import Corpus
 from data_builders.item_text import item_token_counts, tfidf_rows
 from data_builders.readers import read_source
-from train.cold_items import shelf_metrics
+from train.cold_items import cold_item_metrics, shelf_metrics
 from train.config import load_config
 from train.io_utils import atomic_write_json
+from train.modeling_io import load_model
 
 SPLITS = ("validation", "test")
 BASELINES = ("random", "category_popularity", "content_knn_mean", "content_knn_max")
@@ -101,11 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     runs = []
+    accelerator = Accelerator(cpu=True)
     for run in map(Path, args.runs):
         cfg = load_config(run / "run_config.yaml")
         result = json.loads((run / "finetune_result.json").read_text())
+        model = load_model(run / "best")
+        cold_test = cold_item_metrics(accelerator, model, Corpus(cfg.data.folder), "test", cfg)
         runs.append({"run": str(run), "seed": cfg.seed, "folder": cfg.data.folder, "cold_item_map": result["cold_item_map"],
-                     "test": {k: v for k, v in result["test"].items()}, "cold_items_test": result["cold_items_test"]})
+                     "test": result["test"], "cold_items_test": cold_test})
     folders = {r["folder"] for r in runs}
     if len(folders) != 1:
         sys.exit(f"error: the runs use {len(folders)} dataset folders {sorted(folders)}; give runs of one folder")
@@ -119,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in BASELINES:
         vals = [b[name]["test"][metric] for b in baselines.values()]
         print(f"{name:22s} test shelf {metric} {np.mean(vals):.4f} ± {np.std(vals, ddof=1) if len(vals) > 1 else 0:.4f}")
-    vals = [r["cold_items_test"]["shelf"][metric] for r in runs]
-    print(f"{'amazon_cpu text map':22s} test shelf {metric} {np.mean(vals):.4f} ± {np.std(vals, ddof=1) if len(vals) > 1 else 0:.4f}")
+    for name in ("shelf", "shop_warm", "catalog_warm"):
+        vals = [r["cold_items_test"][name][metric] for r in runs]
+        print(f"{'amazon_cpu ' + name:22s} test {metric} {np.mean(vals):.4f} ± {np.std(vals, ddof=1) if len(vals) > 1 else 0:.4f}")
     return 0
 
 

@@ -11,8 +11,8 @@ Metrics, per split ("validation" or "test"), over that split's cold items:
 - ``shelf``: the "new arrivals" shelf: each user with a cold item among their targets ranks only the split's cold
   items (nothing masked: a cold item is never in a train history);
 - ``shop_warm``: the whole catalog ranked (train items masked), relevant = the user's warm targets only;
-- ``catalog_warm``: the same with the split's cold items left out of the ranking (the shop before they arrived):
-  ``shop_warm`` against it is what the new items cost the warm recommendations.
+- ``catalog_warm``: the same with every held-out cold item (validation and test) left out of the ranking (the shop
+  before they arrived): ``shop_warm`` against it is what the new items cost the warm recommendations.
 """
 from __future__ import annotations
 
@@ -181,7 +181,7 @@ def cold_item_metrics(accelerator, model, corpus: Corpus, split: str, cfg: RunCo
     """``{"shelf", "shop_warm", "catalog_warm"}`` metrics of the model as it is (one pass over the split)."""
     ks, ndcg_ks = cfg.eval.recall_ks, cfg.eval.ndcg_ks
     names = metric_names(ks, ndcg_ks)
-    cold = corpus.cold_items(split)
+    cold, every_cold = corpus.cold_items(split), held_out_cold_items(corpus)
     warm = np.flatnonzero(warm_item_mask(corpus))
     train_ui = corpus.hops.graph.ui
 
@@ -192,7 +192,7 @@ def cold_item_metrics(accelerator, model, corpus: Corpus, split: str, cfg: RunCo
                                  exclude=None, ks=ks, ndcg_ks=ndcg_ks)
         relevant = _targets_in(part, warm)
         shop = per_user_metrics(scores, relevant=relevant, exclude=train_ui[users], ks=ks, ndcg_ks=ndcg_ks)
-        scores[:, cold] = -np.inf  # the catalog without the new items (train items masked as well, below)
+        scores[:, every_cold] = -np.inf  # the catalog without the new items (train items masked as well, below)
         catalog = per_user_metrics(scores, relevant=relevant, exclude=train_ui[users], ks=ks, ndcg_ks=ndcg_ks)
         return [np.stack([m[n] for n in names] + [m["num_relevant"].astype(np.float64)], axis=1)
                 for m in (shelf, shop, catalog)]
