@@ -370,6 +370,10 @@ class GraphScoreTerm(GraphLever):
     def forward(self, item_index: torch.Tensor, is_item: torch.Tensor) -> torch.Tensor:
         return self.scale * self.standardised(item_index, is_item)
 
+    def shift(self) -> torch.Tensor | None:
+        """(I,) scores added as they are after the scaled term (none by default)."""
+        return None
+
     def standardised(self, item_index: torch.Tensor, is_item: torch.Tensor) -> torch.Tensor:
         """(B, I) r / std(r), before the scale; a prompt without items gives 0 / tiny = 0."""
         residual = self.raw(item_index, is_item)
@@ -570,10 +574,12 @@ class GraphColdItemMap(GraphScoreTerm):
       interactions (`rows`); a held-out cold item's row in the item table is this map's output;
     - a score term for those items only (`cold` marks them): `scale * r / std(r)`, r = the cosine, in the rank-k
       text space, of the item to the mean of the prompt's items (`item_text`: unit text vectors of the catalog),
-      the content-kNN signal the collab row alone does not carry.
+      the content-kNN signal the collab row alone does not carry;
+    - `offset`, subtracted from those items' scores (and a new item's): where they stand against the catalog in a
+      whole-shop ranking.
 
     The tables are filled after fine-tuning (train/cold_items.py); until then they are 0 (the term is 0, `fitted()`
-    is False), and the scale is chosen on the validation cold items."""
+    is False), and the scale and the offset are chosen on the validation cold items."""
 
     attribute = "cold_item_map"
     tables = ("idf", "basis", "weight", "bias", "item_text", "cold")
@@ -594,6 +600,7 @@ class GraphColdItemMap(GraphScoreTerm):
         self.register_buffer("bias", torch.zeros(width))
         self.register_buffer("item_text", torch.zeros(config.num_items, rank))
         self.register_buffer("cold", torch.zeros(config.num_items))
+        self.register_buffer("offset", torch.zeros(()))  # chosen on validation after the tables (not a table)
 
     def check_tables(self, idf, basis, weight, bias, item_text, cold) -> None:
         if bool((idf < 0).any()):
@@ -603,6 +610,9 @@ class GraphColdItemMap(GraphScoreTerm):
 
     def fitted(self) -> bool:
         return bool((self.idf > 0).any())
+
+    def shift(self) -> torch.Tensor:
+        return -self.offset * self.cold
 
     def text_vectors(self, counts: torch.Tensor) -> torch.Tensor:
         """(n, base_vocab_size) token counts of n items' texts -> (n, rank) text vectors."""
@@ -634,7 +644,7 @@ class GraphColdItemMap(GraphScoreTerm):
         unit = vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(vectors.dtype).tiny)
         spread = self.raw(item_index, is_item).std(dim=-1, keepdim=True).clamp_min(torch.finfo(vectors.dtype).tiny)
         term = (self.prompt_text(item_index, is_item) @ unit.T) / spread
-        return user_states @ (vectors @ self.weight + self.bias).T + self.scale * term
+        return user_states @ (vectors @ self.weight + self.bias).T + self.scale * term - self.offset
 
 
 # every graph lever the model can hold, in the order they are registered (docs/model.md, "Graph levers")
@@ -954,6 +964,9 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
                 term = module.standardised(item_index, is_item).to(result.scores.dtype)
                 result.score_terms[name] = term
                 result.scores = result.scores + module.scale * term
+                shift = module.shift()
+                if shift is not None:
+                    result.scores = result.scores + shift.to(result.scores.dtype)
         if target_items is not None:
             if tuple(target_items.shape) != (batch, self.config.num_items):
                 raise ValueError(

@@ -100,7 +100,8 @@ def test_finetuning_maps_the_cold_rows_from_text_and_reports_the_shelf(cold_tiny
 
     cfg = load_config("demo", tiny_overrides(cold_tiny, tmp_path, "pretrain.do_pretrain=false", "finetune.epochs=1",
                                              "model.cold_item_map_rank=16", "finetune.cold_map_alpha_grid=[0.5, 5]",
-                                             "finetune.cold_item_text_scale_grid=[0, 3]"))
+                                             "finetune.cold_item_text_scale_grid=[0, 3]",
+                                             "finetune.cold_item_offset_grid=[0, 0.5, 50]"))
     result = finetune(cfg)
     sweep = result["cold_item_map"]
     best_value = max(v for _, _, v in sweep["values"])
@@ -118,6 +119,9 @@ def test_finetuning_maps_the_cold_rows_from_text_and_reports_the_shelf(cold_tiny
     np.testing.assert_allclose(rows[cold], vectors[cold] @ w + b, rtol=1e-4, atol=1e-5)
     lever = best.cold_item_map
     assert lever.fitted() and lever.scale.item() == sweep["chosen"]["scale"]
+    offsets = sweep["offset_values"]  # the whole-shop validation metric per offset; 50 pushes every cold item last
+    assert len(offsets) == 3 and sweep["chosen"]["offset"] == [0, 0.5, 50][int(np.argmax(offsets))]
+    assert lever.offset.item() == sweep["chosen"]["offset"]
     assert lever.cold.numpy()[cold].all() and lever.cold.sum().item() == len(cold)  # the term reaches cold items only
     counts = torch.from_numpy(item_token_counts(corpus)[cold].toarray())
     np.testing.assert_allclose(lever.rows(counts).detach().numpy(), rows[cold], rtol=1e-3, atol=1e-4)
@@ -156,6 +160,7 @@ def cold_hub(cold_tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("cold_run")
     cfg = load_config("demo", tiny_overrides(cold_tiny, out, "pretrain.do_pretrain=false", "finetune.epochs=1",
                                              "model.cold_item_map_rank=16", "finetune.cold_item_text_scale_grid=[2]",
+                                             "finetune.cold_item_offset_grid=[0.3]",
                                              "model.graph_residual=ease", "model.graph_residual_exact_max_items=0",
                                              "model.graph_residual_neighbours=8", "model.graph_residual_topn=15",
                                              "model.graph_residual_learn_scale=false", "finetune.residual_scale_grid=[1]"))
@@ -175,7 +180,7 @@ def _catalog_item_as_new(corpus: Corpus, j: int, new_id: str) -> dict:
 def test_a_new_item_gets_the_score_the_model_gives_it_in_evaluation(cold_hub):
     """A held-out cold item of the test split, sent to the pipeline as a new product with its metadata: its row from
     the stored text map equals its row in the table and its text term is the cold item's, so its score equals the
-    model's score for that item in evaluation (the term's scale is 2, so the term counts)."""
+    model's score for that item in evaluation (the term's scale is 2 and the offset 0.3, so both count)."""
     from transformers import pipeline
 
     from train.evaluate import rec_rows
@@ -185,6 +190,7 @@ def test_a_new_item_gets_the_score_the_model_gives_it_in_evaluation(cold_hub):
     cfg, corpus, folder = cold_hub
     pipe = pipeline("graph-recommendation", model=str(folder), trust_remote_code=True)
     assert pipe.model.cold_item_map.scale.item() == 2.0
+    assert pipe.model.cold_item_map.offset.item() == pytest.approx(0.3)
     cold = int(corpus.cold_items("test")[0])
     new = _catalog_item_as_new(corpus, cold, "NEW-1")
     ex = corpus.rec_examples("test")[0]

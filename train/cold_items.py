@@ -132,7 +132,9 @@ def fit_cold_item_map(accelerator, model, corpus: Corpus, cfg: RunConfig) -> dic
 
     With validation cold items, the ridge alpha and the term's scale are the pair of ``finetune.cold_map_alpha_grid``
     x ``cold_item_text_scale_grid`` with the best validation shelf selection metric (first of equals, one pass over
-    validation); without, each grid's first value. Returns the sweep, or why nothing was fitted."""
+    validation), then the offset of ``cold_item_offset_grid`` with the best validation whole-shop selection metric
+    (``offset_sweep``, a second pass); without, each grid's first value. Returns the sweeps, or why nothing was
+    fitted."""
     net = accelerator.unwrap_model(model)
     lever = net.cold_item_map
     if lever is None:
@@ -170,11 +172,38 @@ def fit_cold_item_map(accelerator, model, corpus: Corpus, cfg: RunConfig) -> dic
     with torch.no_grad():
         lever.scale.fill_(scale)
     set_cold_rows(net, cold, vectors[cold] @ weight + bias)
-    report["chosen"] = {"alpha": alpha, "scale": scale}
-    accelerator.print(f"cold items: text map alpha {alpha}, text term scale {scale}"
-                      + (f", chosen on the validation shelf ({metric} {report['validation_shelf'][metric]:.4f})"
+    offset = f.cold_item_offset_grid[0]
+    if len(corpus.cold_items("validation")):
+        report["offset_values"] = offset_sweep(accelerator, model, corpus, cfg, f.cold_item_offset_grid, cold_mask)
+        offset = f.cold_item_offset_grid[int(np.argmax(report["offset_values"]))]
+    with torch.no_grad():
+        lever.offset.fill_(offset)
+    report["chosen"] = {"alpha": alpha, "scale": scale, "offset": offset}
+    accelerator.print(f"cold items: text map alpha {alpha}, text term scale {scale}, offset {offset}"
+                      + (f", chosen on the validation shelf ({metric} {report['validation_shelf'][metric]:.4f}) and "
+                         f"whole shop ({max(report['offset_values']):.4f})"
                          if "validation_shelf" in report else " (each grid's first: no validation cold items)"))
     return report
+
+
+def offset_sweep(accelerator, model, corpus: Corpus, cfg: RunConfig, offsets: Sequence[float], cold_mask: np.ndarray) -> list:
+    """The validation selection metric of the whole shop (every item ranked, train items masked, every validation
+    target relevant, warm or cold) with the cold items' scores lowered by each offset (one pass)."""
+    metric = cfg.finetune.selection_metric
+    ks, ndcg_ks = cfg.eval.recall_ks, cfg.eval.ndcg_ks
+    train_ui = corpus.hops.graph.ui
+
+    def consume(out, part):
+        scores = out.scores.float().cpu().numpy()
+        exclude = train_ui[np.asarray([ex.user for ex in part], dtype=np.int64)]
+        relevant = [np.asarray(ex.targets, dtype=np.int64) for ex in part]
+        per = [per_user_metrics(scores - d * cold_mask, relevant=relevant, exclude=exclude, ks=ks, ndcg_ks=ndcg_ks)
+               for d in offsets]
+        return np.stack([m[metric] for m in per] + [per[0]["num_relevant"].astype(np.float64)], axis=1)
+
+    vals = np.concatenate(_split_pass(accelerator, model, corpus, "validation", cfg, consume))
+    return [summarize({metric: vals[:, j], "num_relevant": vals[:, -1].astype(np.int64)})[metric]
+            for j in range(len(offsets))]
 
 
 def cold_item_metrics(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig) -> dict:

@@ -144,6 +144,9 @@ class FinetuneConfig(StageConfig):
     # cold items takes each grid's first value.
     cold_map_alpha_grid: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0, 100.0])
     cold_item_text_scale_grid: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0, 4.0, 8.0])
+    # ... then the offset subtracted from the cold (and new) items' scores, chosen on the whole-shop validation ranking
+    # (every validation target, warm or cold): where new items stand against the catalog
+    cold_item_offset_grid: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0, 4.0])
 
 
 @dataclass
@@ -336,6 +339,8 @@ def _validate(cfg: RunConfig) -> None:
              "a non-empty list of finite ridge alphas > 0")
     _require(cfg, "finetune.cold_item_text_scale_grid", lambda g: len(g) > 0 and all(0 <= v < float("inf") for v in g),
              "a non-empty list of finite scales >= 0")
+    _require(cfg, "finetune.cold_item_offset_grid", lambda g: len(g) > 0 and all(abs(v) < float("inf") for v in g),
+             "a non-empty list of finite offsets")
     if f.lowpass_scale_grid and cfg.model.graph_lowpass_rank <= 0:
         raise ConfigError("key 'finetune.lowpass_scale_grid' needs a low-pass residual (model.graph_lowpass_rank > 0)")
     if not 0.0 <= f.visible_target_weight <= 1.0:

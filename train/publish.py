@@ -191,8 +191,8 @@ def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None, da
     cold_map = result.get("cold_item_map") or {}
     if "chosen" in cold_map:
         chosen = cold_map["chosen"]
-        residual_text += (f"; new items: a rank-{m.cold_item_map_rank} text map (ridge alpha {chosen['alpha']:g}) and a "
-                          f"text-similarity term (scale {chosen['scale']:g})"
+        residual_text += (f"; new items: a rank-{m.cold_item_map_rank} text map (ridge alpha {chosen['alpha']:g}), a "
+                          f"text-similarity term (scale {chosen['scale']:g}) and an offset ({chosen['offset']:g})"
                           + (", chosen on the validation cold items," if "values" in cold_map else "")
                           + " score products without interactions from their text (`new_items=`)")
     card = ModelCard.from_template(
