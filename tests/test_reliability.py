@@ -220,6 +220,9 @@ def test_recommend_prints_titles_escaped(monkeypatch, capsys):
         def recommend_users(self, users, k):
             return [[(0, 0.9), (1, 0.1)] for _ in users]
 
+        def title(self, j):
+            return self.item_titles[j]
+
     monkeypatch.setattr(recommend.Recommender, "from_folder", classmethod(lambda cls, folder: FakeRecommender()))
     assert recommend.main(["--model", "anything", "--users", "0"]) == 0
     out = capsys.readouterr().out
