@@ -244,11 +244,12 @@ def run_preset_size(users: int, items: int, edges: int, work: Path, seed: int, e
     return res
 
 
-def preset_stages(folder: Path, preset: str, threads: int, train_steps: int, eval_batches: int) -> dict:
+def preset_stages(folder: Path, preset: str, threads: int, train_steps: int, eval_batches: int, out: Path) -> dict:
     """Every stage of ``preset`` on a built folder, in this process, where a whole run does not fit the session:
     the graph levers' fits and the item-text init in full, then ``train_steps`` fine-tuning steps and
     ``eval_batches`` evaluation batches (plain, and with the two residual-scale sweeps) timed and extrapolated to
-    one epoch and to the whole validation and test splits (the result says which numbers are extrapolated)."""
+    one epoch and to the whole validation and test splits (the result says which numbers are extrapolated).
+    The result is rewritten to ``out`` after every stage, so a run stopped part-way keeps what it measured."""
     import torch
 
     from data_builders.corpus import Corpus
@@ -257,6 +258,7 @@ def preset_stages(folder: Path, preset: str, threads: int, train_steps: int, eva
     from train.config import load_config
     from train.evaluate import rec_rows, score_batch
     from train.finetune import masked_prompts, train_target_lengths
+    from train.io_utils import atomic_write_json
     from train.metrics import per_user_metrics
 
     cfg = load_config(preset, [f"data.folder={folder}", f"num_threads={threads}"])
@@ -268,15 +270,19 @@ def preset_stages(folder: Path, preset: str, threads: int, train_steps: int, eva
     res["measured_s"]["open_folder"] = time.perf_counter() - t
     res["sizes"] = {"users": corpus.num_users, "items": corpus.num_items,
                     "train_edges": int(corpus.interaction_matrix("train").nnz)}
+    atomic_write_json(out, res)
     t = time.perf_counter()
     fits: dict = {}
     model = build_model(cfg, corpus, fits)
     res["measured_s"].update(fits)
     res["measured_s"]["model_total"] = time.perf_counter() - t
+    res["peak_rss_gib_after_fits"] = _rss_gib()
+    atomic_write_json(out, res)
     t = time.perf_counter()
     res["text_init"] = init_collab_items(model, corpus, cfg.finetune.init_collab_items, cfg.seed)
     res["measured_s"]["text_init"] = time.perf_counter() - t
-    res["peak_rss_gib_after_fits"] = _rss_gib()
+    res["peak_rss_gib_after_text_init"] = _rss_gib()
+    atomic_write_json(out, res)
 
     f, bs = cfg.finetune, cfg.finetune.batch_size
     num_train = corpus.num_rows("recommendation", "train")
@@ -300,6 +306,8 @@ def preset_stages(folder: Path, preset: str, threads: int, train_steps: int, eva
     epoch_steps = steps_per_epoch(num_train, bs, 1)
     res["finetune_step_s"] = {"median": step_s, "timed_steps": len(times[2:] or times), "steps_per_epoch": epoch_steps}
     res["extrapolated_s"]["finetune_epoch"] = step_s * epoch_steps
+    res["peak_rss_gib_after_steps"] = _rss_gib()
+    atomic_write_json(out, res)
 
     model.eval()
     grids = (f.residual_scale_grid, f.lowpass_scale_grid)
@@ -331,6 +339,7 @@ def preset_stages(folder: Path, preset: str, threads: int, train_steps: int, eva
     res["extrapolated_s"].update({"validation_pass_per_epoch": plain * val_batches, "residual_sweeps": sweep * val_batches,
                                   "test": plain * test_batches})
     res["peak_rss_gib"] = _rss_gib()
+    atomic_write_json(out, res)
     return res
 
 
@@ -441,10 +450,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(dense_vs_stored(Path(args.dense_vs_stored)), indent=1))
         return 0
     if args.stages:
-        res = preset_stages(Path(args.stages), args.preset or "amazon_cpu", args.threads, args.train_steps, args.eval_batches)
-        print(json.dumps(res, indent=1))
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
+        res = preset_stages(Path(args.stages), args.preset or "amazon_cpu", args.threads, args.train_steps, args.eval_batches,
+                            Path(args.out))
+        print(json.dumps(res, indent=1))
         return 0
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
