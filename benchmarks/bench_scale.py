@@ -244,12 +244,12 @@ def run_preset_size(users: int, items: int, edges: int, work: Path, seed: int, e
     return res
 
 
-def preset_stages(folder: Path, preset: str, threads: int, train_steps: int, eval_batches: int, out: Path) -> dict:
+def preset_stages(folder: Path, preset: str, threads: int, train_steps: int, eval_batches: int, result_path: Path) -> dict:
     """Every stage of ``preset`` on a built folder, in this process, where a whole run does not fit the session:
     the graph levers' fits and the item-text init in full, then ``train_steps`` fine-tuning steps and
     ``eval_batches`` evaluation batches (plain, and with the two residual-scale sweeps) timed and extrapolated to
     one epoch and to the whole validation and test splits (the result says which numbers are extrapolated).
-    The result is rewritten to ``out`` after every stage, so a run stopped part-way keeps what it measured."""
+    The result is rewritten to ``result_path`` after every stage, so a run stopped part-way keeps what it measured."""
     import torch
 
     from data_builders.corpus import Corpus
@@ -270,19 +270,19 @@ def preset_stages(folder: Path, preset: str, threads: int, train_steps: int, eva
     res["measured_s"]["open_folder"] = time.perf_counter() - t
     res["sizes"] = {"users": corpus.num_users, "items": corpus.num_items,
                     "train_edges": int(corpus.interaction_matrix("train").nnz)}
-    atomic_write_json(out, res)
+    atomic_write_json(result_path, res)
     t = time.perf_counter()
     fits: dict = {}
     model = build_model(cfg, corpus, fits)
     res["measured_s"].update(fits)
     res["measured_s"]["model_total"] = time.perf_counter() - t
     res["peak_rss_gib_after_fits"] = _rss_gib()
-    atomic_write_json(out, res)
+    atomic_write_json(result_path, res)
     t = time.perf_counter()
     res["text_init"] = init_collab_items(model, corpus, cfg.finetune.init_collab_items, cfg.seed)
     res["measured_s"]["text_init"] = time.perf_counter() - t
     res["peak_rss_gib_after_text_init"] = _rss_gib()
-    atomic_write_json(out, res)
+    atomic_write_json(result_path, res)
 
     f, bs = cfg.finetune, cfg.finetune.batch_size
     num_train = corpus.num_rows("recommendation", "train")
@@ -307,7 +307,7 @@ def preset_stages(folder: Path, preset: str, threads: int, train_steps: int, eva
     res["finetune_step_s"] = {"median": step_s, "timed_steps": len(times[2:] or times), "steps_per_epoch": epoch_steps}
     res["extrapolated_s"]["finetune_epoch"] = step_s * epoch_steps
     res["peak_rss_gib_after_steps"] = _rss_gib()
-    atomic_write_json(out, res)
+    atomic_write_json(result_path, res)
 
     model.eval()
     grids = (f.residual_scale_grid, f.lowpass_scale_grid)
@@ -339,7 +339,7 @@ def preset_stages(folder: Path, preset: str, threads: int, train_steps: int, eva
     res["extrapolated_s"].update({"validation_pass_per_epoch": plain * val_batches, "residual_sweeps": sweep * val_batches,
                                   "test": plain * test_batches})
     res["peak_rss_gib"] = _rss_gib()
-    atomic_write_json(out, res)
+    atomic_write_json(result_path, res)
     return res
 
 

@@ -1,6 +1,7 @@
 """``Corpus``: the one owner of the dataset folder (DESIGN.md section 4).
 
-It is the only code that knows the folder's file names and manifest keys. It opens either
+It is the only code that reads the folder by its file names (declared in ``modeling_graphgpt2.folder_layout``)
+and knows its manifest keys. It opens either
 
 - a dataset folder written by ``python -m data_builders build`` (manifest, tokenizer, graph, maps, prompt rows), or
 - a published model folder (``train.publish``): the same files minus the prompt rows, plus the weights and
@@ -12,7 +13,6 @@ interaction matrices for baselines, and ``export_to(dir)`` for publishing. Graph
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,6 +23,11 @@ from typing import Any, Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from modeling_graphgpt2.folder_layout import (COLD_ITEMS_FILE, FORMAT_NAME, GRAPH_DIR, HISTORIES_FILE, INFERENCE_FILE,
+                                              ITEMS_FILE, MANIFEST_FILE, MAPS_DIR, TITLES_FILE, TOKENIZER_CONFIG_FILE,
+                                              TOKENIZER_DIR, TOKENIZER_FILE, USERS_FILE)
+from modeling_graphgpt2.pipeline_graphgpt2 import file_sha256
+
 from .atomic import atomic_write_text
 from .collate import GraphCollator
 from .graph import DEFAULT_TABLE_BUDGET_BYTES, HopDistances
@@ -31,25 +36,7 @@ from .preprocess import split_hash
 from .prompts import RecPromptEncoder
 from .tokenization import check_id_layout, load_tokenizer
 
-# The folder layout: every file name lives here.
-FORMAT_NAME = "graphgpt2-rec-dataset"
-FORMAT_VERSION = 1
-MANIFEST_FILE = "manifest.json"
-README_FILE = "README.md"
-TOKENIZER_DIR = "tokenizer"
-TOKENIZER_FILE = "tokenizer.json"
-GRAPH_DIR = "graph"
-EDGES_FILE = "train_edges.npy"
-HOP_TABLE_FILE = "hops.npy"
-MAPS_DIR = "maps"
-USERS_FILE = "users.json"
-ITEMS_FILE = "items.json"
-TITLES_FILE = "item_titles.json"
-COLD_ITEMS_FILE = "cold_items.json"  # cold-item splits only: {"validation": [item indices], "test": [...]}
-HISTORIES_FILE = "train_histories.json"  # published folders only: every user's train items in the split's order
-TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 TOKENIZER_CONFIG_DROP = ("is_local", "local_files_only", "auto_map")  # load-time flags save_pretrained writes back
-INFERENCE_FILE = "graphgpt2_rec.json"  # published folders only: settings used at inference
 
 REC_SPLITS = ("train", "validation", "test")
 # the split manifest (data_builders.preprocess) names its splits train/valid/test
@@ -113,15 +100,6 @@ def read_manifest(folder: str | os.PathLike) -> dict:
 def has_manifest(folder: str | os.PathLike) -> bool:
     """Whether ``folder`` looks built (holds a manifest); ``Corpus(folder)`` does the full checks."""
     return (Path(folder) / MANIFEST_FILE).is_file()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _read_json(path: Path):
@@ -509,4 +487,4 @@ class Corpus:
         return out
 
 
-__all__ = ["Corpus", "RecExample", "DataFolderError", "shard_rows", "read_manifest", "has_manifest", "FORMAT_NAME", "FORMAT_VERSION"]
+__all__ = ["Corpus", "RecExample", "DataFolderError", "shard_rows", "read_manifest", "has_manifest"]

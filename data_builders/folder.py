@@ -29,8 +29,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .atomic import OWNED_FILE, ForeignFolderError, atomic_write_text, check_replaceable, json_default, make_temp_dir, mark_owned
-from .corpus import (COLD_ITEMS_FILE, EDGES_FILE, FORMAT_NAME, FORMAT_VERSION, GRAPH_DIR, HOP_TABLE_FILE, ITEMS_FILE, MANIFEST_FILE, MAPS_DIR,
-                     README_FILE, TITLES_FILE, TOKENIZER_DIR, USERS_FILE, file_sha256)
+from modeling_graphgpt2.folder_layout import (COLD_ITEMS_FILE, EDGES_FILE, FORMAT_NAME, FORMAT_VERSION, GRAPH_DIR, HOP_TABLE_FILE,
+                                              ITEMS_FILE, MANIFEST_FILE, MAPS_DIR, README_FILE, TITLES_FILE, TOKENIZER_DIR,
+                                              USERS_FILE, graph_file, maps_file, pending_shard_file, shard_file, shard_glob)
+
+from .corpus import file_sha256
 from .graph import DEFAULT_MAX_HOPS, DEFAULT_TABLE_BUDGET_BYTES, HopDistances, InteractionGraph
 from .pair_hops import PAIR_COLUMNS, attach_pair_hops
 from .prompts import CONFIG_SPLITS, PromptConfig, config_row_chunks, corpus_texts, row_kinds
@@ -108,18 +111,18 @@ def write_config(root: Path, config: str, splits: dict[str, Iterable[list[dict]]
         for part in chunks:
             if prepare is not None:
                 prepare(part)
-            pending = root / config / f".{split_name}-{len(written):05d}.parquet"
+            pending = root / config / pending_shard_file(split_name, len(written))
             pq.write_table(rows_to_table(part, config), pending)
             written.append(pending)
             counts[split_name] += len(part)
             for kind, n in row_kinds(part).items():
                 kinds[kind] = kinds.get(kind, 0) + n
         if not written:  # an empty split still has its (empty) shard
-            written.append(root / config / f".{split_name}-00000.parquet")
+            written.append(root / config / pending_shard_file(split_name, 0))
             pq.write_table(rows_to_table([], config), written[0])
         files[split_name] = []
         for k, pending in enumerate(written):
-            rel = f"{config}/{split_name}-{k:05d}-of-{len(written):05d}.parquet"
+            rel = shard_file(config, split_name, k, len(written))
             os.replace(pending, root / rel)
             files[split_name].append(rel)
     return files, counts, kinds
@@ -135,7 +138,7 @@ def dataset_card(manifest: dict, configs: list[str]) -> str:
         lines.append("  data_files:")
         for s in CONFIG_SPLITS[c]:
             lines.append(f"  - split: {s}")
-            lines.append(f"    path: {c}/{s}-*.parquet")
+            lines.append(f"    path: {shard_glob(c, s)}")
         if c == default:
             lines.append("  default: true")
     lines += ["tags:", "- recommendation", "- graphgpt2-rec", "---", ""]
@@ -258,7 +261,7 @@ def build_dataset_folder(
         cold_files = []
         if split.cold_items:
             _write_json(tmp / MAPS_DIR / COLD_ITEMS_FILE, split.cold_items)
-            cold_files = [f"{MAPS_DIR}/{COLD_ITEMS_FILE}"]
+            cold_files = [maps_file(COLD_ITEMS_FILE)]
 
         manifest = {
             "format": FORMAT_NAME,
@@ -275,14 +278,14 @@ def build_dataset_folder(
             "graph": {
                 "sha256": graph_sha,
                 "num_edges": int(len(graph.edges)),
-                "edges": f"{GRAPH_DIR}/{EDGES_FILE}",
-                "hop_table": f"{GRAPH_DIR}/{HOP_TABLE_FILE}" if (save_hop_table and hops.is_dense) else None,
+                "edges": graph_file(EDGES_FILE),
+                "hop_table": graph_file(HOP_TABLE_FILE) if (save_hop_table and hops.is_dense) else None,
                 "edges_from": "train split only",
             },
             # the files no other hash covers; Corpus checks them on every load (a swapped map changes every answer)
             "files_sha256": {rel: file_sha256(tmp / rel) for rel in (
-                f"{MAPS_DIR}/{USERS_FILE}", f"{MAPS_DIR}/{ITEMS_FILE}", f"{MAPS_DIR}/{TITLES_FILE}", *cold_files,
-                *([f"{GRAPH_DIR}/{HOP_TABLE_FILE}"] if (save_hop_table and hops.is_dense) else []))},
+                maps_file(USERS_FILE), maps_file(ITEMS_FILE), maps_file(TITLES_FILE), *cold_files,
+                *([graph_file(HOP_TABLE_FILE)] if (save_hop_table and hops.is_dense) else []))},
             "prompts": prompt_config.to_dict(),
             "configs": [c for c in configs if c in files],
             "skipped_configs": skipped,
@@ -349,7 +352,7 @@ def check_output_folder(out: Path, overwrite: bool, protect: list[str] | tuple =
         fmt = None
     if fmt != FORMAT_NAME:
         raise OutputFolderError(
-            f"--out {out}: not a dataset folder built by this tool (no {FORMAT_NAME!r} manifest.json); "
+            f"--out {out}: not a dataset folder built by this tool (no {FORMAT_NAME!r} {MANIFEST_FILE}); "
             "--overwrite replaces only such folders: choose a new folder or remove it yourself"
         )
     try:  # every entry, at any depth, must be one the build wrote (its ownership record)

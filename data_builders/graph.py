@@ -15,7 +15,6 @@ BFS (``bfs_rows``, ``hop_table``) remains for the opt-in table and as a referenc
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections import OrderedDict
@@ -25,6 +24,9 @@ from typing import Iterable
 import numpy as np
 import scipy.sparse as sp
 
+from modeling_graphgpt2.folder_layout import EDGES_FILE, GRAPH_META_FILE, HOP_TABLE_FILE
+from modeling_graphgpt2.pipeline_graphgpt2 import graph_sha256
+
 from .atomic import atomic_save_npy, atomic_write_text
 from .pair_hops import gather_row_hops, pair_distances, row_hop_matrices, row_nodes
 
@@ -32,9 +34,6 @@ DEFAULT_MAX_HOPS = 6
 # No dense N x N table by default: rows carry their own pair matrices (pair_hops.py) and the few pairs of a
 # raw history are measured on the fly. A table is an opt-in cache for small graphs (budget in bytes).
 DEFAULT_TABLE_BUDGET_BYTES = 0
-EDGES_FILE = "train_edges.npy"
-HOPS_FILE = "hops.npy"
-GRAPH_META_FILE = "graph.json"
 
 
 def train_edges(train: list[np.ndarray]) -> np.ndarray:
@@ -43,15 +42,6 @@ def train_edges(train: list[np.ndarray]) -> np.ndarray:
     items = np.concatenate([np.asarray(t, dtype=np.int64) for t in train]) if train else np.zeros(0, np.int64)
     edges = np.unique(np.stack([users, items], axis=1), axis=0) if len(users) else np.zeros((0, 2), np.int64)
     return edges.astype(np.int32)
-
-
-def graph_sha256(edges: np.ndarray, num_users: int, num_items: int) -> str:
-    """Hash of the graph: node counts plus the sorted edge list (independent of how it was stored)."""
-    edges = np.ascontiguousarray(np.unique(np.asarray(edges, dtype=np.int32), axis=0))
-    h = hashlib.sha256()
-    h.update(f"graphgpt2-train-graph users={num_users} items={num_items} edges={len(edges)}\n".encode())
-    h.update(edges.tobytes())
-    return h.hexdigest()
 
 
 class InteractionGraph:
@@ -268,13 +258,13 @@ class HopDistances:
         atomic_save_npy(d / EDGES_FILE, self.graph.edges)
         wrote_table = bool(save_table and self.table is not None)
         if wrote_table:
-            atomic_save_npy(d / HOPS_FILE, np.ascontiguousarray(self.table))
+            atomic_save_npy(d / HOP_TABLE_FILE, np.ascontiguousarray(self.table))
         meta = {
             "num_users": self.graph.num_users,
             "num_items": self.graph.num_items,
             "num_edges": int(len(self.graph.edges)),
             "max_hops": self.max_hops,
-            "hop_table": HOPS_FILE if wrote_table else None,
+            "hop_table": HOP_TABLE_FILE if wrote_table else None,
             "sha256": self.graph.sha256,
             "node_layout": "users 0..U-1, items U..U+I-1; edges are (user index, item index) train pairs",
         }

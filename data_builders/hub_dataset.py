@@ -14,8 +14,10 @@ import os
 import shutil
 from pathlib import Path
 
+from modeling_graphgpt2.folder_layout import MANIFEST_FILE, README_FILE, TOKENIZER_DIR, shard_glob
+
 from .atomic import OWNED_FILE, atomic_write_text, check_replaceable, make_temp_dir, replace_dir
-from .corpus import MANIFEST_FILE, README_FILE, read_manifest
+from .corpus import read_manifest
 from .prompts import CONFIG_SPLITS
 
 COLUMNS = {
@@ -65,7 +67,7 @@ def hub_dataset_card(manifest: dict, model_repo: str | None = None) -> str:
     for c in configs:
         lines += [f"- config_name: {c}", "  data_files:"]
         for s in CONFIG_SPLITS[c]:
-            lines += [f"  - split: {s}", f"    path: {c}/{s}-*.parquet"]
+            lines += [f"  - split: {s}", f"    path: {shard_glob(c, s)}"]
         if c == default:
             lines.append("  default: true")
     lines += ["---", "", f"# GraphGPT2-Rec prompt corpora: {manifest.get('name', 'dataset')}", ""]
@@ -84,7 +86,7 @@ def hub_dataset_card(manifest: dict, model_repo: str | None = None) -> str:
               "| split | interactions | sha256 |", "|---|---:|---|"]
     lines += [f"| {s} | {sizes.get(s, 0):,} | `{hashes.get(s, '')}` |" for s in sizes]
     lines += ["", f"Graph (train edges, `graph/`): sha256 `{manifest['graph']['sha256']}`, hops capped at {manifest['max_hops']}. "
-              f"Tokenizer (`tokenizer/`): sha256 `{manifest['tokenizer']['sha256']}`. Full record: `{MANIFEST_FILE}`.", "",
+              f"Tokenizer (`{TOKENIZER_DIR}/`): sha256 `{manifest['tokenizer']['sha256']}`. Full record: `{MANIFEST_FILE}`.", "",
               "## Columns", "", "| column | meaning |", "|---|---|"]
     lines += [f"| `{k}` | {v} |" for k, v in COLUMNS.items()]
     lines += ["", "## Licence", "", f"{licence_text} Source record: `{MANIFEST_FILE}`.", ""]

@@ -41,7 +41,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from modeling_graphgpt2.pipeline_graphgpt2 import CONTENT_TEMPLATES  # served too: the remote code counts a new item's text
+# served too: the remote code counts a new item's text and encodes the recommendation prompt
+from modeling_graphgpt2.pipeline_graphgpt2 import CONTENT_TEMPLATES, RecPrompt
 
 from .records import item_token, user_token
 from .textclean import MAX_TEXT_CHARS, clean_text, split_long_runs
@@ -226,53 +227,9 @@ def node_positions(input_ids: np.ndarray, base_vocab_size: int) -> np.ndarray:
     return np.where(ids >= base_vocab_size, ids - base_vocab_size, -1).astype(np.int32)
 
 
-class RecPromptEncoder:
-    """(user index or None, item indices) -> the personalized predictive prompt's ids, with no BPE at call time.
-
-    ``user_i has interacted with item_a item_b ..., user_i will interact with`` for a known user, and
-    ``A new user has interacted with item_a ..., the user will interact with`` for an unseen one. The fixed
-    pieces are tokenised once; ``encode`` only splices integer ids, so fine-tuning can re-mask histories every
-    epoch. Histories longer than ``max_length`` allows are cut from the LEFT (the first items of the list) so
-    the trigger phrase at the end is never cut. Output equals ``tokenizer(prompt_text(...))`` (tested).
-    """
-
-    def __init__(self, tokenizer, base_vocab_size: int, num_users: int, num_items: int, max_length: int = 1024):
-        enc = lambda s: np.asarray(tokenizer(s, add_special_tokens=False)["input_ids"], dtype=np.int64)  # noqa: E731
-        self.base_vocab_size, self.num_users, self.num_items, self.max_length = base_vocab_size, num_users, num_items, max_length
-        self._mid = enc(" has interacted with")  # after user_i
-        self._comma = enc(",")
-        self._tail = enc(" will interact with")  # after ", user_i"
-        self._anon_head = enc("A new user has interacted with")
-        self._anon_tail = enc(" the user will interact with")  # after ","
-        for piece in (self._mid, self._comma, self._tail, self._anon_head, self._anon_tail):
-            if (piece >= base_vocab_size).any():
-                raise ValueError("template piece tokenised into an ID token; tokenizer does not match base_vocab_size")
-
-    def prompt_text(self, user: int | None, items) -> str:
-        hist = "".join(" " + item_token(int(j)) for j in items)
-        if user is None:
-            return f"A new user has interacted with{hist}, the user will interact with"
-        return f"{user_token(user)} has interacted with{hist}, {user_token(user)} will interact with"
-
-    def encode(self, user: int | None, items) -> dict:
-        """Returns ``input_ids`` (int64), ``node_positions`` (int32) and the ``history`` actually kept."""
-        items = np.asarray(items, dtype=np.int64).ravel()
-        if len(items) and (items.min() < 0 or items.max() >= self.num_items):
-            raise ValueError(f"item index out of range [0, {self.num_items})")
-        if user is None:
-            head, tail = self._anon_head, np.concatenate([self._comma, self._anon_tail])
-        else:
-            if not 0 <= user < self.num_users:
-                raise ValueError(f"user index {user} out of range [0, {self.num_users}); pass None for an unseen user")
-            tok = np.array([self.base_vocab_size + user], dtype=np.int64)
-            head, tail = np.concatenate([tok, self._mid]), np.concatenate([self._comma, tok, self._tail])
-        room = self.max_length - len(head) - len(tail)
-        if room < 0:
-            raise ValueError(f"max_length={self.max_length} is shorter than the template")
-        if len(items) > room:
-            items = items[len(items) - room :]  # keep the most recent end of the list
-        ids = np.concatenate([head, self.base_vocab_size + self.num_users + items, tail])
-        return {"input_ids": ids, "node_positions": node_positions(ids, self.base_vocab_size), "history": items.astype(np.int32)}
+# The personalized predictive prompt has one home, the remote code: a published repo encodes a user exactly as the
+# build and the trainer did (``RecPrompt.text(user, items)`` is its text; ``encode`` splices ids without BPE).
+RecPromptEncoder = RecPrompt
 
 
 def recommendation_rows(split, encoder: RecPromptEncoder, split_name: str, stats: dict) -> Iterator[dict]:
@@ -289,7 +246,7 @@ def recommendation_rows(split, encoder: RecPromptEncoder, split_name: str, stats
         ids = enc["input_ids"]
         yield {
                 "kind": "recommendation",
-                "prompt": encoder.prompt_text(u, enc["history"]),
+                "prompt": encoder.text(u, enc["history"]),
                 "main": "",
                 "input_ids": ids.astype(np.int32),
                 "node_positions": enc["node_positions"],

@@ -25,6 +25,8 @@ from urllib.parse import urlparse
 
 from tokenizers import AddedToken
 
+from modeling_graphgpt2.folder_layout import TOKENIZER_FILE
+
 from .atomic import make_temp_dir
 from .records import item_token, user_token
 
@@ -40,12 +42,12 @@ def load_base_tokenizer(source: str | os.PathLike | None = None):
     source = DEFAULT_GPT2_DIR if source is None else source
     p = Path(source)
     if p.is_dir():
-        if (p / "tokenizer.json").is_file():
+        if (p / TOKENIZER_FILE).is_file():
             tok = AutoTokenizer.from_pretrained(str(p))
         elif (p / "vocab.json").is_file() and (p / "merges.txt").is_file():
             tok = GPT2Tokenizer.from_pretrained(str(p))
         else:
-            raise FileNotFoundError(f"{p}: tokenizer folder needs vocab.json + merges.txt (or tokenizer.json)")
+            raise FileNotFoundError(f"{p}: tokenizer folder needs vocab.json + merges.txt (or {TOKENIZER_FILE})")
     elif p.exists():
         raise NotADirectoryError(f"--tokenizer {p}: is a file; give the folder holding vocab.json + merges.txt")
     elif not HUB_ID.fullmatch(str(source)):
@@ -150,9 +152,9 @@ def build_tokenizer(num_users: int, num_items: int, source: str | os.PathLike | 
 
 def tokenizer_sha256(directory: str | os.PathLike) -> str:
     """Hash of ``tokenizer.json`` (vocab, merges, added tokens, pre-tokenizer): what decides the ids."""
-    path = Path(directory) / "tokenizer.json"
+    path = Path(directory) / TOKENIZER_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: tokenizer.json missing")
+        raise FileNotFoundError(f"{path}: missing")
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -180,5 +182,5 @@ def load_tokenizer(directory: str | os.PathLike, expected_sha256: str | None = N
     if expected_sha256 is not None:
         got = tokenizer_sha256(d)
         if got != expected_sha256:
-            raise ValueError(f"{d / 'tokenizer.json'}: sha256 {got} does not match the manifest's {expected_sha256}: tokenizer from another build")
+            raise ValueError(f"{d / TOKENIZER_FILE}: sha256 {got} does not match the manifest's {expected_sha256}: tokenizer from another build")
     return AutoTokenizer.from_pretrained(str(d))

@@ -1,11 +1,11 @@
 """GraphGPT2 recommendations from a published repo alone: the canonical prompt, the hop distances and a pipeline.
 
-Remote-code file: imports only numpy, torch, transformers and huggingface_hub, and nothing from the sibling
-files, so `pipeline("graph-recommendation", model=<repo>, trust_remote_code=True)` and the Inference Endpoints
+Remote-code file: imports only numpy, torch, transformers, huggingface_hub and the sibling folder_layout.py (the
+file names), so `pipeline("graph-recommendation", model=<repo>, trust_remote_code=True)` and the Inference Endpoints
 `handler.py` run without the graphgpt2-rec package. Layout:
 
   RecPrompt            THE personalized predictive prompt (user, items) -> input_ids, node_positions; the
-                       package's `data_builders.prompts.RecPromptEncoder` must give the same ids (tested)
+                       package's `data_builders.prompts.RecPromptEncoder` is this class
   TrainGraph           train edges -> capped hop distances among a prompt's nodes (hop table or numpy BFS)
   ItemText             a new item's fields -> the token counts of its content prompts (as the build counts them)
   GraphRecommender     repo files -> top-k items for {"user": id} / {"history": [ids or titles]}, with new items
@@ -30,19 +30,17 @@ import numpy as np
 import torch
 from transformers import Pipeline
 
+try:  # as remote code or in the package
+    from .folder_layout import (CONFIG_FILE, DOC_FILES, EDGES_FILE, GRAPH_META_FILE, HISTORIES_FILE, INFERENCE_FILE,
+                                ITEMS_FILE, MANIFEST_FILE, MAPS_DIR, SERVING_FILE, TITLES_FILE, TOKENIZER_FILE, USERS_FILE,
+                                graph_file, maps_file)
+except ImportError:  # imported by file name from a downloaded repo (the card's bare-model snippet puts it on sys.path)
+    from folder_layout import (CONFIG_FILE, DOC_FILES, EDGES_FILE, GRAPH_META_FILE, HISTORIES_FILE, INFERENCE_FILE,
+                               ITEMS_FILE, MANIFEST_FILE, MAPS_DIR, SERVING_FILE, TITLES_FILE, TOKENIZER_FILE, USERS_FILE,
+                               graph_file, maps_file)
+
 TASK = "graph-recommendation"
-META_FILE = "graphgpt2_rec.json"
-MANIFEST_FILE = "manifest.json"
-GRAPH_META_FILE = "graph/graph.json"
-EDGES_FILE = "graph/train_edges.npy"
-HISTORIES_FILE = "maps/train_histories.json"
-MAP_FILES = {"users": "maps/users.json", "items": "maps/items.json", "titles": "maps/item_titles.json"}
-SERVING_FILE = "serving.json"
 SERVING_FORMAT = "graphgpt2-rec-serving"
-CONFIG_FILE = "config.json"
-TOKENIZER_FILE = "tokenizer.json"
-# Documentation, not served: left out of the serving record (and of a Hub snapshot the pipeline reads).
-DOC_FILES = ("README.md", "metrics.json", "run_config.yaml", "train_log.jsonl", "training_curve.png")
 # config.json keys that do not change the answers: written by whichever transformers saved it, or the record's own hash
 CONFIG_UNHASHED_KEYS = ("transformers_version", "_name_or_path", "serving_sha256")
 
@@ -60,10 +58,13 @@ class RecPrompt:
     ``A new user has interacted with item_a ..., the user will interact with`` (``user=None``).
 
     The fixed pieces are tokenised once; ``encode`` splices integer ids (ID token of user u = base + u, of
-    item j = base + U + j), equal to tokenising ``text(user, items)``.
+    item j = base + U + j), equal to tokenising ``text(user, items)``, so fine-tuning can re-mask histories every
+    epoch without BPE. Histories longer than ``max_length`` allows are cut from the LEFT (the first items of the
+    list), so the trigger phrase at the end is never cut. The package's one prompt encoder too
+    (``data_builders.prompts.RecPromptEncoder``).
     """
 
-    def __init__(self, tokenizer, base_vocab_size, num_users, num_items, max_length):
+    def __init__(self, tokenizer, base_vocab_size, num_users, num_items, max_length=1024):
         def enc(s):
             return np.asarray(tokenizer(s, add_special_tokens=False)["input_ids"], dtype=np.int64)
 
@@ -164,7 +165,7 @@ def new_item_text(model, tokenizer, prompts):
     lever = getattr(model, "cold_item_map", None)
     why = ("its config has cold_item_map_rank 0" if lever is None else
            "its text map was not fitted (the training data had no item text)" if not lever.fitted() else
-           "its manifest.json has no prompt settings" if not prompts.get("max_length") else None)
+           f"its {MANIFEST_FILE} has no prompt settings" if not prompts.get("max_length") else None)
     if why:
         raise ValueError(f"this model cannot take new items: {why}")
     return ItemText(tokenizer, model.config.base_vocab_size, prompts["max_length"],
@@ -297,7 +298,8 @@ def repo_file(name_or_path, relative, revision=None, required=True):
         return None
 
 
-def _file_sha256(path):
+def file_sha256(path):
+    """sha256 of a file's bytes, read in 1 MiB blocks (the package's file hashes too)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -306,7 +308,8 @@ def _file_sha256(path):
 
 
 def graph_sha256(edges, num_users, num_items):
-    """The package's ``data_builders.graph.graph_sha256`` (equality tested): counts plus the sorted edge list."""
+    """Hash of the train graph: node counts plus the sorted edge list (independent of how it was stored); the
+    package's too (``data_builders.graph``), so a published repo checks its graph against the model's config."""
     edges = np.ascontiguousarray(np.unique(np.asarray(edges, dtype=np.int32).reshape(-1, 2), axis=0))
     h = hashlib.sha256()
     h.update(f"graphgpt2-train-graph users={num_users} items={num_items} edges={len(edges)}\n".encode())
@@ -318,7 +321,7 @@ def verified_file(name_or_path, relative, revision, recorded):
     """``repo_file`` plus a sha256 check against the repo manifest's ``files_sha256`` (when it records the file)."""
     path = repo_file(name_or_path, relative, revision)
     want = recorded.get(relative)
-    if want is not None and _file_sha256(path) != want:
+    if want is not None and file_sha256(path) != want:
         raise ValueError(f"{path}: sha256 does not match the repo's {MANIFEST_FILE} files_sha256 entry: a file from another "
                          "build or edited; re-publish the model")
     return path
@@ -358,7 +361,7 @@ def write_serving_record(folder):
     config_path = os.path.join(folder, CONFIG_FILE)
     config = _read_json(config_path)
     record = {"format": SERVING_FORMAT, "version": 1, "config_sha256": config_sha256(config),
-              "files": {rel: _file_sha256(os.path.join(folder, rel)) for rel in _served_files(folder)}}
+              "files": {rel: file_sha256(os.path.join(folder, rel)) for rel in _served_files(folder)}}
     text = json.dumps(record, indent=2, sort_keys=True) + "\n"
     with open(os.path.join(folder, SERVING_FILE), "w", encoding="utf-8") as handle:
         handle.write(text)
@@ -385,7 +388,7 @@ def verify_serving_folder(folder):
         return
     if not os.path.isfile(record_path):
         raise ServingFolderError(f"{record_path}: missing, but {CONFIG_FILE} names it (serving_sha256); re-publish the model")
-    if want is None or _file_sha256(record_path) != want:
+    if want is None or file_sha256(record_path) != want:
         raise ServingFolderError(f"{record_path}: sha256 does not match {CONFIG_FILE} serving_sha256: the record or "
                                  "the config was edited or comes from another publish; re-publish the model")
     record = _read_json(record_path)
@@ -397,7 +400,7 @@ def verify_serving_folder(folder):
     if missing:
         raise ServingFolderError(f"{os.path.join(folder, missing[0])}: missing (listed in {SERVING_FILE})"
                                  + (f"; also missing: {', '.join(missing[1:4])}" if len(missing) > 1 else ""))
-    differ = [rel for rel, sha in files if _file_sha256(os.path.join(folder, rel)) != sha]
+    differ = [rel for rel, sha in files if file_sha256(os.path.join(folder, rel)) != sha]
     if differ:
         raise ServingFolderError(f"{os.path.join(folder, differ[0])}: sha256 does not match its {SERVING_FILE} entry"
                                  + (f" (so do {', '.join(differ[1:4])})" if len(differ) > 1 else "")
@@ -417,10 +420,10 @@ class GraphRecommender:
         verify_serving_folder(name_or_path)
         tokenizer_path = repo_file(name_or_path, TOKENIZER_FILE, revision)
         trained_with = getattr(cfg, "tokenizer_sha256", None)  # the tokenizer the ID rows were trained with
-        if trained_with and _file_sha256(tokenizer_path) != trained_with:
+        if trained_with and file_sha256(tokenizer_path) != trained_with:
             raise ServingFolderError(f"{tokenizer_path}: not the tokenizer this model was trained with (config.json tokenizer_sha256)")
-        meta = _read_json(repo_file(name_or_path, META_FILE, revision))
-        graph_meta = _read_json(repo_file(name_or_path, GRAPH_META_FILE, revision))
+        meta = _read_json(repo_file(name_or_path, INFERENCE_FILE, revision))
+        graph_meta = _read_json(repo_file(name_or_path, graph_file(GRAPH_META_FILE), revision))
         manifest_path = repo_file(name_or_path, MANIFEST_FILE, revision, required=False)  # absent in older repos
         recorded = (_read_json(manifest_path).get("files_sha256") or {}) if manifest_path else {}
         trained_files = getattr(cfg, "files_sha256", None)  # the maps the ID rows were trained with
@@ -434,22 +437,22 @@ class GraphRecommender:
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         table = None
         if graph_meta.get("hop_table") and cfg.graph_bias != "none":
-            table = np.load(verified_file(name_or_path, "graph/" + graph_meta["hop_table"], revision, recorded), mmap_mode="r")
-        edges = np.load(repo_file(name_or_path, EDGES_FILE, revision))
+            table = np.load(verified_file(name_or_path, graph_file(graph_meta["hop_table"]), revision, recorded), mmap_mode="r")
+        edges = np.load(repo_file(name_or_path, graph_file(EDGES_FILE), revision))
         trained_on = getattr(cfg, "graph_sha256", None)  # the graph the ID rows were trained with
         if trained_on and graph_sha256(edges, cfg.num_users, cfg.num_items) != trained_on:
-            raise ValueError(f"{name_or_path}: {EDGES_FILE} is not the train graph this model was trained on (config.json graph_sha256)")
+            raise ValueError(f"{name_or_path}: {graph_file(EDGES_FILE)} is not the train graph this model was trained on ({CONFIG_FILE} graph_sha256)")
         self.graph = TrainGraph(edges, cfg.num_users, cfg.num_items, graph_meta["max_hops"], table)
-        self.user_ids = _read_json(verified_file(name_or_path, MAP_FILES["users"], revision, recorded))
-        self.item_ids = _read_json(verified_file(name_or_path, MAP_FILES["items"], revision, recorded))
-        titles = _read_json(verified_file(name_or_path, MAP_FILES["titles"], revision, recorded))
+        self.user_ids = _read_json(verified_file(name_or_path, maps_file(USERS_FILE), revision, recorded))
+        self.item_ids = _read_json(verified_file(name_or_path, maps_file(ITEMS_FILE), revision, recorded))
+        titles = _read_json(verified_file(name_or_path, maps_file(TITLES_FILE), revision, recorded))
         self.titles = [t or item_token(j) for j, t in enumerate(titles)]
-        self.train_items = _read_json(repo_file(name_or_path, HISTORIES_FILE, revision))
+        self.train_items = _read_json(repo_file(name_or_path, maps_file(HISTORIES_FILE), revision))
         if len(self.user_ids) != self.num_users or len(self.item_ids) != self.num_items or len(self.train_items) != self.num_users:
-            raise ValueError(f"{name_or_path}: maps/ do not match the model's {self.num_users} users / {self.num_items} items")
+            raise ValueError(f"{name_or_path}: {MAPS_DIR}/ does not match the model's {self.num_users} users / {self.num_items} items")
         stored = np.array([(u, j) for u, h in enumerate(self.train_items) for j in h], dtype=np.int64).reshape(-1, 2)
         if len(stored) != len(edges) or not np.array_equal(np.unique(stored, axis=0), np.unique(np.asarray(edges, np.int64), axis=0)):
-            raise ValueError(f"{name_or_path}: {HISTORIES_FILE} is not the train graph's edges: a file from another dataset or edited")
+            raise ValueError(f"{name_or_path}: {maps_file(HISTORIES_FILE)} is not the train graph's edges: a file from another dataset or edited")
         self._user_index = {u: i for i, u in enumerate(self.user_ids)}
         self._item_index = {j: i for i, j in enumerate(self.item_ids)}
         by_title = {}
@@ -481,7 +484,7 @@ class GraphRecommender:
                 raise ValueError(f'"user" must be a raw user id (a string), got {type(raw).__name__} {raw!r:.80}')
             raw = str(raw)
             if raw not in self._user_index:
-                raise ValueError(f"unknown user id {raw!r:.80} (not in maps/users.json; pass {{'history': [...]}} for a new user)")
+                raise ValueError(f"unknown user id {raw!r:.80} (not in {maps_file(USERS_FILE)}; pass {{'history': [...]}} for a new user)")
             u = self._user_index[raw]
             return u, [int(j) for j in self.train_items[u]]
         history = request["history"]

@@ -150,7 +150,8 @@ def test_the_pipeline_checks_the_maps_too(published, tmp_path):
 
 
 def test_the_pipeline_graph_hash_is_the_packages(published):
-    """The remote-code copy of graph_sha256 equals the package's (else every repo would be refused)."""
+    """The graph hash the build recorded is the one the remote code computes from the edges, in any order (else
+    every repo would be refused)."""
     from modeling_graphgpt2.pipeline_graphgpt2 import graph_sha256 as remote_graph_sha256
 
     corpus = Corpus(published[1])

@@ -188,7 +188,8 @@ def test_card_snippets_run_verbatim_without_the_package(hub, pipe, served_hub, t
     assert re.findall(r"'item_id': '([^']+)'", outputs[2].splitlines()[-1]) == want
     fetched = {path.rsplit("/", 1)[1] for method, path, status in served_hub.requests
                if method == "GET" and status == 200 and path.startswith("/org/graphgpt2-hub/resolve/")}
-    assert {"config.json", "model.safetensors", "pipeline_graphgpt2.py", "handler.py", "tokenizer.json"} <= fetched
+    assert {"config.json", "model.safetensors", "pipeline_graphgpt2.py", "handler.py", "folder_layout.py",
+            "tokenizer.json"} <= fetched
     # the serving files (graph, maps, settings) come from one resolved commit, never from a moving "main"
     serving = [path for method, path, status in served_hub.requests if method == "GET" and status == 200
                and path.startswith("/org/graphgpt2-hub/resolve/") and ("/graph/" in path or "/maps/" in path)]

@@ -118,7 +118,7 @@ def test_rec_encoder_truncates_left_and_handles_unseen_user(built):
     assert tok.convert_ids_to_tokens(out["input_ids"][-3:].tolist()) == ["Ġwill", "Ġinteract", "Ġwith"]
     anon = RecPromptEncoder(tok, base, split.num_users, split.num_items).encode(None, [2, 6])
     assert anon["node_positions"][anon["node_positions"] >= 0].tolist() == [split.num_users + 2, split.num_users + 6]
-    assert tok(enc.prompt_text(None, [2, 6]), add_special_tokens=False)["input_ids"] == anon["input_ids"].tolist()
+    assert tok(enc.text(None, [2, 6]), add_special_tokens=False)["input_ids"] == anon["input_ids"].tolist()
     with pytest.raises(ValueError, match="unseen user"):
         enc.encode(99, [1])
     with pytest.raises(ValueError, match="item index"):

@@ -75,7 +75,7 @@ def test_the_record_covers_every_served_file(published):
     assert {"model.safetensors", "tokenizer.json", "tokenizer_config.json", "maps/users.json",
             "maps/items.json", "maps/item_titles.json", "maps/train_histories.json", "graph/train_edges.npy",
             "graph/graph.json", "graphgpt2_rec.json", "manifest.json", "pipeline_graphgpt2.py", "handler.py",
-            "modeling_graphgpt2.py", "configuration_graphgpt2.py"} <= served
+            "folder_layout.py", "modeling_graphgpt2.py", "configuration_graphgpt2.py"} <= served
     assert not served & {"README.md", "metrics.json", "config.json", "serving.json"}
     on_disk = {p.relative_to(published).as_posix() for p in published.rglob("*") if p.is_file()}
     assert served <= on_disk

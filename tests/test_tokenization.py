@@ -45,7 +45,7 @@ def test_saved_tokenizer_reproduces_builder_ids(gpt2, tmp_path):
     enc = RecPromptEncoder(tok, base, U, I)
     for user, items in [(0, [1, 2, 3]), (6, []), (None, [10, 0])]:
         out = enc.encode(user, items)
-        assert back(enc.prompt_text(user, items), add_special_tokens=False)["input_ids"] == out["input_ids"].tolist()
+        assert back(enc.text(user, items), add_special_tokens=False)["input_ids"] == out["input_ids"].tolist()
     with pytest.raises(ValueError, match="another build"):
         load_tokenizer(tmp_path / "tok", expected_sha256="0" * 64)
 

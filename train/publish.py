@@ -6,6 +6,7 @@ Folder layout (one ``upload_folder`` commit; everything ``Recommender.from_folde
 
     config.json (auto_map, custom_pipelines), model.safetensors, configuration_graphgpt2.py, modeling_graphgpt2.py
     pipeline_graphgpt2.py, handler.py   the graph-recommendation pipeline + Inference Endpoints handler (remote code)
+    folder_layout.py                    the folder's file names (imported by the pipeline)
     the dataset folder's manifest, tokenizer, train graph and id maps    written by ``Corpus.export_to`` (so
                                                                         ``Corpus(folder)`` opens it), plus the
                                                                         inference settings (prompt length, hops)
@@ -28,13 +29,13 @@ from typing import Any
 from data_builders.atomic import OWNED_FILE, check_replaceable, replace_dir
 from data_builders.corpus import Corpus
 from data_builders.hub_dataset import data_licence, is_amazon_source, stage_dataset_repo
+from modeling_graphgpt2.folder_layout import SERVING_CODE_FILES
 from modeling_graphgpt2.pipeline_graphgpt2 import write_serving_record
 from train.io_utils import BEST_DIR, HUB_DATASET_DIR, HUB_MODEL_DIR, atomic_write_json, hold_output_dir, temp_sibling
 from train.logging_utils import wall_text
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "graphgpt2_rec.md"
 SERVING_DIR = Path(__file__).resolve().parents[1] / "modeling_graphgpt2"
-SERVING_FILES = ("pipeline_graphgpt2.py", "handler.py")  # remote code beside the model's: pipeline + endpoint handler
 CUSTOM_PIPELINES = {"graph-recommendation": {"impl": "pipeline_graphgpt2.GraphRecommendationPipeline",
                                              "pt": ["AutoModel"], "type": "text"}}
 METRIC_LABELS = {"recall": "Recall", "ndcg": "NDCG"}
@@ -254,7 +255,7 @@ def publish(cfg, corpus, model_dir: Path, out_folder: Path, result: dict, comman
         model.config.custom_pipelines = CUSTOM_PIPELINES  # pipeline("graph-recommendation", model=repo, trust_remote_code=True)
         with no_hf_progress_bars():
             model.save_pretrained(str(tmp))  # config.json with auto_map + remote-code files + safetensors
-        for name in SERVING_FILES:
+        for name in SERVING_CODE_FILES:
             shutil.copy2(SERVING_DIR / name, tmp / name)
         corpus.export_to(tmp, {
             "max_length": cfg.data.max_length,
