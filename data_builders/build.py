@@ -52,6 +52,7 @@ class BuildConfig:
     synthetic_items: int = 120
     hop_table_budget_gb: float = 0.0  # opt-in dense uint8 N x N hop table when N*N bytes fit (rows store their own pairs)
     save_hop_table: bool = True
+    num_proc: int = 1  # processes that compute the prompt rows' pair hops and write their shards (same folder)
     overwrite: bool = False
     quiet: bool = False
 
@@ -68,7 +69,8 @@ class BuildConfig:
             raise BuildConfigError(f"max_hops must be in 1..{MAX_HOPS_LIMIT} (stored as uint8), got {self.max_hops}")
         if self.train_bpe is not None and self.train_bpe < MIN_BPE_VOCAB:
             raise BuildConfigError(f"train_bpe must be a vocabulary size >= {MIN_BPE_VOCAB}, got {self.train_bpe}")
-        for name, minimum in (("max_group_items", 2), ("max_length", 16), ("k_core", 0), ("synthetic_users", 1), ("synthetic_items", 1)):
+        for name, minimum in (("max_group_items", 2), ("max_length", 16), ("k_core", 0), ("synthetic_users", 1), ("synthetic_items", 1),
+                              ("num_proc", 1)):
             if getattr(self, name) < minimum:
                 raise BuildConfigError(f"{name} must be >= {minimum}, got {getattr(self, name)}")
         if not 0 <= self.cold_item_frac < 1:
@@ -124,6 +126,7 @@ def build(cfg: BuildConfig) -> BuildResult:
         max_hops=cfg.max_hops,
         table_budget_bytes=int(cfg.hop_table_budget_gb * 1024**3),
         save_hop_table=cfg.save_hop_table,
+        num_proc=cfg.num_proc,
         overwrite=cfg.overwrite,
         progress=not cfg.quiet,
         log=log,
@@ -198,6 +201,7 @@ def add_build_arguments(b: argparse.ArgumentParser, base: BuildConfig | None = N
     b.add_argument("--synthetic-items", type=_int_at_least(1), default=d.synthetic_items)
     b.add_argument("--hop-table-budget-gb", type=_finite_float, default=d.hop_table_budget_gb, help="opt-in dense uint8 N x N hop table when N*N bytes fit (default 0: none; every row stores its own pair matrix)")
     b.add_argument("--no-hop-table", action="store_true", default=not d.save_hop_table, help="do not save the hop table (loaders compute it)")
+    b.add_argument("--num-proc", type=_int_at_least(1), default=d.num_proc, help="processes that compute the prompt rows' pair hops and write their Parquet shards (default 1; the folder is the same for any value)")
     b.add_argument("--overwrite", action="store_true", default=d.overwrite)
     b.add_argument("--quiet", action="store_true", default=d.quiet)
     b.add_argument("--debug", action="store_true", help="show Python tracebacks for errors (default: one `error:` line)")
@@ -212,7 +216,7 @@ def build_config_from_args(args: argparse.Namespace) -> BuildConfig:
         rating_threshold=args.rating_threshold, k_core=args.k_core, seed=args.seed,
         cold_item_frac=args.cold_item_frac, strict=args.strict,
         format=args.format, synthetic_users=args.synthetic_users, synthetic_items=args.synthetic_items,
-        hop_table_budget_gb=args.hop_table_budget_gb, save_hop_table=not args.no_hop_table,
+        hop_table_budget_gb=args.hop_table_budget_gb, save_hop_table=not args.no_hop_table, num_proc=args.num_proc,
         overwrite=args.overwrite, quiet=args.quiet,
     )
 

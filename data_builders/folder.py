@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import glob
 import json
+import multiprocessing
 import os
 import shutil
 import socket
 import time
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -28,11 +31,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .atomic import OWNED_FILE, ForeignFolderError, atomic_write_text, check_replaceable, json_default, make_temp_dir, mark_owned
 from modeling_graphgpt2.folder_layout import (COLD_ITEMS_FILE, EDGES_FILE, FORMAT_NAME, FORMAT_VERSION, GRAPH_DIR, HOP_TABLE_FILE,
                                               ITEMS_FILE, MANIFEST_FILE, MAPS_DIR, README_FILE, TITLES_FILE, TOKENIZER_DIR,
                                               USERS_FILE, graph_file, maps_file, pending_shard_file, shard_file, shard_glob)
 
+from .atomic import OWNED_FILE, ForeignFolderError, atomic_write_text, check_replaceable, json_default, make_temp_dir, mark_owned
 from .corpus import file_sha256
 from .graph import DEFAULT_MAX_HOPS, DEFAULT_TABLE_BUDGET_BYTES, HopDistances, InteractionGraph
 from .pair_hops import PAIR_COLUMNS, attach_pair_hops
@@ -96,36 +99,67 @@ def rows_to_table(rows: list[dict], config: str) -> pa.Table:
     return pa.Table.from_pydict(cols, schema=schema)
 
 
+# What a forked shard writer prepares and writes: set before its pool starts (a closure does not pickle).
+_SHARD_JOB: tuple[str, Callable[[list[dict]], None] | None] | None = None
+
+
+def _write_shard(pending: Path, rows: list[dict]) -> float:
+    """Prepare ``rows`` (e.g. their pair hops) and write them as one Parquet shard; returns the preparing seconds."""
+    config, prepare = _SHARD_JOB
+    t = time.perf_counter()
+    if prepare is not None:
+        prepare(rows)
+    prepare_s = time.perf_counter() - t
+    pq.write_table(rows_to_table(rows, config), pending)
+    return prepare_s
+
+
 def write_config(root: Path, config: str, splits: dict[str, Iterable[list[dict]]],
-                 prepare: Callable[[list[dict]], None] | None = None) -> tuple[dict[str, list[str]], dict[str, int], dict[str, int]]:
+                 prepare: Callable[[list[dict]], None] | None = None, num_proc: int = 1):
     """Write ``<root>/<config>/<split>-0000k-of-0000n.parquet``, one shard per chunk of rows (``config_row_chunks``),
     each written as soon as it is made (after ``prepare(chunk)``, e.g. its pair hops), so memory holds one chunk.
-    A split without rows gets one empty shard. Shards are named ``-of-n`` once n is known. Returns the relative
-    shard paths per split, the rows per split and the rows per kind."""
+    With ``num_proc`` > 1, that many forked processes prepare and write the chunks while this one makes the next
+    (at most ``num_proc`` chunks in flight): the same shards, row for row, in the same order. A split without rows
+    gets one empty shard. Shards are named ``-of-n`` once n is known. Returns the relative shard paths per split,
+    the rows per split, the rows per kind and the seconds spent in ``prepare`` (summed over processes)."""
+    global _SHARD_JOB
     (root / config).mkdir(parents=True, exist_ok=True)
     files: dict[str, list[str]] = {}
     counts: dict[str, int] = {}
     kinds: dict[str, int] = {}
-    for split_name, chunks in splits.items():
-        written, counts[split_name] = [], 0
-        for part in chunks:
-            if prepare is not None:
-                prepare(part)
-            pending = root / config / pending_shard_file(split_name, len(written))
-            pq.write_table(rows_to_table(part, config), pending)
-            written.append(pending)
-            counts[split_name] += len(part)
-            for kind, n in row_kinds(part).items():
-                kinds[kind] = kinds.get(kind, 0) + n
-        if not written:  # an empty split still has its (empty) shard
-            written.append(root / config / pending_shard_file(split_name, 0))
-            pq.write_table(rows_to_table([], config), written[0])
-        files[split_name] = []
-        for k, pending in enumerate(written):
-            rel = shard_file(config, split_name, k, len(written))
-            os.replace(pending, root / rel)
-            files[split_name].append(rel)
-    return files, counts, kinds
+    prepare_s = 0.0
+    _SHARD_JOB = (config, prepare)
+    pool = ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("fork")) if num_proc > 1 else None
+    try:
+        for split_name, chunks in splits.items():
+            written, in_flight = [], deque()
+            for part in chunks:
+                pending = root / config / pending_shard_file(split_name, len(written))
+                for kind, n in row_kinds(part).items():
+                    kinds[kind] = kinds.get(kind, 0) + n
+                counts[split_name] = counts.get(split_name, 0) + len(part)
+                written.append(pending)
+                if pool is None:
+                    prepare_s += _write_shard(pending, part)
+                    continue
+                in_flight.append(pool.submit(_write_shard, pending, part))
+                if len(in_flight) >= num_proc:
+                    prepare_s += in_flight.popleft().result()
+            prepare_s += sum(job.result() for job in in_flight)
+            counts.setdefault(split_name, 0)
+            if not written:  # an empty split still has its (empty) shard
+                written.append(root / config / pending_shard_file(split_name, 0))
+                pq.write_table(rows_to_table([], config), written[0])
+            files[split_name] = []
+            for k, pending in enumerate(written):
+                rel = shard_file(config, split_name, k, len(written))
+                os.replace(pending, root / rel)
+                files[split_name].append(rel)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        _SHARD_JOB = None
+    return files, counts, kinds, prepare_s
 
 
 # --------------------------------------------------------------------------------------------- card
@@ -189,11 +223,13 @@ def build_dataset_folder(
     table_budget_bytes: int = DEFAULT_TABLE_BUDGET_BYTES,
     save_hop_table: bool = True,
     rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
+    num_proc: int = 1,
     overwrite: bool = False,
     progress: bool = False,
     log=None,
 ) -> BuildResult:
-    """Split -> tokenizer, graph, prompt corpora -> dataset folder at ``out`` (atomic: temp folder + rename)."""
+    """Split -> tokenizer, graph, prompt corpora -> dataset folder at ``out`` (atomic: temp folder + rename).
+    ``num_proc`` processes prepare and write the prompt shards (``write_config``); the folder is the same."""
     prompt_config = prompt_config or PromptConfig()
     log = log or (lambda msg: None)
     given_out, out = Path(out), Path(out).resolve()
@@ -234,15 +270,14 @@ def build_dataset_folder(
 
             it = tqdm(configs, desc="prompt corpora", unit="config", disable=None)  # a bar on a terminal only
         for config in it:
-            t, pair_s = time.perf_counter(), [0.0]
+            t = time.perf_counter()
             chunks = config_row_chunks(config, split, tok, base, prompt_config, stats, chunk_rows=rows_per_shard)
 
             def with_pair_hops(rows: list[dict], config=config) -> None:
-                t_pairs = time.perf_counter()  # only personalized configs repeat node lists: cache just those
+                # only personalized configs repeat node lists: cache just those (per process)
                 attach_pair_hops(rows, graph, max_hops, pair_cache if config in ("interactions", "recommendation") else None)
-                pair_s[0] += time.perf_counter() - t_pairs
 
-            config_files, counts, config_kinds = write_config(tmp, config, chunks, with_pair_hops)
+            config_files, counts, config_kinds, pair_s = write_config(tmp, config, chunks, with_pair_hops, num_proc)
             if not any(counts.values()):
                 # an empty Parquet shard cannot be loaded by datasets; leave the config out, say why
                 shutil.rmtree(tmp / config)
@@ -250,7 +285,7 @@ def build_dataset_folder(
                 log(f"{config}: 0 rows, config not written")
                 continue
             files[config], rows_count[config], kinds[config] = config_files, counts, config_kinds
-            seconds[f"pair_hops/{config}"] = pair_s[0]  # included in prompts/<config>
+            seconds[f"pair_hops/{config}"] = pair_s  # included in prompts/<config> (summed over processes)
             seconds[f"prompts/{config}"] = time.perf_counter() - t
             log(f"{config}: " + ", ".join(f"{s} {n:,}" for s, n in rows_count[config].items()))
 

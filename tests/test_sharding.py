@@ -62,6 +62,26 @@ def test_row_ranges_read_only_the_files_holding_them(tmp_path, gpt2_tokenizer_di
     assert corpus.dataset("content", "train", columns=["input_ids"]).column_names == ["input_ids"]
 
 
+def test_a_build_in_several_processes_is_the_one_process_build(tmp_path, gpt2_tokenizer_dir):
+    """``num_proc`` processes writing the prompt shards (pair hops included) give the one-process folder: the same
+    shard files, row for row, and the same manifest but for the stage times."""
+    import pyarrow.parquet as pq
+
+    split = build_split(make_synthetic(num_users=60, num_items=40))
+    folders = {n: build_dataset_folder(split, tmp_path / f"proc{n}", tokenizer_source=gpt2_tokenizer_dir, rows_per_shard=7,
+                                       num_proc=n).folder for n in (1, 3)}
+    manifests = {n: json.loads((folders[n] / "manifest.json").read_text()) for n in folders}
+    for manifest in manifests.values():
+        manifest.pop("build_seconds")
+    assert manifests[1] == manifests[3]
+    shards = [rel for config in manifests[1]["data_files"].values() for files in config.values() for rel in files]
+    assert len(manifests[1]["data_files"]["interactions"]["train"]) > 3  # several chunks in flight at once
+    for rel in shards:
+        one, several = pq.read_table(folders[1] / rel), pq.read_table(folders[3] / rel)
+        assert one.num_rows and one.equals(several), rel
+    assert sorted(p.name for p in folders[1].rglob("*")) == sorted(p.name for p in folders[3].rglob("*"))
+
+
 @pytest.mark.parametrize("world", [2, 3])
 def test_masked_prompts_of_the_shards_are_the_one_process_epoch(tiny_data, world):
     """Every rank builds prompts for its rows only; together they are the one-process epoch, row for row (same
