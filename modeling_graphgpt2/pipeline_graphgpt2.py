@@ -407,6 +407,17 @@ def verify_serving_folder(folder):
                                  + ": a file from another build or training, edited or truncated; re-publish the model")
 
 
+@torch.no_grad()
+def top_k_items(model, input_ids, attention_mask, hop_distances, exclude, k, new_item_counts=None):
+    """Serving's one scoring step (this pipeline's and ``train.recommend``'s): one forward pass, then per prompt
+    its top ``k`` as (item index, score), best first, without the ``exclude``d items. Item indices from
+    ``num_items`` on are the new items of ``new_item_counts``."""
+    rec = model.recommend(input_ids, attention_mask=attention_mask, hop_distances=hop_distances, k=k,
+                          exclude_items=exclude, new_item_counts=new_item_counts)
+    return [[(j, s) for j, s in zip(items, scores) if s != float("-inf")]
+            for items, scores in zip(rec.items.tolist(), rec.scores.tolist())]
+
+
 class GraphRecommender:
     """Everything a top-k request needs, read from the repo: prompt, graph, id maps, titles, train histories."""
 
@@ -540,10 +551,8 @@ class GraphRecommender:
             hops = torch.from_numpy(hops).to(device)
         exclude = [items if exclude_seen else [] for _, items in resolved]
         k = min(int(top_k), self.num_items + (0 if new_counts is None else len(new_counts)))
-        rec = self.model.recommend(torch.from_numpy(ids).to(device), attention_mask=torch.from_numpy(mask).to(device),
-                                   hop_distances=hops, k=k, exclude_items=exclude, new_item_counts=new_counts)
-        return [[(j, s) for j, s in zip(items, scores) if s != float("-inf")]
-                for items, scores in zip(rec.items.tolist(), rec.scores.tolist())]
+        return top_k_items(self.model, torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device), hops, exclude,
+                           k, new_counts)
 
     def popular(self, top_k):
         """Most-interacted train items (ties by index), scored by their train interaction counts."""

@@ -135,6 +135,27 @@ def test_pipeline_handler_recommend_and_model_agree(hub, pipe):
         [by_pipe[histories.index(h)] for h in titled]
 
 
+def test_the_published_test_metrics_are_the_pipelines_answers(hub, pipe):
+    """Recall@20, Recall@40 and NDCG@100 recomputed from what the shipped pipeline answers each test user (raw ids
+    in, raw ids out) equal the metrics.json the folder was published with: serving ranks as evaluation did."""
+    from train.metrics import per_user_metrics, summarize
+
+    _, _, corpus, folder = hub
+    published = json.loads((folder / "metrics.json").read_text())["test"]
+    examples = corpus.rec_examples("test")
+    answers = pipe([{"user": corpus.user_ids[ex.user]} for ex in examples], top_k=100)
+    index = {raw: j for j, raw in enumerate(corpus.item_ids)}
+    # the answers as a score matrix whose top 100 is the pipeline's ranking (every other item below)
+    scores = np.zeros((len(examples), corpus.num_items))
+    for row, answer in enumerate(answers):
+        assert all(r.get("source") is None for r in answer)  # ranked by the model, not a popularity fallback
+        for rank, r in enumerate(answer):
+            scores[row, index[r["item_id"]]] = 200 - rank
+    mine = summarize(per_user_metrics(scores, [ex.targets for ex in examples], None, (20, 40), (100,)))
+    for key in ("recall@20", "recall@40", "ndcg@100"):
+        assert mine[key] == pytest.approx(published[key], abs=1e-9), key
+
+
 def test_pipeline_errors_and_popularity_fallback(hub, pipe):
     cfg, _, corpus, folder = hub
     with pytest.raises(ValueError, match="unknown user id 'nobody'"):

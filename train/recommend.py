@@ -28,7 +28,7 @@ import torch
 from data_builders.atomic import atomic_write
 from data_builders.corpus import Corpus
 from data_builders.textclean import printable
-from modeling_graphgpt2.pipeline_graphgpt2 import new_item_counts, new_item_text, verify_serving_folder
+from modeling_graphgpt2.pipeline_graphgpt2 import new_item_counts, new_item_text, top_k_items, verify_serving_folder
 from train.cli_args import report_user_errors
 from train.modeling_io import load_model
 
@@ -88,11 +88,8 @@ class Recommender:
         for start in range(0, len(prompts), batch_size):
             rows = [{"input_ids": ids, "node_positions": pos} for ids, pos in prompts[start:start + batch_size]]
             batch = {key: v.to(device) for key, v in self.collate(rows).items()}
-            rec = self.model.recommend(batch["input_ids"], attention_mask=batch["attention_mask"],
-                                       hop_distances=batch.get("hop_distances"), k=k, exclude_items=exclude[start:start + batch_size],
-                                       new_item_counts=self.new_counts)
-            for items, scores in zip(rec.items.tolist(), rec.scores.tolist()):
-                out.append([(i, s) for i, s in zip(items, scores) if s != float("-inf")])
+            out += top_k_items(self.model, batch["input_ids"], batch["attention_mask"], batch.get("hop_distances"),
+                               exclude[start:start + batch_size], k, self.new_counts)
         return out
 
     def _check_k(self, k: int) -> int:
