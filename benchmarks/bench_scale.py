@@ -26,6 +26,23 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from data_builders.collate import MODEL_INPUT_KEYS, GraphCollator
+from data_builders.corpus import Corpus
+from data_builders.folder import build_dataset_folder
+from data_builders.graph import HopDistances, InteractionGraph
+from data_builders.pair_hops import attach_pair_hops, row_nodes
+from data_builders.powerlaw import make_powerlaw
+from data_builders.preprocess import build_split
+from data_builders.readers import read_source
+from modeling_graphgpt2 import GraphGPT2Config, GraphGPT2ForRecommendation
+from train.common import build_model, init_collab_items, make_optimizer, model_config_kwargs, set_threads, steps_per_epoch
+from train.config import load_config
+from train.evaluate import rec_rows, score_batch
+from train.finetune import masked_prompts, train_target_lengths
+from train.io_utils import atomic_write_json
+from train.metrics import per_user_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,13 +71,7 @@ def _median_seconds(fn, repeat: int) -> float:
 
 
 def run_size(users: int, items: int, edges: int, work: Path, seed: int, exponent: float, repeat: int) -> dict:
-    import torch
 
-    from data_builders.corpus import Corpus
-    from data_builders.folder import build_dataset_folder
-    from data_builders.pair_hops import row_nodes
-    from data_builders.powerlaw import make_powerlaw
-    from data_builders.preprocess import build_split
 
     res: dict = {"users": users, "items": items, "edges_requested": edges, "seed": seed, "exponent": exponent,
                  "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
@@ -88,9 +99,6 @@ def run_size(users: int, items: int, edges: int, work: Path, seed: int, exponent
     del split
 
     # ---- bias inputs vs one training step, CPU preset (mi_cpu.yaml), one process ----
-    from modeling_graphgpt2 import GraphGPT2Config, GraphGPT2ForRecommendation
-    from train.common import model_config_kwargs
-    from train.config import load_config
 
     cfg = load_config("mi_cpu")
     torch.manual_seed(0)
@@ -149,11 +157,6 @@ def run_size(users: int, items: int, edges: int, work: Path, seed: int, exponent
 def dense_vs_stored(source: Path, repeat: int = 20) -> dict:
     """Milliseconds for the hops of 32 personalized prompts of a small graph (Musical Instruments): the old dense
     table lookup, the stored per-row matrices, and the per-row graph search, both variants."""
-    from data_builders.collate import GraphCollator
-    from data_builders.graph import HopDistances, InteractionGraph
-    from data_builders.pair_hops import attach_pair_hops
-    from data_builders.preprocess import build_split
-    from data_builders.readers import read_source
 
     split = build_split(read_source(source))
     g = InteractionGraph.from_split(split)
@@ -225,7 +228,6 @@ def run_preset_size(users: int, items: int, edges: int, work: Path, seed: int, e
         print(f"[scale] {tag} {name}: {res['steps'][name]}", flush=True)
         if res["steps"][name]["returncode"] != 0:
             return res
-    from data_builders.corpus import Corpus
 
     corpus = Corpus(folder)
     res["split"] = {"users": corpus.num_users, "items": corpus.num_items, "train_edges": int(corpus.interaction_matrix("train").nnz)}
@@ -250,16 +252,7 @@ def preset_stages(folder: Path, preset: str, threads: int, train_steps: int, eva
     ``eval_batches`` evaluation batches (plain, and with the two residual-scale sweeps) timed and extrapolated to
     one epoch and to the whole validation and test splits (the result says which numbers are extrapolated).
     The result is rewritten to ``result_path`` after every stage, so a run stopped part-way keeps what it measured."""
-    import torch
 
-    from data_builders.corpus import Corpus
-    from data_builders.collate import MODEL_INPUT_KEYS
-    from train.common import build_model, init_collab_items, make_optimizer, set_threads, steps_per_epoch
-    from train.config import load_config
-    from train.evaluate import rec_rows, score_batch
-    from train.finetune import masked_prompts, train_target_lengths
-    from train.io_utils import atomic_write_json
-    from train.metrics import per_user_metrics
 
     cfg = load_config(preset, [f"data.folder={folder}", f"num_threads={threads}"])
     res: dict = {"folder": str(folder), "preset": preset, "torch_threads": set_threads(threads), "measured_s": {},
@@ -347,9 +340,6 @@ def check_folder(folder: Path, batch: int = 256, epochs: int = 1) -> dict:
     """Every stored row's bias input equals the old dense-table lookup (so a same-seed run sees the same bias):
     all rows of every config and split through the collator, plus ``epochs`` epochs of re-masked fine-tuning
     prompts (``pair_nodes`` into the full-history matrix). Returns rows checked and mismatches per config."""
-    from data_builders.corpus import Corpus
-    from data_builders.graph import HopDistances
-    from train.finetune import masked_prompts
 
     corpus = Corpus(folder)
     t = time.perf_counter()

@@ -20,7 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import datasets
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from modeling_graphgpt2.folder_layout import (COLD_ITEMS_FILE, FORMAT_NAME, GRAPH_DIR, HISTORIES_FILE, INFERENCE_FILE,
@@ -250,8 +253,6 @@ class Corpus:
         local folder by its base name and config, so two folders both called ``data`` served each other's rows
         (seen with datasets 5.2).
         """
-        import datasets
-        import pyarrow as pa
 
         tables = [table for _, table in self._row_tables(config, split, rows, columns)]
         if not tables:  # an empty range: the schema of the first file, no rows
@@ -260,7 +261,6 @@ class Corpus:
 
     def num_rows(self, config: str, split: str = "train") -> int:
         """Rows of one config/split, from the Parquet files' footers (no rows read)."""
-        import pyarrow.parquet as pq
 
         return sum(pq.ParquetFile(path).metadata.num_rows for path in self._row_files(config, split))
 
@@ -280,7 +280,6 @@ class Corpus:
     def _file_ranges(self, config: str, split: str, rows: range | None):
         """(path, index of its first row, lo, hi) per Parquet file holding rows ``lo..hi-1`` of ``rows`` (every file,
         whole, when None); files outside the range are left out."""
-        import pyarrow.parquet as pq
 
         if rows is not None and rows.step != 1:
             raise ValueError(f"rows must be a contiguous range, got {rows}")
@@ -294,7 +293,6 @@ class Corpus:
 
     def _row_tables(self, config: str, split: str, rows: range | None, columns: list[str] | None):
         """(first row index, Arrow table) per Parquet file holding rows of ``rows`` (every file when None), cut to them."""
-        import pyarrow.parquet as pq
 
         for path, first, lo, hi in self._file_ranges(config, split, rows):
             yield lo, pq.read_table(path, columns=columns).slice(lo - first, hi - lo)
@@ -306,9 +304,6 @@ class Corpus:
     def iter_rec_examples(self, split: str, rows: range | None = None, chunk_rows: int = 4096):
         """:meth:`rec_examples` in lists of at most ``chunk_rows``, read from the Parquet files batch by batch
         (memory does not grow with the rows)."""
-        import datasets
-        import pyarrow as pa
-        import pyarrow.parquet as pq
 
         for path, first, lo, hi in self._file_ranges("recommendation", split, rows):
             pos = first

@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Iterable
 from urllib.parse import urlparse
 
-from tokenizers import AddedToken
+from huggingface_hub import constants
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, GPT2Tokenizer, PreTrainedTokenizerFast
 
 from modeling_graphgpt2.folder_layout import TOKENIZER_FILE
 
@@ -37,7 +39,6 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # "gpt2", "org
 
 def load_base_tokenizer(source: str | os.PathLike | None = None):
     """The GPT-2 byte-level BPE from a local folder with vocab.json + merges.txt, or a Hub name (e.g. "gpt2")."""
-    from transformers import AutoTokenizer, GPT2Tokenizer
 
     source = DEFAULT_GPT2_DIR if source is None else source
     p = Path(source)
@@ -62,8 +63,6 @@ def load_base_tokenizer(source: str | os.PathLike | None = None):
 def _hub_tokenizer(name: str):
     """A Hub tokenizer from the local cache, else downloaded; unreachable Hub: a named error at once, not a
     minute of retries."""
-    from huggingface_hub import constants
-    from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(name, local_files_only=True)
@@ -84,8 +83,6 @@ def _hub_tokenizer(name: str):
 
 def train_byte_level_bpe(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2):
     """A GPT-2-style byte-level BPE trained on ``texts`` (no download; seconds). ``<|endoftext|>`` is id 0."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -176,7 +173,6 @@ def save_tokenizer(tokenizer, directory: str | os.PathLike) -> str:
 
 def load_tokenizer(directory: str | os.PathLike, expected_sha256: str | None = None):
     """Load a dataset folder's tokenizer; with ``expected_sha256`` refuse a tokenizer from another build."""
-    from transformers import AutoTokenizer
 
     d = Path(directory)
     if expected_sha256 is not None:

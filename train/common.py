@@ -9,11 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
+from accelerate.data_loader import prepare_data_loader
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from peft import LoraConfig, get_peft_model
 from torch.utils.data import DataLoader
 
 from data_builders.corpus import Corpus, shard_rows
 from data_builders.item_graph import edge_buckets, ideal_lowpass_basis, normalized_adjacency, residual_matrix
 from data_builders.item_text import item_token_counts, text_svd_vectors
+from modeling_graphgpt2 import GraphGPT2Config, GraphGPT2ForRecommendation
 from train.config import ModelConfig, RunConfig, StageConfig, model_config_fields
 
 
@@ -56,8 +61,6 @@ def set_threads(num_threads: int) -> str:
 
 def make_accelerator(cfg: RunConfig, project_dir: str | Path):
     """One Accelerator per stage (each stage registers its own model/optimizer for save_state)."""
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
     set_threads(cfg.num_threads)
     return Accelerator(
@@ -99,7 +102,6 @@ LEVER_TABLES = {
 def build_model(cfg: RunConfig, corpus: Corpus, fit_seconds: dict | None = None):
     """A fresh GraphGPT2ForRecommendation sized for ``corpus`` (backbone from ``model.init_from`` when set).
     ``fit_seconds``, when given, receives the wall seconds of each graph lever's fit (``graph_residual_fit_s``, ...)."""
-    from modeling_graphgpt2 import GraphGPT2Config, GraphGPT2ForRecommendation
 
     if cfg.model.init_from:
         kw = model_config_kwargs(cfg.model, corpus)
@@ -212,7 +214,6 @@ def rank_loader(accelerator, rows: list, batch_size: int, collate_fn, num_batche
     DDP needs every rank to run ``num_batches`` steps; a shard one row shorter than the largest repeats its
     first row(s) to reach them (as Accelerate's ``even_batches`` pads).
     """
-    from accelerate.data_loader import prepare_data_loader
 
     if num_batches and not rows:
         raise ValueError(f"process {accelerator.process_index} of {accelerator.num_processes} got no rows: "
@@ -227,7 +228,6 @@ def apply_lora(model: torch.nn.Module, r: int, alpha: int, base_dir: str | Path,
     """Wrap the backbone's c_attn/c_proj/c_fc in LoRA adapters; ID embeddings (and graph-bias parameters) are
     trained in full (``modules_to_save``). The un-adapted model is saved to ``base_dir`` first (unless it is
     already a saved folder) and recorded as the adapter's base, so ``PeftModel.from_pretrained`` can reload it."""
-    from peft import LoraConfig, get_peft_model
 
     base_dir = Path(base_dir)
     if is_main_process and not (base_dir / "config.json").is_file():
@@ -248,7 +248,6 @@ def apply_lora(model: torch.nn.Module, r: int, alpha: int, base_dir: str | Path,
 
 
 def seed_everything(seed: int) -> None:
-    from accelerate.utils import set_seed
 
     set_seed(seed)
     os.environ.setdefault("PYTHONHASHSEED", str(seed))

@@ -25,10 +25,12 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from data_builders.collate import MODEL_INPUT_KEYS
 from data_builders.corpus import Corpus
-from train.common import rank_rows
+from train.cli_args import config_from_args, run_stage, stage_parser
+from train.common import make_accelerator, rank_rows
 from train.config import RunConfig
 from train.io_utils import BEST_DIR, PRETRAINED_DIR, atomic_write_json, atomic_write_text
 from train.metrics import item_popularity, merge_per_user, metric_names, per_user_metrics, summarize
+from train.modeling_io import load_model
 
 
 def rec_rows(corpus: Corpus, examples: list, max_length: int) -> list[dict]:
@@ -210,9 +212,6 @@ def popularity_metrics(corpus: Corpus, split: str, cfg: RunConfig, max_scores: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.cli_args import config_from_args, run_stage, stage_parser
-    from train.common import make_accelerator
-    from train.modeling_io import load_model
 
     ap = stage_parser("accelerate launch train/evaluate.py", "Full-catalog Recall@k / NDCG@k of a trained model on one "
                       "split, next to popularity; writes <output.dir>/eval_<split>.{json,md}.",

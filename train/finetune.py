@@ -26,6 +26,7 @@ import torch
 
 from data_builders.collate import MODEL_INPUT_KEYS
 from data_builders.corpus import Corpus, RecExample
+from train.cli_args import parse_stage_args, run_stage, stage_parser
 from train.common import (
     apply_lora,
     build_model,
@@ -42,7 +43,7 @@ from train.common import (
 )
 from train.cold_items import cold_item_metrics, fit_cold_item_map
 from train.config import RunConfig
-from train.evaluate import evaluate_model, evaluate_residual_scales
+from train.evaluate import evaluate_model, evaluate_residual_scales, metrics_table
 from train.io_utils import BEST_DIR, PRETRAINED_DIR, atomic_write_json, check_run_outputs, locks_output_dir
 from train.logging_utils import RunLogger
 from train.metrics import metric_names
@@ -250,8 +251,6 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.cli_args import parse_stage_args, run_stage, stage_parser
-    from train.evaluate import metrics_table
 
     ap = stage_parser("accelerate launch train/finetune.py", "Fine-tune GraphGPT2 on the personalized predictive prompts, "
                       "select the epoch on validation into <output.dir>/best, then evaluate test once.",

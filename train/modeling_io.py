@@ -11,6 +11,7 @@ from safetensors import SafetensorError
 from transformers.utils import logging as hf_logging
 
 from data_builders.atomic import replace_dir
+from modeling_graphgpt2 import GraphGPT2ForRecommendation
 from train.io_utils import temp_sibling
 
 WEIGHTS_FILE = "model.safetensors"
@@ -41,7 +42,6 @@ def load_model(folder: str | Path, merge_lora: bool = True):
 def _load_model(folder: Path, merge_lora: bool):
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder not found: {folder}")
-    from modeling_graphgpt2 import GraphGPT2ForRecommendation
 
     if (folder / "adapter_config.json").is_file():
         from peft import PeftModel

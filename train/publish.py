@@ -26,13 +26,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+
 from data_builders.atomic import OWNED_FILE, check_replaceable, replace_dir
 from data_builders.corpus import Corpus
 from data_builders.hub_dataset import data_licence, is_amazon_source, stage_dataset_repo
 from modeling_graphgpt2.folder_layout import SERVING_CODE_FILES
 from modeling_graphgpt2.pipeline_graphgpt2 import write_serving_record
+from train.cli_args import config_from_args, run_stage, stage_parser
+from train.config import RunConfig
+from train.evaluate import metrics_table
 from train.io_utils import BEST_DIR, HUB_DATASET_DIR, HUB_MODEL_DIR, atomic_write_json, hold_output_dir, temp_sibling
-from train.logging_utils import wall_text
+from train.logging_utils import plot_training_curves, wall_text
+from train.metrics import metric_names
+from train.modeling_io import load_model, no_hf_progress_bars
+from train.pretrain import pretrain_plan
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "graphgpt2_rec.md"
 SERVING_DIR = Path(__file__).resolve().parents[1] / "modeling_graphgpt2"
@@ -45,7 +53,6 @@ LOCAL_SETTINGS = ("data.folder", "output.dir", "output.push_to_hub", "output.pus
 
 def eval_results(metrics: dict, dataset_name: str, dataset_type: str, split: str = "test") -> list:
     """huggingface_hub EvalResult entries (the card's ``model-index``) for every reported metric."""
-    from huggingface_hub import EvalResult
 
     out = []
     for key, value in metrics.items():
@@ -112,7 +119,6 @@ def dataset_identity(corpus, dataset_repo: str | None) -> tuple[str, str]:
 
 def non_default_settings(cfg) -> list[tuple[str, Any, Any]]:
     """(dotted key, value, default) for every run-config field that differs from the package's defaults."""
-    from train.config import RunConfig
 
     def flat(d: dict, prefix: str = "") -> dict:
         out = {}
@@ -139,11 +145,7 @@ def levers_text(cfg) -> str:
 
 def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None, dataset_repo: str | None = None) -> str:
     """README.md text: model-index metadata + the template in model_cards/."""
-    from huggingface_hub import ModelCard, ModelCardData
 
-    from train.evaluate import metrics_table
-    from train.metrics import metric_names
-    from train.pretrain import pretrain_plan
 
     names = metric_names(cfg.eval.recall_ks, cfg.eval.ndcg_ks)
     data_name = corpus.name
@@ -242,8 +244,6 @@ def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None, da
 def publish(cfg, corpus, model_dir: Path, out_folder: Path, result: dict, command: str | None = None,
             repo_id: str | None = None, dataset_repo: str | None = None) -> Path:
     """Assemble the Hub-ready folder ``out_folder`` from the selected model and the dataset folder."""
-    from train.logging_utils import plot_training_curves
-    from train.modeling_io import load_model, no_hf_progress_bars
 
     out_folder = Path(out_folder)
     run_dir = Path(cfg.output.dir)
@@ -282,7 +282,6 @@ def publish(cfg, corpus, model_dir: Path, out_folder: Path, result: dict, comman
 def push_folder(folder: str | Path, repo_id: str, repo_type: str = "model", private: bool | None = None,
                 commit_message: str | None = None) -> str:
     """Create the repo (if needed) and upload ``folder`` in one commit; returns the repo URL."""
-    from huggingface_hub import HfApi
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -296,7 +295,6 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "model", priv
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.cli_args import config_from_args, run_stage, stage_parser
 
     ap = stage_parser("python -m train.publish", "Assemble the Hub-ready folder of a finished run (weights, tokenizer, "
                       "graph, maps, remote code, model card, serving record) and optionally upload it.",
