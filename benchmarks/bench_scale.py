@@ -400,6 +400,52 @@ def plot(results: list[dict], path: Path) -> Path:
     return path
 
 
+GROWTH_STAGES = (("build", "build (CPU s)"), ("graph_residual_fit_s", "EASE residual fit"),
+                 ("graph_lowpass_fit_s", "low-pass fit"), ("text_init", "item-text init"),
+                 ("finetune_epoch", "1 fine-tuning epoch*"), ("residual_sweeps", "both residual sweeps*"),
+                 ("test", "test evaluation*"))
+
+
+def growth_rows(builds: list[dict], stages: list[dict]) -> list[dict]:
+    """One row per size: its build (``--preset --build-only`` result) joined with its ``--stages`` result by the
+    number of train edges; stage seconds, extrapolated ones marked by the plot's legend (*)."""
+    by_edges = {r["sizes"]["train_edges"]: r for r in stages}
+    rows = []
+    for b in sorted(builds, key=lambda r: r["split"]["train_edges"]):
+        st = by_edges.get(b["split"]["train_edges"], {})
+        seconds = {"build": b["steps"]["build"]["cpu_s"], **st.get("measured_s", {}), **st.get("extrapolated_s", {})}
+        rows.append({"train_edges": b["split"]["train_edges"], "users": b["split"]["users"], "items": b["split"]["items"],
+                     "seconds": {k: seconds[k] for k, _ in GROWTH_STAGES if k in seconds},
+                     "peak_rss_gib": {"build": b["steps"]["build"]["peak_rss_gib"], "stages": st.get("peak_rss_gib",
+                                      st.get("peak_rss_gib_after_fits"))}})
+    return rows
+
+
+def plot_growth(rows: list[dict], path: Path) -> Path:
+    """Time per stage and peak RSS against train edges (log-log), one point per size that measured the stage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    for key, label in GROWTH_STAGES:
+        pts = [(r["train_edges"], r["seconds"][key]) for r in rows if key in r["seconds"]]
+        if pts:
+            ax[0].loglog(*zip(*pts), "o-", label=label)
+    ax[0].set_xlabel("train edges"), ax[0].set_ylabel("seconds (one thread; * extrapolated)")
+    ax[0].legend(fontsize=7), ax[0].set_title("amazon_cpu per stage")
+    for key in ("build", "stages"):
+        pts = [(r["train_edges"], r["peak_rss_gib"][key]) for r in rows if r["peak_rss_gib"][key] is not None]
+        if pts:
+            ax[1].loglog(*zip(*pts), "o-", label=key)
+    ax[1].set_xlabel("train edges"), ax[1].set_ylabel("GiB"), ax[1].legend(), ax[1].set_title("peak RSS")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", nargs="+", default=["20000:10000:200000", "200000:100000:2000000"], help="users:items:edges")
@@ -425,7 +471,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check-folder", default=None, metavar="DATASET_FOLDER",
                    help="instead: check every stored row's hops against the dense-table lookup (same-seed inputs)")
     p.add_argument("--plot", nargs="+", default=None, metavar="RESULTS_JSON", help="instead: plot these result files")
+    p.add_argument("--growth", nargs="+", default=None, metavar="RESULTS_JSON",
+                   help="instead: join --build-only and --stages result files by size into a growth table (--out) and plot")
     args = p.parse_args(argv)
+    if args.growth:
+        loaded = [json.loads(Path(f).read_text()) for f in args.growth]
+        builds = [r for d in loaded if isinstance(d, list) for r in d]
+        rows = growth_rows(builds, [d for d in loaded if isinstance(d, dict)])
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(args.out, rows)
+        print(json.dumps(rows, indent=1))
+        print(plot_growth(rows, Path(args.out).with_suffix(".png")))
+        return 0
     if args.plot:
         results = [r for f in args.plot for r in json.loads(Path(f).read_text())]
         print(plot(results, Path(args.out).with_suffix(".png")))
