@@ -149,6 +149,15 @@ class GraphGPT2Config(GPT2Config):
         cold_item_text_scale_init (`float`, defaults to 0.0):
             The fixed scale of that text term (not trained; the training code chooses it on the validation cold
             items after fine-tuning, `finetune.cold_item_text_scale_grid`).
+        cold_item_neighbours (`int`, defaults to 0):
+            K >= 0 (used when `cold_item_map_rank > 0`). With K > 0 an item without interactions also gets the
+            scores of the K items with interactions nearest to it by text (cosine of the rank-k text vectors),
+            averaged with the cosines as weights: `transfer_weight * sum_j w_j s(u, j)`, s = the rec scores
+            before this lever, so the collaborative signal of its text neighbours reaches it. Buffers
+            `cold_item_map.neighbours` (num_items, K) and `.neighbour_weights` (num_items, K) (filled for the
+            held-out cold items; a new item's are computed when it is scored) and `.transfer_weight` (chosen on
+            the validation cold items, `finetune.cold_item_transfer_grid`). 0: no such buffers (the state dict of
+            a model without it is unchanged).
 
     Example:
 
@@ -190,6 +199,7 @@ class GraphGPT2Config(GPT2Config):
     graph_edge_topn: int = 200
     cold_item_map_rank: int = 0
     cold_item_text_scale_init: float = 0.0
+    cold_item_neighbours: int = 0
 
     def __post_init__(self, **kwargs):
         # `wte` / `lm_head` cover only text tokens; keep GPT-2's `vocab_size` in step with it.
@@ -253,6 +263,7 @@ class GraphGPT2Config(GPT2Config):
         _int("graph_train_edges", 0)
         _int("graph_edge_topn", 1)
         _int("cold_item_map_rank", 0)
+        _int("cold_item_neighbours", 0)
         if not isinstance(self.graph_edge_bias, bool):
             raise GraphGPT2ConfigError("graph_edge_bias", f"must be true/false, got {self.graph_edge_bias!r}")
         if self.n_embd % self.n_head != 0:

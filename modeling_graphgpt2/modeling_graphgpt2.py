@@ -370,8 +370,9 @@ class GraphScoreTerm(GraphLever):
     def forward(self, item_index: torch.Tensor, is_item: torch.Tensor) -> torch.Tensor:
         return self.scale * self.standardised(item_index, is_item)
 
-    def shift(self) -> torch.Tensor | None:
-        """(I,) scores added as they are after the scaled term (none by default)."""
+    def shift(self, scores: torch.Tensor) -> torch.Tensor | None:
+        """Scores added as they are after the scaled term, (I,) or (B, I), given `scores` (B, I), the rec scores
+        before this lever (none by default)."""
         return None
 
     def standardised(self, item_index: torch.Tensor, is_item: torch.Tensor) -> torch.Tensor:
@@ -576,7 +577,11 @@ class GraphColdItemMap(GraphScoreTerm):
       text space, of the item to the mean of the prompt's items (`item_text`: unit text vectors of the catalog),
       the content-kNN signal the collab row alone does not carry;
     - `offset`, subtracted from those items' scores (and a new item's): where they stand against the catalog in a
-      whole-shop ranking.
+      whole-shop ranking;
+    - with `cold_item_neighbours` K > 0, `transfer_weight` times the mean of the rec scores of its K text
+      neighbours among the items with interactions, weighted by their cosines (`neighbours`, `neighbour_weights`):
+      the collaborative signal that the text alone does not carry (a new item's neighbours are found when it is
+      scored, in the same text space).
 
     The tables are filled after fine-tuning (train/cold_items.py); until then they are 0 (the term is 0, `fitted()`
     is False), and the scale and the offset are chosen on the validation cold items."""
@@ -601,18 +606,49 @@ class GraphColdItemMap(GraphScoreTerm):
         self.register_buffer("item_text", torch.zeros(config.num_items, rank))
         self.register_buffer("cold", torch.zeros(config.num_items))
         self.register_buffer("offset", torch.zeros(()))  # chosen on validation after the tables (not a table)
+        self.neighbour_count = config.cold_item_neighbours
+        if self.neighbour_count:  # registered only when asked for, so older checkpoints load strictly
+            self.tables = type(self).tables + ("neighbours", "neighbour_weights")
+            self.shape_hint = type(self).shape_hint + ", (num_items, K), (num_items, K)"
+            self.register_buffer("neighbours", torch.zeros(config.num_items, self.neighbour_count, dtype=torch.long))
+            self.register_buffer("neighbour_weights", torch.zeros(config.num_items, self.neighbour_count))
+            self.register_buffer("transfer_weight", torch.zeros(()))  # chosen on validation (not a table)
 
-    def check_tables(self, idf, basis, weight, bias, item_text, cold) -> None:
+    def check_tables(self, idf, basis, weight, bias, item_text, cold, neighbours=None, neighbour_weights=None) -> None:
         if bool((idf < 0).any()):
             raise ValueError("cold_item_map idf must be >= 0")
         if not bool(((cold == 0) | (cold == 1)).all()):
             raise ValueError("cold_item_map cold must be a 0/1 mask")
+        if neighbours is not None and neighbours.numel():
+            if int(neighbours.min()) < 0 or int(neighbours.max()) >= cold.shape[0]:
+                raise ValueError(f"cold_item_map neighbours must be item indices in [0, {cold.shape[0]})")
+            if bool((neighbour_weights < 0).any()):
+                raise ValueError("cold_item_map neighbour_weights must be >= 0")
 
     def fitted(self) -> bool:
         return bool((self.idf > 0).any())
 
-    def shift(self) -> torch.Tensor:
-        return -self.offset * self.cold
+    def shift(self, scores: torch.Tensor) -> torch.Tensor:
+        """-offset on the cold items, plus their text neighbours' scores (with `cold_item_neighbours`)."""
+        if not self.neighbour_count:
+            return -self.offset * self.cold
+        cold = self.cold.nonzero().squeeze(1)
+        carried = self.carried_scores(scores, self.neighbours[cold], self.neighbour_weights[cold])
+        return (-self.offset * self.cold).expand_as(scores).index_add(1, cold, self.transfer_weight * carried)
+
+    @staticmethod
+    def carried_scores(scores: torch.Tensor, neighbours: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """(B, n): for n items with (n, K) neighbours and weights, the weighted mean of the neighbours' scores."""
+        weights = weights.to(scores.dtype)
+        total = (scores[:, neighbours] * weights).sum(-1)  # (B, n, K) -> (B, n)
+        return total / weights.sum(-1).clamp_min(torch.finfo(weights.dtype).tiny)
+
+    def nearest_warm_items(self, unit_vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, rank) unit text vectors -> (n, K) indices and cosines of the nearest items that have interactions
+        (not `cold`; an item without text has cosine 0), negative cosines clipped to 0."""
+        cosines = (unit_vectors @ self.item_text.T).masked_fill(self.cold.bool(), float("-inf"))
+        top = torch.topk(cosines, min(self.neighbour_count, cosines.shape[1]), dim=-1)
+        return top.indices, top.values.clamp_min(0.0)
 
     def text_vectors(self, counts: torch.Tensor) -> torch.Tensor:
         """(n, base_vocab_size) token counts of n items' texts -> (n, rank) text vectors."""
@@ -637,14 +673,18 @@ class GraphColdItemMap(GraphScoreTerm):
         out = torch.zeros(prompt.shape[0], self.cold.shape[0], dtype=prompt.dtype, device=prompt.device)
         return out.index_copy(1, cold, prompt @ self.item_text[cold].T)
 
-    def new_item_scores(self, item_index, is_item, user_states, counts) -> torch.Tensor:
-        """(B, n) scores of n new items (token counts): their mapped rows, plus this term as a cold catalog item
-        with the same text gets it (standardised by the prompt's spread over the catalog)."""
+    def new_item_scores(self, item_index, is_item, user_states, counts, scores) -> torch.Tensor:
+        """(B, n) scores of n new items (token counts), as a cold catalog item with the same text gets them: the
+        mapped rows, this term (standardised by the prompt's spread over the catalog), the offset and, with
+        `cold_item_neighbours`, the text neighbours' `scores` (the catalog's rec scores)."""
         vectors = self.text_vectors(counts)
         unit = vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(vectors.dtype).tiny)
         spread = self.raw(item_index, is_item).std(dim=-1, keepdim=True).clamp_min(torch.finfo(vectors.dtype).tiny)
         term = (self.prompt_text(item_index, is_item) @ unit.T) / spread
-        return user_states @ (vectors @ self.weight + self.bias).T + self.scale * term - self.offset
+        out = user_states @ (vectors @ self.weight + self.bias).T + self.scale * term - self.offset
+        if self.neighbour_count:
+            out = out + self.transfer_weight * self.carried_scores(scores, *self.nearest_warm_items(unit))
+        return out
 
 
 # every graph lever the model can hold, in the order they are registered (docs/model.md, "Graph levers")
@@ -963,8 +1003,8 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
             for name, module in residuals:
                 term = module.standardised(item_index, is_item).to(result.scores.dtype)
                 result.score_terms[name] = term
-                result.scores = result.scores + module.scale * term
-                shift = module.shift()
+                before, result.scores = result.scores, result.scores + module.scale * term
+                shift = module.shift(before)
                 if shift is not None:
                     result.scores = result.scores + shift.to(result.scores.dtype)
         if target_items is not None:
@@ -1032,7 +1072,7 @@ class GraphGPT2ForRecommendation(GraphGPT2PreTrainedModel):
         if new_item_counts is not None:
             item_index, is_item = self.prompt_items(input_ids, attention_mask)
             new_scores = self.cold_item_map.new_item_scores(item_index, is_item, out.user_states,
-                                                             new_item_counts.to(out.user_states.device))
+                                                             new_item_counts.to(out.user_states.device), out.scores)
             scores = torch.cat([scores, new_scores.float()], dim=-1)
         if exclude_items is not None:
             mask = self._exclusion_mask(exclude_items, scores.shape[0], scores.device)

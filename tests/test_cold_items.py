@@ -101,13 +101,14 @@ def test_finetuning_maps_the_cold_rows_from_text_and_reports_the_shelf(cold_tiny
     cfg = load_config("demo", tiny_overrides(cold_tiny, tmp_path, "pretrain.do_pretrain=false", "finetune.epochs=1",
                                              "model.cold_item_map_rank=16", "finetune.cold_map_alpha_grid=[0.5, 5]",
                                              "finetune.cold_item_text_scale_grid=[0, 3]",
+                                             "model.cold_item_neighbours=4", "finetune.cold_item_transfer_grid=[0, 2]",
                                              "finetune.cold_item_offset_grid=[0, 0.5, 50]"))
     result = finetune(cfg)
     sweep = result["cold_item_map"]
-    best_value = max(v for _, _, v in sweep["values"])
-    first_best = next((a, s) for a, s, v in sweep["values"] if v == best_value)
-    assert [(a, s) for a, s, _ in sweep["values"]] == [(0.5, 0), (0.5, 3), (5, 0), (5, 3)]
-    assert (sweep["chosen"]["alpha"], sweep["chosen"]["scale"]) == first_best
+    best_value = max(v for *_, v in sweep["values"])
+    first_best = next((a, s, t) for a, s, t, v in sweep["values"] if v == best_value)
+    assert [(a, s, t) for a, s, t, _ in sweep["values"]] == [(a, s, t) for a in (0.5, 5) for s in (0, 3) for t in (0, 2)]
+    assert (sweep["chosen"]["alpha"], sweep["chosen"]["scale"], sweep["chosen"]["transfer"]) == first_best
     corpus = Corpus(cold_tiny)
     best = load_model(result["model_dir"])
     rows = best.id_embeddings("collab").item.weight.detach().numpy()
@@ -123,6 +124,15 @@ def test_finetuning_maps_the_cold_rows_from_text_and_reports_the_shelf(cold_tiny
     assert len(offsets) == 3 and sweep["chosen"]["offset"] == [0, 0.5, 50][int(np.argmax(offsets))]
     assert lever.offset.item() == sweep["chosen"]["offset"]
     assert lever.cold.numpy()[cold].all() and lever.cold.sum().item() == len(cold)  # the term reaches cold items only
+    # each cold item's neighbours: its 4 nearest warm items by the cosine of the unit text vectors, cosine-weighted
+    assert lever.transfer_weight.item() == sweep["chosen"]["transfer"]
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-30)
+    cosines = np.where(warm[None, :], unit[cold] @ unit.T, -np.inf)
+    nearest = np.sort(cosines, axis=1)[:, ::-1][:, :4]
+    stored = lever.neighbour_weights.numpy()[cold]
+    np.testing.assert_allclose(stored, np.maximum(nearest, 0), atol=1e-5)
+    assert warm[lever.neighbours.numpy()[cold]].all()
+    assert not lever.neighbour_weights.numpy()[warm].any()
     counts = torch.from_numpy(item_token_counts(corpus)[cold].toarray())
     np.testing.assert_allclose(lever.rows(counts).detach().numpy(), rows[cold], rtol=1e-3, atol=1e-4)
     shelf = result["cold_items_test"]["shelf"]
@@ -160,7 +170,8 @@ def cold_hub(cold_tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("cold_run")
     cfg = load_config("demo", tiny_overrides(cold_tiny, out, "pretrain.do_pretrain=false", "finetune.epochs=1",
                                              "model.cold_item_map_rank=16", "finetune.cold_item_text_scale_grid=[2]",
-                                             "finetune.cold_item_offset_grid=[0.3]",
+                                             "finetune.cold_item_offset_grid=[0.3]", "model.cold_item_neighbours=5",
+                                             "finetune.cold_item_transfer_grid=[1.5]",
                                              "model.graph_residual=ease", "model.graph_residual_exact_max_items=0",
                                              "model.graph_residual_neighbours=8", "model.graph_residual_topn=15",
                                              "model.graph_residual_learn_scale=false", "finetune.residual_scale_grid=[1]"))
@@ -180,7 +191,8 @@ def _catalog_item_as_new(corpus: Corpus, j: int, new_id: str) -> dict:
 def test_a_new_item_gets_the_score_the_model_gives_it_in_evaluation(cold_hub):
     """A held-out cold item of the test split, sent to the pipeline as a new product with its metadata: its row from
     the stored text map equals its row in the table and its text term is the cold item's, so its score equals the
-    model's score for that item in evaluation (the term's scale is 2 and the offset 0.3, so both count)."""
+    model's score for that item in evaluation (the term's scale is 2, the offset 0.3 and the text
+    neighbours' weight 1.5, so all count)."""
     from transformers import pipeline
 
     from train.evaluate import rec_rows
@@ -191,6 +203,7 @@ def test_a_new_item_gets_the_score_the_model_gives_it_in_evaluation(cold_hub):
     pipe = pipeline("graph-recommendation", model=str(folder), trust_remote_code=True)
     assert pipe.model.cold_item_map.scale.item() == 2.0
     assert pipe.model.cold_item_map.offset.item() == pytest.approx(0.3)
+    assert pipe.model.cold_item_map.transfer_weight.item() == 1.5
     cold = int(corpus.cold_items("test")[0])
     new = _catalog_item_as_new(corpus, cold, "NEW-1")
     ex = corpus.rec_examples("test")[0]
@@ -290,3 +303,36 @@ def test_the_neighbourhood_residual_and_the_map_reload_strictly_and_run_as_remot
     assert proc.returncode == 0, proc.stderr[-3000:]
     remote = torch.tensor(json.loads(proc.stdout.strip().splitlines()[-1]))
     assert torch.allclose(remote, expected, atol=1e-5)
+
+
+def test_a_cold_item_gets_its_text_neighbours_mean_score_and_a_warm_item_nothing():
+    """The neighbour transfer: with the map at 0 and no text term, a cold item's score is transfer_weight times the
+    cosine-weighted mean of its neighbours' scores before the lever (minus the offset); warm scores are unchanged;
+    a model without `cold_item_neighbours` has no such buffers (its state dict is the old one)."""
+    from modeling_graphgpt2 import GraphGPT2Config, GraphGPT2ForRecommendation
+
+    fields = dict(num_users=3, num_items=6, base_vocab_size=40, n_layer=1, n_embd=8, n_head=2, n_positions=16,
+                  cold_item_map_rank=4)
+    assert not any("neighbour" in k for k in GraphGPT2ForRecommendation(GraphGPT2Config(**fields)).state_dict())
+    torch.manual_seed(0)
+    model = GraphGPT2ForRecommendation(GraphGPT2Config(**fields, cold_item_neighbours=2)).eval()
+    lever = model.cold_item_map
+    item_text = torch.nn.functional.normalize(torch.randn(6, 4), dim=-1)
+    cold = torch.tensor([0, 0, 0, 0, 1, 1], dtype=torch.float32)
+    neighbours = torch.tensor([[0, 0]] * 4 + [[1, 3], [2, 0]])
+    weights = torch.tensor([[0.0, 0.0]] * 4 + [[0.6, 0.2], [0.5, 0.5]])
+    lever.set_tables(torch.ones(40), torch.zeros(40, 4), torch.zeros(4, 8), torch.zeros(8), item_text, cold,
+                     neighbours, weights)
+    ids = torch.tensor([[40 + 3 + 1, 40 + 3 + 2]])  # a prompt of items 1 and 2
+    before = model(ids, task="rec").scores
+    with torch.no_grad():
+        lever.transfer_weight.fill_(3.0)
+        lever.offset.fill_(0.5)
+    after = model(ids, task="rec").scores
+    torch.testing.assert_close(after[:, :4], before[:, :4])
+    expected_4 = before[0, 4] - 0.5 + 3.0 * (0.6 * before[0, 1] + 0.2 * before[0, 3]) / 0.8
+    expected_5 = before[0, 5] - 0.5 + 3.0 * (before[0, 2] + before[0, 0]) / 2
+    torch.testing.assert_close(after[0, 4:], torch.stack([expected_4, expected_5]))
+    with pytest.raises(ValueError, match="neighbours must be item indices"):
+        lever.set_tables(torch.ones(40), torch.zeros(40, 4), torch.zeros(4, 8), torch.zeros(8), item_text, cold,
+                         neighbours + 6, weights)

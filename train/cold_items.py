@@ -16,6 +16,7 @@ Metrics, per split ("validation" or "test"), over that split's cold items:
 """
 from __future__ import annotations
 
+import itertools
 from typing import Sequence
 
 import numpy as np
@@ -85,20 +86,28 @@ def _targets_in(part, items: np.ndarray) -> list[np.ndarray]:
 
 def shelf_inputs(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig):
     """For the split's users with a cold target: (n, d) user states, (n, C) the model's standardised cold-item text
-    term at the split's cold items (C of them; zeros when the model has none), and their cold targets."""
+    term at the split's cold items (C of them; zeros when the model has none), (n, C) their text neighbours' mean
+    scores (``GraphColdItemMap.carried_scores``; zeros without neighbours), and their cold targets."""
     cold = corpus.cold_items(split)
+    lever = accelerator.unwrap_model(model).cold_item_map
+    blank = np.zeros((0, len(cold)))
 
     def consume(out, part):
         terms = (out.score_terms or {}).get("cold_item_map")
         term = terms[:, cold].float().cpu().numpy() if terms is not None else np.zeros((len(part), len(cold)))
-        return out.user_states.float().cpu().numpy(), term, _targets_in(part, cold)
+        carried = np.zeros((len(part), len(cold)))
+        if lever is not None and lever.neighbour_count:
+            index = torch.as_tensor(cold, device=out.scores.device)
+            carried = lever.carried_scores(out.scores, lever.neighbours[index], lever.neighbour_weights[index])
+            carried = carried.float().cpu().numpy()
+        return out.user_states.float().cpu().numpy(), term, carried, _targets_in(part, cold)
 
     blocks = _split_pass(accelerator, model, corpus, split, cfg, consume)
     states = np.concatenate([b[0] for b in blocks]) if blocks else np.zeros((0, model.config.n_embd))
-    terms = np.concatenate([b[1] for b in blocks]) if blocks else np.zeros((0, len(cold)))
-    targets = [t for b in blocks for t in b[2]]
+    terms, carried = (np.concatenate([b[j] for b in blocks]) if blocks else blank for j in (1, 2))
+    targets = [t for b in blocks for t in b[3]]
     keep = np.asarray([len(t) > 0 for t in targets], dtype=bool)
-    return states[keep], terms[keep], [t for t, k in zip(targets, keep) if k]
+    return states[keep], terms[keep], carried[keep], [t for t, k in zip(targets, keep) if k]
 
 
 def candidate_columns(targets: Sequence[Sequence[int]], candidates: np.ndarray) -> list[np.ndarray]:
@@ -112,6 +121,21 @@ def shelf_metrics(scores: np.ndarray, candidates: np.ndarray, targets: Sequence[
     among them."""
     relevant = candidate_columns(targets, candidates)
     return summarize(per_user_metrics(scores, relevant=relevant, exclude=None, ks=ks, ndcg_ks=ndcg_ks))
+
+
+@torch.no_grad()
+def cold_neighbour_tables(lever, cold: np.ndarray, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """(I, K) neighbours and cosine weights of the lever's text-neighbour transfer: for the ``cold`` items their
+    nearest items with interactions, found by ``lever.nearest_warm_items`` (the search a new item gets when it is
+    scored, so a held-out cold item and the same item sent as new score alike); 0 elsewhere. ``block`` cold items
+    at a time bound the (block, I) cosine matrix."""
+    neighbours = np.zeros(tuple(lever.neighbours.shape), np.int64)
+    weights = np.zeros(tuple(lever.neighbours.shape), np.float32)
+    for start in range(0, len(cold), block):
+        items = cold[start:start + block]
+        index, cosine = lever.nearest_warm_items(lever.item_text[torch.as_tensor(items, device=lever.item_text.device)])
+        neighbours[items], weights[items] = index.cpu().numpy(), cosine.float().cpu().numpy()
+    return neighbours, weights
 
 
 @torch.no_grad()
@@ -148,29 +172,37 @@ def fit_cold_item_map(accelerator, model, corpus: Corpus, cfg: RunConfig) -> dic
     cold_mask = np.zeros(corpus.num_items, dtype=np.float32)
     cold_mask[cold] = 1.0
     zeros = np.zeros(lever.weight.shape, np.float32), np.zeros(lever.bias.shape, np.float32)
-    lever.set_tables(idf, basis, *zeros, unit, cold_mask)  # the text term first: the validation pass reads it
+    no_neighbours = (np.zeros(lever.neighbours.shape, np.int64), np.zeros(lever.neighbours.shape, np.float32)) \
+        if lever.neighbour_count else ()
+    lever.set_tables(idf, basis, *zeros, unit, cold_mask, *no_neighbours)  # the text term first: validation reads it
+    neighbour_tables = cold_neighbour_tables(lever, cold) if lever.neighbour_count else ()
+    lever.set_tables(idf, basis, *zeros, unit, cold_mask, *neighbour_tables)
     rows = net.id_embeddings("collab").item.weight.detach().float().cpu().numpy()
     f, metric = cfg.finetune, cfg.finetune.selection_metric
+    transfers = list(f.cold_item_transfer_grid) if lever.neighbour_count else [0.0]
     report: dict = {"metric": metric, "alphas": list(f.cold_map_alpha_grid), "scales": list(f.cold_item_text_scale_grid),
-                    "cold_items": int(len(cold)), "warm_items": int(warm.sum())}
-    alpha, scale = f.cold_map_alpha_grid[0], f.cold_item_text_scale_grid[0]
+                    "transfers": transfers, "cold_items": int(len(cold)), "warm_items": int(warm.sum())}
+    alpha, scale, transfer = f.cold_map_alpha_grid[0], f.cold_item_text_scale_grid[0], transfers[0]
     if len(corpus.cold_items("validation")):
-        states, terms, targets = shelf_inputs(accelerator, model, corpus, "validation", cfg)
+        states, terms, carried, targets = shelf_inputs(accelerator, model, corpus, "validation", cfg)
         candidates = corpus.cold_items("validation")
         grid, sweep = [], []
         for a in f.cold_map_alpha_grid:
             weight, bias = fit_text_map(vectors, rows, warm, a)
             mapped = states @ (vectors[candidates] @ weight + bias).T
-            for s in f.cold_item_text_scale_grid:
-                grid.append((a, s))
-                sweep.append(shelf_metrics(mapped + s * terms, candidates, targets, cfg.eval.recall_ks, cfg.eval.ndcg_ks))
-        report["values"] = [[a, s, m[metric]] for (a, s), m in zip(grid, sweep)]
+            for s, t in itertools.product(f.cold_item_text_scale_grid, transfers):
+                grid.append((a, s, t))
+                sweep.append(shelf_metrics(mapped + s * terms + t * carried, candidates, targets,
+                                           cfg.eval.recall_ks, cfg.eval.ndcg_ks))
+        report["values"] = [[a, s, t, m[metric]] for (a, s, t), m in zip(grid, sweep)]
         best = int(np.argmax([m[metric] for m in sweep]))
-        (alpha, scale), report["validation_shelf"] = grid[best], sweep[best]
+        (alpha, scale, transfer), report["validation_shelf"] = grid[best], sweep[best]
     weight, bias = fit_text_map(vectors, rows, warm, alpha)
-    lever.set_tables(idf, basis, weight, bias, unit, cold_mask)
+    lever.set_tables(idf, basis, weight, bias, unit, cold_mask, *neighbour_tables)
     with torch.no_grad():
         lever.scale.fill_(scale)
+        if lever.neighbour_count:
+            lever.transfer_weight.fill_(transfer)
     set_cold_rows(net, cold, vectors[cold] @ weight + bias)
     offset = f.cold_item_offset_grid[0]
     if len(corpus.cold_items("validation")):
@@ -178,8 +210,9 @@ def fit_cold_item_map(accelerator, model, corpus: Corpus, cfg: RunConfig) -> dic
         offset = f.cold_item_offset_grid[int(np.argmax(report["offset_values"]))]
     with torch.no_grad():
         lever.offset.fill_(offset)
-    report["chosen"] = {"alpha": alpha, "scale": scale, "offset": offset}
-    accelerator.print(f"cold items: text map alpha {alpha}, text term scale {scale}, offset {offset}"
+    report["chosen"] = {"alpha": alpha, "scale": scale, "transfer": transfer, "offset": offset}
+    accelerator.print(f"cold items: text map alpha {alpha}, text term scale {scale}, neighbour transfer {transfer}, "
+                      f"offset {offset}"
                       + (f", chosen on the validation shelf ({metric} {report['validation_shelf'][metric]:.4f}) and "
                          f"whole shop ({max(report['offset_values']):.4f})"
                          if "validation_shelf" in report else " (each grid's first: no validation cold items)"))

@@ -146,6 +146,9 @@ class FinetuneConfig(StageConfig):
     # three Musical Instruments seeds (alpha 0.1, scale 0.5): a model trained without cold items serves new ones so.
     cold_map_alpha_grid: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0, 100.0])
     cold_item_text_scale_grid: list[float] = field(default_factory=lambda: [0.5, 0.0, 1.0, 2.0, 4.0, 8.0])
+    # ... jointly with the weight of the text neighbours' scores (model.cold_item_neighbours > 0; ignored at 0); 2 first:
+    # the best weight on Beauty's validation shelf with alpha 0.1 and scale 0.5 (probe on seed 0, RESULTS.md)
+    cold_item_transfer_grid: list[float] = field(default_factory=lambda: [2.0, 0.0, 0.5, 1.0, 4.0, 8.0])
     # ... then the offset subtracted from the cold (and new) items' scores, chosen on the whole-shop validation ranking
     # (every validation target, warm or cold): where new items stand against the catalog
     cold_item_offset_grid: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0, 4.0])
@@ -341,6 +344,8 @@ def _validate(cfg: RunConfig) -> None:
              "a non-empty list of finite ridge alphas > 0")
     _require(cfg, "finetune.cold_item_text_scale_grid", lambda g: len(g) > 0 and all(0 <= v < float("inf") for v in g),
              "a non-empty list of finite scales >= 0")
+    _require(cfg, "finetune.cold_item_transfer_grid", lambda g: len(g) > 0 and all(0 <= v < float("inf") for v in g),
+             "a non-empty list of finite weights >= 0")
     _require(cfg, "finetune.cold_item_offset_grid", lambda g: len(g) > 0 and all(abs(v) < float("inf") for v in g),
              "a non-empty list of finite offsets")
     if f.lowpass_scale_grid and cfg.model.graph_lowpass_rank <= 0:

@@ -195,7 +195,10 @@ def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None, da
     if "chosen" in cold_map:
         chosen = cold_map["chosen"]
         residual_text += (f"; new items: a rank-{m.cold_item_map_rank} text map (ridge alpha {chosen['alpha']:g}), a "
-                          f"text-similarity term (scale {chosen['scale']:g}) and an offset ({chosen['offset']:g})"
+                          f"text-similarity term (scale {chosen['scale']:g}), "
+                          + (f"the mean score of its {m.cold_item_neighbours} nearest items by text (weight "
+                             f"{chosen['transfer']:g}), " if m.cold_item_neighbours else "")
+                          + f"and an offset ({chosen['offset']:g})"
                           + (", chosen on the validation cold items," if "values" in cold_map else "")
                           + " score products without interactions from their text (`new_items=`)")
     card = ModelCard.from_template(
