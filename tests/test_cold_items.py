@@ -102,7 +102,8 @@ def test_finetuning_maps_the_cold_rows_from_text_and_reports_the_shelf(cold_tiny
                                              "model.cold_item_map_rank=16", "finetune.cold_map_alpha_grid=[0.5, 5]",
                                              "finetune.cold_item_text_scale_grid=[0, 3]",
                                              "model.cold_item_neighbours=4", "finetune.cold_item_transfer_grid=[0, 2]",
-                                             "finetune.cold_item_offset_grid=[0, 0.5, 50]"))
+                                             "finetune.cold_item_offset_grid=[0, 0.5, 50]",
+                                             "finetune.cold_item_gain_grid=[1, 3]"))
     result = finetune(cfg)
     sweep = result["cold_item_map"]
     best_value = max(v for *_, v in sweep["values"])
@@ -114,18 +115,23 @@ def test_finetuning_maps_the_cold_rows_from_text_and_reports_the_shelf(cold_tiny
     rows = best.id_embeddings("collab").item.weight.detach().numpy()
     vectors, idf, basis = item_text_svd(corpus, 16, cfg.seed)
     warm, cold = warm_item_mask(corpus), held_out_cold_items(corpus)
-    # the saved cold rows are the chosen map of their text, fitted on the (unchanged) warm rows, and the stored
-    # map gives the same rows from the items' token counts
-    w, b = fit_text_map(vectors, rows, warm, sweep["chosen"]["alpha"])
-    np.testing.assert_allclose(rows[cold], vectors[cold] @ w + b, rtol=1e-4, atol=1e-5)
+    # the saved cold rows are the chosen map of their text, fitted on the (unchanged) warm rows, times the gain: the
+    # chosen multiple of the one that puts the transfer at weight 1 (1 without a transfer); the stored map gives the
+    # same rows from the items' token counts
+    chosen = sweep["chosen"]
+    shop = sweep["shop_values"]  # the whole-shop validation metric per (multiple, offset); 50 pushes every cold item last
+    assert [(m, d) for m, d, _ in shop] == [(m, d) for m in (1, 3) for d in (0, 0.5, 50)]
+    multiple, offset, _ = shop[int(np.argmax([v for *_, v in shop]))]
+    gain = multiple / chosen["transfer"] if chosen["transfer"] else multiple
+    assert chosen["gain"] == pytest.approx(gain) and chosen["offset"] == offset
+    w, b = fit_text_map(vectors, rows, warm, chosen["alpha"])
+    np.testing.assert_allclose(rows[cold], gain * (vectors[cold] @ w + b), rtol=1e-4, atol=1e-5)
     lever = best.cold_item_map
-    assert lever.fitted() and lever.scale.item() == sweep["chosen"]["scale"]
-    offsets = sweep["offset_values"]  # the whole-shop validation metric per offset; 50 pushes every cold item last
-    assert len(offsets) == 3 and sweep["chosen"]["offset"] == [0, 0.5, 50][int(np.argmax(offsets))]
-    assert lever.offset.item() == sweep["chosen"]["offset"]
+    assert lever.fitted() and lever.scale.item() == pytest.approx(gain * chosen["scale"])
+    assert lever.offset.item() == offset
     assert lever.cold.numpy()[cold].all() and lever.cold.sum().item() == len(cold)  # the term reaches cold items only
     # each cold item's neighbours: its 4 nearest warm items by the cosine of the unit text vectors, cosine-weighted
-    assert lever.transfer_weight.item() == sweep["chosen"]["transfer"]
+    assert lever.transfer_weight.item() == pytest.approx(gain * chosen["transfer"])
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-30)
     cosines = np.where(warm[None, :], unit[cold] @ unit.T, -np.inf)
     nearest = np.sort(cosines, axis=1)[:, ::-1][:, :4]
@@ -171,7 +177,7 @@ def cold_hub(cold_tiny, tmp_path_factory):
     cfg = load_config("demo", tiny_overrides(cold_tiny, out, "pretrain.do_pretrain=false", "finetune.epochs=1",
                                              "model.cold_item_map_rank=16", "finetune.cold_item_text_scale_grid=[2]",
                                              "finetune.cold_item_offset_grid=[0.3]", "model.cold_item_neighbours=5",
-                                             "finetune.cold_item_transfer_grid=[1.5]",
+                                             "finetune.cold_item_transfer_grid=[1.5]", "finetune.cold_item_gain_grid=[1]",
                                              "model.graph_residual=ease", "model.graph_residual_exact_max_items=0",
                                              "model.graph_residual_neighbours=8", "model.graph_residual_topn=15",
                                              "model.graph_residual_learn_scale=false", "finetune.residual_scale_grid=[1]"))
@@ -191,8 +197,8 @@ def _catalog_item_as_new(corpus: Corpus, j: int, new_id: str) -> dict:
 def test_a_new_item_gets_the_score_the_model_gives_it_in_evaluation(cold_hub):
     """A held-out cold item of the test split, sent to the pipeline as a new product with its metadata: its row from
     the stored text map equals its row in the table and its text term is the cold item's, so its score equals the
-    model's score for that item in evaluation (the term's scale is 2, the offset 0.3 and the text
-    neighbours' weight 1.5, so all count)."""
+    model's score for that item in evaluation (the term's scale 2 and the text neighbours' weight 1.5,
+    both times the gain 1 / 1.5, and the offset 0.3, so all count)."""
     from transformers import pipeline
 
     from train.evaluate import rec_rows
@@ -201,9 +207,9 @@ def test_a_new_item_gets_the_score_the_model_gives_it_in_evaluation(cold_hub):
 
     cfg, corpus, folder = cold_hub
     pipe = pipeline("graph-recommendation", model=str(folder), trust_remote_code=True)
-    assert pipe.model.cold_item_map.scale.item() == 2.0
+    assert pipe.model.cold_item_map.scale.item() == pytest.approx(2.0 / 1.5)  # the gain 1 / 1.5 puts the
+    assert pipe.model.cold_item_map.transfer_weight.item() == 1.0  # transfer at weight 1
     assert pipe.model.cold_item_map.offset.item() == pytest.approx(0.3)
-    assert pipe.model.cold_item_map.transfer_weight.item() == 1.5
     cold = int(corpus.cold_items("test")[0])
     new = _catalog_item_as_new(corpus, cold, "NEW-1")
     ex = corpus.rec_examples("test")[0]
