@@ -17,6 +17,12 @@ Rows, each on the validation and the test shelf (each user with a cold target ra
 - content kNN, mean and max: the TF-IDF cosine (``data_builders.item_text.tfidf_rows``, item text only) between
   the cold item and each item of the user's train history, averaged or maximised.
 The baselines are deterministic (random apart), so they are computed once per folder; the preset has one row per run.
+
+``--refit`` first runs the cold-item stage of the current code (``train.cold_items.fit_cold_item_map``, with the
+current defaults of the ``finetune.cold_*`` grids and the run's model config plus the current preset's
+``model.cold_item_neighbours``) on each run's saved fine-tuned model, as a run of the current code would after
+fine-tuning (fine-tuning never reads this lever: the lever's tables are 0 until then), chosen on validation again;
+the report keeps what it chose.
 """
 from __future__ import annotations
 
@@ -32,8 +38,8 @@ from accelerate import Accelerator
 from data_builders.corpus import Corpus
 from data_builders.item_text import item_token_counts, tfidf_rows
 from data_builders.readers import read_source
-from train.cold_items import cold_item_metrics, shelf_metrics
-from train.config import load_config
+from train.cold_items import cold_item_metrics, fit_cold_item_map, shelf_metrics
+from train.config import FinetuneConfig, load_config
 from train.io_utils import atomic_write_json
 from train.modeling_io import load_model
 
@@ -97,11 +103,30 @@ def baseline_rows(corpus: Corpus, source: str, seed: int, ks, ndcg_ks) -> dict:
     return out
 
 
+def current_cold_stage(cfg, model):
+    """The run's config with the current cold-item settings, and its fine-tuned model rebuilt with them (the saved
+    weights loaded, the new lever tables at 0 until the fit)."""
+    preset, defaults = load_config("amazon_cpu"), FinetuneConfig()
+    cfg.model.cold_item_neighbours = preset.model.cold_item_neighbours
+    for name in ("cold_map_alpha_grid", "cold_item_text_scale_grid", "cold_item_transfer_grid", "cold_item_gain_grid",
+                 "cold_item_offset_grid", "cold_item_warm_tolerance"):
+        setattr(cfg.finetune, name, getattr(defaults, name))
+    config = model.config
+    config.cold_item_neighbours = cfg.model.cold_item_neighbours
+    rebuilt = type(model)(config)
+    state = model.state_dict()
+    missing, unexpected = rebuilt.load_state_dict(state, strict=False)
+    if unexpected or any("cold_item_map" not in k for k in missing):
+        raise ValueError(f"the saved model does not fit the current cold-item lever: {missing} {unexpected}")
+    return cfg, rebuilt.eval()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.cold_items", description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", help="amazon_cpu run folders on the same cold-item dataset folder")
     ap.add_argument("--source", required=True, help="the raw data the folder was built from (item categories)")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--refit", action="store_true", help="re-run the cold-item stage of the current code first")
     args = ap.parse_args(argv)
     runs = []
     accelerator = Accelerator(cpu=True)
@@ -109,9 +134,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(run / "run_config.yaml")
         result = json.loads((run / "finetune_result.json").read_text())
         model = load_model(run / "best")
+        cold_map = result["cold_item_map"]
+        if args.refit:
+            cfg, model = current_cold_stage(cfg, model)
+            cold_map = fit_cold_item_map(accelerator, model, Corpus(cfg.data.folder), cfg)
         cold_test = cold_item_metrics(accelerator, model, Corpus(cfg.data.folder), "test", cfg)
-        runs.append({"run": str(run), "seed": cfg.seed, "folder": cfg.data.folder, "cold_item_map": result["cold_item_map"],
-                     "test": result["test"], "cold_items_test": cold_test})
+        runs.append({"run": str(run), "seed": cfg.seed, "folder": cfg.data.folder, "cold_item_map": cold_map,
+                     "refit": args.refit, "test": result["test"], "cold_items_test": cold_test})
     folders = {r["folder"] for r in runs}
     if len(folders) != 1:
         sys.exit(f"error: the runs use {len(folders)} dataset folders {sorted(folders)}; give runs of one folder")

@@ -630,9 +630,9 @@ class GraphColdItemMap(GraphScoreTerm):
 
     def shift(self, scores: torch.Tensor) -> torch.Tensor:
         """-offset on the cold items, plus their text neighbours' scores (with `cold_item_neighbours`)."""
-        if not self.neighbour_count:
-            return -self.offset * self.cold
         cold = self.cold.nonzero().squeeze(1)
+        if not self.neighbour_count or not len(cold):  # (I,): no (B, I) copy while fine-tuning, nor without cold items
+            return -self.offset * self.cold
         carried = self.carried_scores(scores, self.neighbours[cold], self.neighbour_weights[cold])
         return (-self.offset * self.cold).expand_as(scores).index_add(1, cold, self.transfer_weight * carried)
 

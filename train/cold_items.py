@@ -157,8 +157,9 @@ def fit_cold_item_map(accelerator, model, corpus: Corpus, cfg: RunConfig) -> dic
     With validation cold items, the ridge alpha and the term's scale are the pair of ``finetune.cold_map_alpha_grid``
     x ``cold_item_text_scale_grid`` with the best validation shelf selection metric (first of equals, one pass over
     validation), then the gain (``cold_item_gain_grid``, times 1 / the transfer weight) and the offset
-    (``cold_item_offset_grid``) with the best validation whole-shop selection metric (``shop_sweep``, a second
-    pass); without, each grid's first value. Returns the sweeps, or why nothing was
+    (``cold_item_offset_grid``) with the best validation whole-shop selection metric among those that keep the
+    warm targets' metric within ``cold_item_warm_tolerance`` of the shop without new items (``shop_sweep``, a
+    second pass); without, each grid's first value. Returns the sweeps, or why nothing was
     fitted."""
     net = accelerator.unwrap_model(model)
     lever = net.cold_item_map
@@ -218,44 +219,64 @@ def fit_cold_item_map(accelerator, model, corpus: Corpus, cfg: RunConfig) -> dic
     apply(base_gain, 0.0)
     multiple, offset = pairs[0]
     if len(corpus.cold_items("validation")):
-        report["shop_values"] = [[m, d, v] for (m, d), v in
-                                 zip(pairs, shop_sweep(accelerator, model, corpus, cfg, pairs, cold_mask))]
-        multiple, offset = pairs[int(np.argmax([v for *_, v in report["shop_values"]]))]
+        every, warm_only, without = shop_sweep(accelerator, model, corpus, cfg, pairs, cold_mask)
+        report["shop_values"] = [[m, d, v, w] for (m, d), v, w in zip(pairs, every, warm_only)]
+        report["shop_warm_without_new_items"] = without
+        # the best whole shop (every target) among the pairs that keep the warm targets' metric within the
+        # tolerance of the shop without new items; none: the pair best for the warm targets
+        floor = (1.0 - f.cold_item_warm_tolerance) * without
+        kept = [j for j, w in enumerate(warm_only) if w >= floor]
+        best = max(kept, key=lambda j: every[j]) if kept else int(np.argmax(warm_only))
+        multiple, offset = pairs[best]
     apply(base_gain * multiple, offset)
     report["chosen"] = {"alpha": alpha, "scale": scale, "transfer": transfer, "gain": base_gain * multiple,
                         "offset": offset}
     accelerator.print(f"cold items: text map alpha {alpha}, text term scale {scale}, neighbour transfer {transfer}, "
                       f"gain {base_gain * multiple:g}, offset {offset}"
                       + (f", chosen on the validation shelf ({metric} {report['validation_shelf'][metric]:.4f}) and "
-                         f"whole shop ({max(v for *_, v in report['shop_values']):.4f})"
+                         f"whole shop ({report['shop_values'][pairs.index((multiple, offset))][2]:.4f}; warm targets "
+                         f"{report['shop_values'][pairs.index((multiple, offset))][3]:.4f} against "
+                         f"{report['shop_warm_without_new_items']:.4f} without new items)"
                          if "validation_shelf" in report else " (each grid's first: no validation cold items)"))
     return report
 
 
 def shop_sweep(accelerator, model, corpus: Corpus, cfg: RunConfig, pairs: Sequence[tuple[float, float]],
-               cold_mask: np.ndarray) -> list:
-    """The validation selection metric of the whole shop (every item ranked, train items masked, every validation
-    target relevant, warm or cold) with the cold items' scores s (as the model gives them) set to m * s - d for each
-    pair (m, d) (one pass)."""
+               cold_mask: np.ndarray) -> tuple[list, list, float]:
+    """The validation selection metric of the whole shop (every item ranked, train items masked) with the cold items'
+    scores s (as the model gives them) set to m * s - d for each pair (m, d): over every validation target (warm or
+    cold), over the warm targets only, and over the warm targets of the shop without the cold items (one pass)."""
     metric = cfg.finetune.selection_metric
     ks, ndcg_ks = cfg.eval.recall_ks, cfg.eval.ndcg_ks
     train_ui = corpus.hops.graph.ui
-    cold = np.flatnonzero(cold_mask)
+    cold, warm = np.flatnonzero(cold_mask), np.flatnonzero(cold_mask == 0)
 
     def consume(out, part):
         scores = out.scores.float().cpu().numpy()
         exclude = train_ui[np.asarray([ex.user for ex in part], dtype=np.int64)]
-        relevant = [np.asarray(ex.targets, dtype=np.int64) for ex in part]
-        per = []
+        every = [np.asarray(ex.targets, dtype=np.int64) for ex in part]
+        warm_targets = _targets_in(part, warm)
+
+        def measure(s, relevant):
+            m = per_user_metrics(s, relevant=relevant, exclude=exclude, ks=ks, ndcg_ks=ndcg_ks)
+            return m[metric], m["num_relevant"].astype(np.float64)
+
+        columns = []
         for m, d in pairs:
             moved = scores.copy()
             moved[:, cold] = m * scores[:, cold] - d
-            per.append(per_user_metrics(moved, relevant=relevant, exclude=exclude, ks=ks, ndcg_ks=ndcg_ks))
-        return np.stack([x[metric] for x in per] + [per[0]["num_relevant"].astype(np.float64)], axis=1)
+            columns += [*measure(moved, every), *measure(moved, warm_targets)]
+        scores[:, cold] = -np.inf
+        columns += [*measure(scores, warm_targets)]
+        return np.stack(columns, axis=1)
 
     vals = np.concatenate(_split_pass(accelerator, model, corpus, "validation", cfg, consume))
-    return [summarize({metric: vals[:, j], "num_relevant": vals[:, -1].astype(np.int64)})[metric]
-            for j in range(len(pairs))]
+
+    def mean(j: int) -> float:
+        return summarize({metric: vals[:, j], "num_relevant": vals[:, j + 1].astype(np.int64)})[metric]
+
+    return ([mean(4 * p) for p in range(len(pairs))], [mean(4 * p + 2) for p in range(len(pairs))],
+            mean(4 * len(pairs)))
 
 
 def cold_item_metrics(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig) -> dict:

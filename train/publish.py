@@ -198,7 +198,7 @@ def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None, da
                           f"text-similarity term (scale {chosen['scale']:g}), "
                           + (f"the mean score of its {m.cold_item_neighbours} nearest items by text (weight "
                              f"{chosen['transfer']:g}), " if m.cold_item_neighbours else "")
-                          + f"and an offset ({chosen['offset']:g})"
+                          + f"all times a gain ({chosen['gain']:g}), and an offset ({chosen['offset']:g})"
                           + (", chosen on the validation cold items," if "values" in cold_map else "")
                           + " score products without interactions from their text (`new_items=`)")
     card = ModelCard.from_template(
