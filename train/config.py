@@ -154,7 +154,6 @@ class FinetuneConfig(StageConfig):
     cold_item_offset_grid: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 4.0, 8.0, -1.0])
     # ... with a gain on the cold items' whole score, times 1 / the chosen transfer weight (the shelf's order is the
     # same at any gain; the whole shop's is not)
-    # (Beauty seed 0's validation, RESULTS.md: gain 1 / 2 / 4 x the base -> whole shop R@20 0.113 / 0.120 / 0.093)
     cold_item_gain_grid: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0])
     # ... among the pairs whose whole-shop metric over the warm targets stays within this fraction of the shop's
     # without the new items (the best whole shop over every target alone took Beauty's warm R@20 from 0.149 to 0.114)
