@@ -125,7 +125,7 @@ def test_finetuning_maps_the_cold_rows_from_text_and_reports_the_shelf(cold_tiny
     assert [(m, d) for m, d, _, _ in shop] == [(m, d) for m in (1, 3) for d in (0, 0.5, 50)]
     without = sweep["shop_warm_without_new_items"]
     assert all(w == pytest.approx(without) for m, d, _, w in shop if d == 50)
-    kept = [row for row in shop if row[3] >= 0.99 * without]
+    kept = [row for row in shop if row[3] >= (1 - cfg.finetune.cold_item_warm_tolerance) * without]
     multiple, offset = max(kept, key=lambda row: row[2])[:2]
     gain = multiple / chosen["transfer"] if chosen["transfer"] else multiple
     assert chosen["gain"] == pytest.approx(gain) and chosen["offset"] == offset
