@@ -36,7 +36,8 @@ def ease_closed_form(x: sp.spmatrix, lam: float, dtype=np.float64) -> np.ndarray
     return p
 
 
-def ease_neighbourhood(x: sp.spmatrix, lam: float, neighbours: int, block_items: int = 512) -> sp.csr_matrix:
+def ease_neighbourhood(x: sp.spmatrix, lam: float, neighbours: int, block_items: int = 512,
+                       hub_items: int = 8192) -> sp.csr_matrix:
     """EASE restricted to each item's ``neighbours`` most co-held items (a scalable EASE): column j of B is the
     ridge regression of item j's users on the users of its neighbour set N(j),
 
@@ -45,37 +46,29 @@ def ease_neighbourhood(x: sp.spmatrix, lam: float, neighbours: int, block_items:
     which is exactly EASE's column j when N(j) holds every other item (EASE's zero-diagonal closed form is this
     leave-one-item-out ridge regression). N(j) is the ``neighbours`` items with the largest co-occurrence count
     (ties: lower index first; items never held together are left out unless ``neighbours`` >= I - 1, which takes
-    every other item). Memory O(nnz(X) + block x I sparse + I x K) and time O(I K^3) for the K x K solves, so it
-    follows the catalog, not I^2. Returns B as (I, I) CSR float32 with at most K entries per column."""
+    every other item). Memory O(nnz(X) + block x I sparse + I x K + hub_items^2) and time O(I K^3) for the K x K
+    solves, so it follows the catalog, not I^2. Returns B as (I, I) CSR float32 with at most K entries per column.
+
+    The K x K Grams are co-occurrence counts, read from two tables that give the same integers as X_N^T X_N: the
+    ``hub_items`` most-held items' dense count table (int32, made once: hub_items^2 x 4 bytes, 256 MiB at 8192),
+    and the co-occurrence rows of each block's other neighbours. Neighbour sets are dominated by the popular
+    items, whose user lists made the per-item sparse product the fit's cost (9x slower at 1M users / 200k items:
+    benchmarks/bench_ease_neighbourhood.py). ``hub_items=0`` uses the co-occurrence rows only."""
     x = _binary_csr(x)
     num_items = x.shape[1]
-    by_item = sp.csr_matrix(x.T)  # (I, U): item rows, for the neighbours' Gram blocks
+    by_item = sp.csr_matrix(x.T)  # (I, U): item rows, for the co-occurrence rows
     k = min(int(neighbours), num_items - 1)
-    every_other = k >= num_items - 1
+    hubs = HubCounts(x, by_item, hub_items)
     rows, cols, vals = [], [], []
     for start in range(0, num_items, block_items):
         targets = np.arange(start, min(start + block_items, num_items))
         counts = (by_item[targets] @ x).tocsr()  # (b, I) co-occurrence counts of the block's items
         counts.sort_indices()
-        sets = np.full((len(targets), k), -1, dtype=np.int64)
-        for r, j in enumerate(targets):
-            if every_other:
-                sets[r] = np.delete(np.arange(num_items), j)
-                continue
-            s, e = counts.indptr[r], counts.indptr[r + 1]
-            c_idx, c_val = counts.indices[s:e], counts.data[s:e]
-            keep = c_idx != j
-            c_idx, c_val = c_idx[keep], c_val[keep]
-            top = c_idx[np.argsort(-c_val, kind="stable")[:k]]  # stable over sorted indices: ties -> lower index
-            sets[r, : len(top)] = np.sort(top)
-        gram = np.zeros((len(targets), k, k))
+        sets = neighbour_sets(counts, targets, k, num_items)
+        gram = hubs.grams(x, by_item, sets)
         rhs = np.zeros((len(targets), k))
-        for r, j in enumerate(targets):
+        for r in range(len(targets)):
             members = sets[r][sets[r] >= 0]
-            if len(members) == 0:
-                continue
-            sub = by_item[members]
-            gram[r, : len(members), : len(members)] = (sub @ sub.T).toarray()
             rhs[r, : len(members)] = counts[r, members].toarray().ravel()
         # padded slots have a zero row and column plus lambda on the diagonal, so their coefficient is exactly 0
         gram[:, np.arange(k), np.arange(k)] += lam
@@ -91,6 +84,67 @@ def ease_neighbourhood(x: sp.spmatrix, lam: float, neighbours: int, block_items:
                       shape=(num_items, num_items), dtype=np.float32)
     b.eliminate_zeros()
     return b
+
+
+def neighbour_sets(counts: sp.csr_matrix, targets: np.ndarray, k: int, num_items: int) -> np.ndarray:
+    """(len(targets), k) int64: each target's ``k`` most co-held items, sorted by index, padded with -1, from
+    ``counts`` (one sorted co-occurrence row per target). Ties go to the lower index; ``k >= num_items - 1`` takes
+    every other item, held together or not."""
+    sets = np.full((len(targets), k), -1, dtype=np.int64)
+    for r, j in enumerate(targets):
+        if k >= num_items - 1:
+            sets[r] = np.delete(np.arange(num_items), j)
+            continue
+        s, e = counts.indptr[r], counts.indptr[r + 1]
+        c_idx, c_val = counts.indices[s:e], counts.data[s:e]
+        keep = c_idx != j
+        c_idx, c_val = c_idx[keep], c_val[keep]
+        top = c_idx[np.argsort(-c_val, kind="stable")[:k]]  # stable over sorted indices: ties -> lower index
+        sets[r, : len(top)] = np.sort(top)
+    return sets
+
+
+class HubCounts:
+    """The co-occurrence counts of the ``hub_items`` most-held items as one dense int32 table (hub_items^2 x 4
+    bytes), from which ``grams`` reads every hub pair of a neighbour set; pairs with another item come from that
+    item's co-occurrence row. Both give the integers X_N^T X_N holds."""
+
+    def __init__(self, x: sp.csr_matrix, by_item: sp.csr_matrix, hub_items: int):
+        num_items = x.shape[1]
+        hubs = np.sort(np.argsort(-np.diff(by_item.indptr), kind="stable")[: max(0, min(int(hub_items), num_items))])
+        self.slot = np.full(num_items, -1, dtype=np.int64)
+        self.slot[hubs] = np.arange(len(hubs))
+        x_hubs = x[:, hubs]
+        self.counts = (x_hubs.T @ x_hubs).toarray().astype(np.int32)  # exact: float32 counts < 2^24 users
+
+    def grams(self, x: sp.csr_matrix, by_item: sp.csr_matrix, sets: np.ndarray) -> np.ndarray:
+        """(len(sets), k, k) float64: X_N^T X_N of each neighbour set (padding -1 gives zero rows and columns)."""
+        num_items = x.shape[1]
+        members = sets[sets >= 0]
+        others = np.unique(members[self.slot[members] < 0])
+        other_rows = (by_item[others] @ x).tocsr()  # co-occurrence rows of the non-hub neighbours, once per block
+        other_slot = np.full(num_items, -1, dtype=np.int64)
+        other_slot[others] = np.arange(len(others))
+        column_slot = np.full(num_items, -1, dtype=np.int64)  # a neighbour set's column of each item
+        gram = np.zeros((len(sets), sets.shape[1], sets.shape[1]))
+        for r in range(len(sets)):
+            members = sets[r][sets[r] >= 0]
+            n = len(members)
+            slot = self.slot[members]
+            in_hub, outside = np.flatnonzero(slot >= 0), np.flatnonzero(slot < 0)
+            gram[r][np.ix_(in_hub, in_hub)] = self.counts[np.ix_(slot[in_hub], slot[in_hub])]
+            if len(outside):
+                column_slot[members] = np.arange(n)
+                part_rows = other_rows[other_slot[members[outside]]]
+                part_cols = column_slot[part_rows.indices]
+                part_of = np.repeat(np.arange(len(outside)), np.diff(part_rows.indptr))
+                kept = part_cols >= 0
+                part = np.zeros((len(outside), n))
+                part[part_of[kept], part_cols[kept]] = part_rows.data[kept]
+                column_slot[members] = -1
+                gram[r][outside, :n] = part
+                gram[r][:n, outside] = part.T
+        return gram
 
 
 def cooccurrence_row_normalised(x: sp.spmatrix) -> sp.csr_matrix:
@@ -216,5 +270,5 @@ def edge_buckets(train: sp.spmatrix, topn: int) -> tuple[np.ndarray, np.ndarray,
     return columns, buckets, degree_buckets
 
 
-__all__ = ["cooccurrence_row_normalised", "ease_closed_form", "ease_form", "ease_neighbourhood", "edge_buckets", "ideal_lowpass_basis", "normalized_adjacency",
+__all__ = ["cooccurrence_row_normalised", "ease_closed_form", "ease_form", "ease_neighbourhood", "edge_buckets", "HubCounts", "neighbour_sets", "ideal_lowpass_basis", "normalized_adjacency",
            "residual_matrix", "top_n_per_row"]

@@ -173,16 +173,17 @@ def test_config_fields_are_checked_and_name_the_run_config_key():
 def test_neighbourhood_ease_is_exact_ease_when_the_neighbourhood_covers_every_item():
     x = random_interactions()
     exact = ease_closed_form(x, 7.0)
-    for block in (3, 512):  # blocks of targets change nothing
-        got = ease_neighbourhood(x, 7.0, neighbours=ITEMS - 1, block_items=block).toarray()
+    for block, hubs in ((3, 0), (3, 4), (512, 8192)):  # blocks of targets and the hub table change nothing
+        got = ease_neighbourhood(x, 7.0, neighbours=ITEMS - 1, block_items=block, hub_items=hubs).toarray()
         np.testing.assert_allclose(got, exact, atol=1e-6)
     assert np.abs(exact).max() > 0.05  # not trivially zero
 
 
-def test_neighbourhood_ease_is_each_columns_ridge_regression_on_its_k_most_co_held_items():
+@pytest.mark.parametrize("hub_items", [0, 4, 8192])  # Grams from co-occurrence rows only, mixed, hub table only
+def test_neighbourhood_ease_is_each_columns_ridge_regression_on_its_k_most_co_held_items(hub_items):
     x = random_interactions(users=80, seed=3)
     k, lam = 5, 4.0
-    b = ease_neighbourhood(x, lam, k).toarray()
+    b = ease_neighbourhood(x, lam, k, block_items=4, hub_items=hub_items).toarray()
     xd = x.toarray().astype(np.float64)
     co = xd.T @ xd
     for j in range(ITEMS):
@@ -195,6 +196,14 @@ def test_neighbourhood_ease_is_each_columns_ridge_regression_on_its_k_most_co_he
         np.testing.assert_allclose(b[members, j], want, atol=1e-5)
         outside = np.setdiff1d(np.arange(ITEMS), members)
         assert not b[outside, j].any()  # only the neighbourhood gets weight, never the item itself
+
+
+def test_the_hub_table_gives_the_same_neighbourhood_ease_to_the_last_bit():
+    x = random_interactions(users=200, seed=5)
+    without = ease_neighbourhood(x, 3.0, 6, block_items=5, hub_items=0)
+    for hubs in (1, 5, ITEMS):
+        got = ease_neighbourhood(x, 3.0, 6, block_items=5, hub_items=hubs)
+        assert (got != without).nnz == 0 and got.nnz == without.nnz > 0
 
 
 def test_the_size_rule_picks_exact_ease_up_to_its_threshold():
