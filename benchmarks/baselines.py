@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import time
 import warnings
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -92,9 +92,12 @@ def evaluate_recommender(
 
 class Baseline:
     """Common interface of the baselines (not ``train.recommend.Recommender``, which serves a published model).
-    Subclasses set ``name`` and ``stochastic`` and implement ``fit`` and ``score``."""
+    Subclasses set ``name`` and ``stochastic`` and implement ``fit`` and ``score``. A fitted baseline is also a
+    ``train.evaluate.Scorer``, so the model's evaluation loop (``evaluate_scorer``) ranks it on a dataset folder's
+    split exactly as it ranks GraphGPT2."""
 
     name = "base"
+    num_variants = 1
     stochastic = False  # True when the result depends on the seed (then benchmarks run several seeds)
 
     def fit(self, train: sp.csr_matrix, valid: sp.csr_matrix | None = None) -> "Baseline":
@@ -102,6 +105,10 @@ class Baseline:
 
     def score(self, user_ids: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def score_users(self, examples: list) -> Iterator[np.ndarray]:
+        """``Scorer``: the scores of the examples' users (one variant)."""
+        yield np.asarray(self.score(np.asarray([ex.user for ex in examples], dtype=np.int64)), dtype=np.float32)
 
     def info(self) -> dict:
         """Chosen hyper-parameters and fit details, for the results JSON."""

@@ -32,8 +32,9 @@ from benchmarks.cold_items import content_knn, shelf_users
 from data_builders.corpus import Corpus
 from data_builders.item_graph import ease_closed_form
 from data_builders.item_text import item_token_counts, text_svd, tfidf_rows
-from train.cold_items import _split_pass, _targets_in, shelf_metrics, warm_item_mask
+from train.cold_items import _targets_in, shelf_metrics, warm_item_mask
 from train.config import load_config
+from train.evaluate import model_pass
 from train.modeling_io import load_model
 
 KS, NDCG_KS = (20, 40), (100,)
@@ -78,7 +79,7 @@ def model_transfer(folder: str, run: str, split: str) -> dict:
     def consume(out, part):
         return out.scores.float().numpy(), _targets_in(part, candidates)
 
-    blocks = _split_pass(Accelerator(cpu=True), model, corpus, split, cfg, consume)
+    blocks = model_pass(Accelerator(cpu=True), model, corpus, split, cfg, consume)
     scores = np.concatenate([b[0] for b in blocks])
     targets = [t for b in blocks for t in b[1]]
     keep = np.asarray([len(t) > 0 for t in targets])

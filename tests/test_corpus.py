@@ -195,3 +195,23 @@ def test_tokenization_does_not_import_prompts():
     tree = ast.parse((ROOT / "data_builders" / "tokenization.py").read_text())
     modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert "prompts" not in modules and "records" in modules
+
+
+def test_a_baseline_is_a_scorer_of_the_models_evaluation_loop(tiny):
+    """EASE ranked by the model's loop over the folder's prompts (``evaluate_scorer``) and by the benchmarks' matrix
+    loop (``evaluate_recommender``) gets the same metrics: one protocol, the same users and masks."""
+    from benchmarks.baselines import EASE, evaluate_recommender
+    from train.config import load_config
+    from train.evaluate import evaluate_scorer
+
+    c = Corpus(tiny)
+    cfg = load_config("demo", [f"data.folder={tiny}", "eval.batch_size=5"])
+    train = c.interaction_matrix("train")
+    ease = EASE(lambdas=(10.0,)).fit(train)
+    for split in ("validation", "test"):
+        ours = evaluate_scorer(None, ease, c, split, cfg)[0]
+        theirs = evaluate_recommender(ease, train, c.interaction_matrix(split), ks=cfg.eval.recall_ks,
+                                      ndcg_ks=cfg.eval.ndcg_ks)
+        assert ours["num_users"] == theirs["num_users"] > 0
+        for key in ("recall@20", "recall@40", "ndcg@100"):
+            assert ours[key] == pytest.approx(theirs[key], abs=1e-12), (split, key)

@@ -230,5 +230,6 @@ def test_popularity_baseline_streams_users_with_the_one_shot_metrics(tiny_data):
     counts = item_popularity(corpus.interaction_matrix("train"))
     want = evaluate_scores(np.tile(counts, (len(examples), 1)), [np.array(e.targets) for e in examples],
                            [np.array(corpus.train_items()[e.user]) for e in examples])
-    for max_scores in (corpus.num_items * 7, 1 << 24):  # 7 users per block; everyone in one block
-        assert popularity_metrics(corpus, "test", cfg, max_scores=max_scores) == want
+    for batch in (7, 1 << 16):  # 7 users per batch; everyone in one batch
+        cfg.eval.batch_size = batch
+        assert popularity_metrics(corpus, "test", cfg) == want

@@ -21,14 +21,11 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from accelerate.utils import gather_object, send_to_device
 
-from data_builders.collate import MODEL_INPUT_KEYS
 from data_builders.corpus import Corpus
 from data_builders.item_text import item_token_counts, text_svd
-from train.common import rank_rows
 from train.config import RunConfig
-from train.evaluate import example_batches, length_sorted, rec_rows
+from train.evaluate import model_pass
 from train.metrics import metric_names, per_user_metrics, summarize
 
 COLD_METRIC_SETS = ("shelf", "shop_warm", "catalog_warm")
@@ -57,28 +54,6 @@ def fit_text_map(vectors: np.ndarray, rows: np.ndarray, fit: np.ndarray, alpha: 
     return weight, y_mean - x_mean @ weight
 
 
-@torch.no_grad()
-def _split_pass(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig, consume) -> list:
-    """One pass of the model over the split's recommendation prompts (this process's rows); ``consume(out, part)``
-    gets each batch's rec output and its examples; returns what every process's calls returned, ordered by each
-    batch's first row (the same order however many processes ran)."""
-    net = accelerator.unwrap_model(model)
-    was_training = net.training
-    net.eval()
-    mine = rank_rows(accelerator, corpus.num_rows("recommendation", split))
-    bs = cfg.eval.batch_size
-    collate = corpus.collator(cfg.data.max_length)
-    results = []
-    for part in example_batches(length_sorted(corpus.iter_rec_examples(split, mine, chunk_rows=bs * 64)), bs):
-        batch = send_to_device(collate(rec_rows(corpus, part, cfg.data.max_length)), accelerator.device)
-        out = net(**{k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS}, task="rec")
-        results.append((np.asarray([ex.row for ex in part]), consume(out, part)))
-    if was_training:
-        net.train()
-    blocks = gather_object(results) if accelerator.num_processes > 1 else results
-    return [value for _, value in sorted(((int(r[0]), v) for r, v in blocks if len(r)), key=lambda t: t[0])]
-
-
 def _targets_in(part, items: np.ndarray) -> list[np.ndarray]:
     keep = set(items.tolist())
     return [np.asarray([j for j in ex.targets if j in keep], dtype=np.int64) for ex in part]
@@ -102,7 +77,7 @@ def shelf_inputs(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig)
             carried = carried.float().cpu().numpy()
         return out.user_states.float().cpu().numpy(), term, carried, _targets_in(part, cold)
 
-    blocks = _split_pass(accelerator, model, corpus, split, cfg, consume)
+    blocks = model_pass(accelerator, model, corpus, split, cfg, consume)
     states = np.concatenate([b[0] for b in blocks]) if blocks else np.zeros((0, model.config.n_embd))
     terms, carried = (np.concatenate([b[j] for b in blocks]) if blocks else blank for j in (1, 2))
     targets = [t for b in blocks for t in b[3]]
@@ -270,7 +245,7 @@ def shop_sweep(accelerator, model, corpus: Corpus, cfg: RunConfig, pairs: Sequen
         columns += [*measure(scores, warm_targets)]
         return np.stack(columns, axis=1)
 
-    vals = np.concatenate(_split_pass(accelerator, model, corpus, "validation", cfg, consume))
+    vals = np.concatenate(model_pass(accelerator, model, corpus, "validation", cfg, consume))
 
     def mean(j: int) -> float:
         return summarize({metric: vals[:, j], "num_relevant": vals[:, j + 1].astype(np.int64)})[metric]
@@ -299,7 +274,7 @@ def cold_item_metrics(accelerator, model, corpus: Corpus, split: str, cfg: RunCo
         return [np.stack([m[n] for n in names] + [m["num_relevant"].astype(np.float64)], axis=1)
                 for m in (shelf, shop, catalog)]
 
-    blocks = _split_pass(accelerator, model, corpus, split, cfg, consume)
+    blocks = model_pass(accelerator, model, corpus, split, cfg, consume)
     out = {}
     for k, name in enumerate(COLD_METRIC_SETS):
         vals = np.concatenate([b[k] for b in blocks]) if blocks else np.zeros((0, len(names) + 1))

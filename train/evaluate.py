@@ -16,7 +16,8 @@ averaging in row order, so the means equal the one-process run's.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Sequence
+import contextlib
+from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from train.cli_args import config_from_args, run_stage, stage_parser
 from train.common import make_accelerator, rank_rows
 from train.config import RunConfig
 from train.io_utils import BEST_DIR, PRETRAINED_DIR, atomic_write_json, atomic_write_text
-from train.metrics import item_popularity, merge_per_user, metric_names, per_user_metrics, summarize
+from train.metrics import item_popularity, metric_names, per_user_metrics, summarize
 from train.modeling_io import load_model
 
 
@@ -86,6 +87,12 @@ def score_batch(model, batch: dict, residual_scales: Sequence[float] | None = No
     weighted s instead of its current scale. The model runs once; the matrices are made one at a time as they are
     read, so a sweep holds two (B, I) arrays more, not one per scale (0.8 GB for 8 scales at 100k items)."""
     out = model(**{k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS}, task="rec")
+    yield from score_variants(model, out, residual_scales, term)
+
+
+def score_variants(model, out, residual_scales: Sequence[float] | None = None,
+                   term: str = "graph_residual") -> Iterator[torch.Tensor]:
+    """``score_batch``'s matrices from a rec output ``out`` of ``model``."""
     if residual_scales is None:
         yield out.scores.float()
         return
@@ -95,60 +102,112 @@ def score_batch(model, batch: dict, residual_scales: Sequence[float] | None = No
         yield others + s * residual
 
 
-def evaluate_model(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig, chunk_batches: int = 64) -> dict:
-    """Mean metrics over the split's users (all processes get the same dict); ``chunk_batches`` batches of
-    prompts are read at a time."""
-    return _evaluate(accelerator, model, corpus, split, cfg, chunk_batches)[0]
+class Scorer(Protocol):
+    """What the evaluation loop ranks: for a batch of a split's examples (``RecExample``: user, prompt, targets),
+    (B, I) item scores, one matrix per variant (``num_variants`` of them; a scale sweep has one per scale)."""
+
+    num_variants: int
+
+    def score_users(self, examples: list) -> Iterator[np.ndarray]:
+        ...
 
 
-def evaluate_residual_scales(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig, scales: Sequence[float],
-                             chunk_batches: int = 64, term: str = "graph_residual") -> list[dict]:
-    """The metrics of ``evaluate_model`` with the scale of the residual ``term`` ("graph_residual", or the
-    low-pass "graph_lowpass") set to each of ``scales`` in turn, from one pass over the split (how
-    ``finetune.residual_scale_grid`` and ``lowpass_scale_grid`` are searched on validation)."""
-    if getattr(accelerator.unwrap_model(model), term, None) is None:
-        raise ValueError(f"evaluate_residual_scales needs a model with a {term} (model.graph_residual / graph_lowpass_rank)")
-    return _evaluate(accelerator, model, corpus, split, cfg, chunk_batches, list(scales), term)
+class ModelScorer:
+    """A GraphGPT2 model as a ``Scorer``: each batch's personalized predictive prompts collated and run once in
+    eval mode; with ``residual_scales``, one variant per scale of the residual ``term`` (``score_variants``)."""
+
+    def __init__(self, accelerator, model, corpus: Corpus, cfg: RunConfig, residual_scales: Sequence[float] | None = None,
+                 term: str = "graph_residual"):
+        self.net, self.device = accelerator.unwrap_model(model), accelerator.device
+        self.corpus, self.max_length = corpus, cfg.data.max_length
+        self.collate = corpus.collator(cfg.data.max_length)
+        self.scales, self.term = (None if residual_scales is None else list(residual_scales)), term
+        self.num_variants = 1 if residual_scales is None else len(self.scales)
+
+    @torch.no_grad()
+    def outputs(self, examples: list):
+        """The rec output (scores, score terms, user states) of the examples' prompts."""
+        batch = send_to_device(self.collate(rec_rows(self.corpus, examples, self.max_length)), self.device)
+        return self.net(**{k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS}, task="rec")
+
+    def score_users(self, examples: list) -> Iterator[np.ndarray]:
+        for scores in score_variants(self.net, self.outputs(examples), self.scales, self.term):
+            yield scores.cpu().numpy()
 
 
-@torch.no_grad()
-def _evaluate(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig, chunk_batches: int,
-              residual_scales: list[float] | None = None, term: str = "graph_residual") -> list[dict]:
-    """One metrics dict per score variant (``score_batch``)."""
+class PopularityScorer:
+    """The popularity baseline as a ``Scorer``: every user gets the items' train-interaction counts."""
+
+    num_variants = 1
+
+    def __init__(self, corpus: Corpus):
+        self.counts = item_popularity(corpus.interaction_matrix("train"))
+
+    def score_users(self, examples: list) -> Iterator[np.ndarray]:
+        yield np.broadcast_to(self.counts, (len(examples), len(self.counts)))
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """The model in eval mode inside the block, back in its training mode after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        if was_training:
+            model.train()
+
+
+def split_pass(accelerator, corpus: Corpus, split: str, cfg: RunConfig, consume, chunk_batches: int = 64) -> list:
+    """The one loop over a split's personalized predictive prompts, for every evaluation (validation, the scale
+    sweeps, test, popularity, the new-item stages, the probes): this process's rows (all of them when
+    ``accelerator`` is None), read ``chunk_batches`` batches at a time and length-sorted within a chunk, in batches
+    of ``eval.batch_size``; ``consume(examples)`` gets each batch. Returns ``(rows, value)`` per batch of every
+    process, ordered by each batch's first row (the same order however many processes ran)."""
     num_rows = corpus.num_rows("recommendation", split)
-    mine = rank_rows(accelerator, num_rows)
+    mine = range(num_rows) if accelerator is None else rank_rows(accelerator, num_rows)
+    bs = cfg.eval.batch_size
+    chunks = lambda: length_sorted(corpus.iter_rec_examples(split, mine, chunk_rows=bs * chunk_batches))  # noqa: E731
+    # a DataLoader over the stream of batches, like every other loop: its iterator draws the one torch seed
+    # training's random stream has always seen at each evaluation
+    loader = DataLoader(_BatchStream(lambda: example_batches(chunks(), bs)), batch_size=None, collate_fn=lambda part: part)
+    results = [(np.asarray([ex.row for ex in part], dtype=np.int64), consume(part)) for part in loader]
+    many = accelerator is not None and accelerator.num_processes > 1
+    blocks = gather_object(results) if many else results
+    return sorted((b for b in blocks if len(b[0])), key=lambda b: int(b[0][0]))
+
+
+def model_pass(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig, consume) -> list:
+    """``split_pass`` with the model run in eval mode on each batch: ``consume(out, examples)`` gets the rec output;
+    returns the values in ``split_pass``'s order."""
+    scorer = ModelScorer(accelerator, model, corpus, cfg)
+    with eval_mode(scorer.net):
+        blocks = split_pass(accelerator, corpus, split, cfg, lambda part: consume(scorer.outputs(part), part))
+    return [value for _, value in blocks]
+
+
+def evaluate_scorer(accelerator, scorer: Scorer, corpus: Corpus, split: str, cfg: RunConfig) -> list[dict]:
+    """Mean metrics over the split's users of each of the scorer's variants, the user's train items masked; every
+    process gets the same dicts (``accelerator`` None: one process scores every row). The gathered rows are checked
+    to be the split's rows, once each, and the means are taken in row order."""
+    num_rows = corpus.num_rows("recommendation", split)
     train_ui = corpus.hops.graph.ui  # the train items of each user (CSR rows): masked out of the ranking
     ks, ndcg_ks = cfg.eval.recall_ks, cfg.eval.ndcg_ks
     names = metric_names(ks, ndcg_ks)
-    collate = corpus.collator(cfg.data.max_length)
-    net = accelerator.unwrap_model(model)
-    was_training = net.training
-    net.eval()
-    bs = cfg.eval.batch_size
-    variants = 1 if residual_scales is None else len(residual_scales)
-    row_parts, user_parts, val_parts = [], [], [[] for _ in range(variants)]
-    # a DataLoader over the stream of batches, like every other loop: its iterator draws the one torch seed
-    # training's random stream has always seen at each evaluation
-    chunks = lambda: length_sorted(corpus.iter_rec_examples(split, mine, chunk_rows=bs * chunk_batches))  # noqa: E731
-    loader = DataLoader(_BatchStream(lambda: example_batches(chunks(), bs)),
-                        batch_size=None, collate_fn=lambda part: (collate(rec_rows(corpus, part, cfg.data.max_length)), part))
-    for batch, part in loader:
-        batch = send_to_device(batch, accelerator.device)
+
+    def consume(part):
         users = np.asarray([ex.user for ex in part], dtype=np.int64)
         relevant = [np.asarray(ex.targets, dtype=np.int64) for ex in part]
-        for parts, scores in zip(val_parts, score_batch(net, batch, residual_scales, term)):
-            pu = per_user_metrics(scores.cpu().numpy(), relevant=relevant, exclude=train_ui[users], ks=ks, ndcg_ks=ndcg_ks)
-            parts.append(np.stack([pu[n] for n in names] + [pu["num_relevant"].astype(np.float64)], axis=1))
-        row_parts.append(np.asarray([ex.row for ex in part], dtype=np.int64))
-        user_parts.append(users)
-    if was_training:
-        net.train()
-    local = (np.concatenate(row_parts) if row_parts else np.zeros(0, np.int64),
-             np.concatenate(user_parts) if user_parts else np.zeros(0, np.int64),
-             [np.concatenate(parts) if parts else np.zeros((0, len(names) + 1)) for parts in val_parts])
-    blocks = gather_object([local]) if accelerator.num_processes > 1 else [local]
-    idx = np.concatenate([b[0] for b in blocks])
-    users = np.concatenate([b[1] for b in blocks])
+        values = []
+        for scores in scorer.score_users(part):
+            pu = per_user_metrics(scores, relevant=relevant, exclude=train_ui[users], ks=ks, ndcg_ks=ndcg_ks)
+            values.append(np.stack([pu[n] for n in names] + [pu["num_relevant"].astype(np.float64)], axis=1))
+        return users, values
+
+    blocks = split_pass(accelerator, corpus, split, cfg, consume)
+    idx = np.concatenate([rows for rows, _ in blocks]) if blocks else np.zeros(0, np.int64)
+    users = np.concatenate([value[0] for _, value in blocks]) if blocks else np.zeros(0, np.int64)
     if len(idx) != num_rows or len(np.unique(idx)) != num_rows:
         raise RuntimeError(
             f"evaluation gathered {len(idx)} rows ({len(np.unique(idx))} unique) for {num_rows} users of '{split}': "
@@ -156,8 +215,8 @@ def _evaluate(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig, ch
         )
     order = np.argsort(idx)
     results = []
-    for v in range(variants):
-        vals = np.concatenate([b[2][v] for b in blocks])
+    for v in range(scorer.num_variants):
+        vals = np.concatenate([value[1][v] for _, value in blocks]) if blocks else np.zeros((0, len(names) + 1))
         per_user = {n: vals[order, j] for j, n in enumerate(names)}
         per_user["num_relevant"] = vals[order, -1].astype(np.int64)
         result = summarize(per_user)
@@ -165,6 +224,25 @@ def _evaluate(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig, ch
         result["users"] = [int(u) for u in users[order]]
         results.append(result)
     return results
+
+
+def evaluate_model(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig) -> dict:
+    """Mean metrics of the model over the split's users (all processes get the same dict)."""
+    scorer = ModelScorer(accelerator, model, corpus, cfg)
+    with eval_mode(scorer.net):
+        return evaluate_scorer(accelerator, scorer, corpus, split, cfg)[0]
+
+
+def evaluate_residual_scales(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig, scales: Sequence[float],
+                             term: str = "graph_residual") -> list[dict]:
+    """The metrics of ``evaluate_model`` with the scale of the residual ``term`` ("graph_residual", or the
+    low-pass "graph_lowpass") set to each of ``scales`` in turn, from one pass over the split (how
+    ``finetune.residual_scale_grid`` and ``lowpass_scale_grid`` are searched on validation)."""
+    if getattr(accelerator.unwrap_model(model), term, None) is None:
+        raise ValueError(f"evaluate_residual_scales needs a model with a {term} (model.graph_residual / graph_lowpass_rank)")
+    scorer = ModelScorer(accelerator, model, corpus, cfg, scales, term)
+    with eval_mode(scorer.net):
+        return evaluate_scorer(accelerator, scorer, corpus, split, cfg)
 
 
 def metrics_table(rows: dict[str, dict], names: list[str]) -> str:
@@ -187,28 +265,11 @@ def write_metrics(out_dir: str | Path, name: str, metrics: dict, names: list[str
     return jpath, mpath
 
 
-def popularity_metrics(corpus: Corpus, split: str, cfg: RunConfig, max_scores: int = 1 << 24) -> dict:
-    """The popularity baseline (train-interaction counts) on the same users, masks and metrics.
-
-    Streams users in blocks of at most ``max_scores`` scores (users x items), so memory does not grow with
-    users x items.
-    """
-    counts = item_popularity(corpus.interaction_matrix("train"))
-    train_ui = corpus.hops.graph.ui  # each user's train items (CSR rows), masked as in evaluate_model
-    cols = corpus.dataset("recommendation", split, columns=["user", "targets"]).to_dict()
-    users, targets = np.asarray(cols["user"], dtype=np.int64), cols["targets"]
-    block = max(1, max_scores // max(1, corpus.num_items))
-    parts = [
-        per_user_metrics(
-            np.broadcast_to(counts, (len(users[start:start + block]), corpus.num_items)),
-            relevant=[np.asarray(t, dtype=np.int64) for t in targets[start:start + block]],
-            exclude=train_ui[users[start:start + block]],
-            ks=cfg.eval.recall_ks,
-            ndcg_ks=cfg.eval.ndcg_ks,
-        )
-        for start in range(0, len(users), block)
-    ]
-    return summarize(merge_per_user(parts))
+def popularity_metrics(corpus: Corpus, split: str, cfg: RunConfig, accelerator=None) -> dict:
+    """The popularity baseline (train-interaction counts) on the same users, masks and metrics as the model, by the
+    same loop (``evaluate_scorer``), in batches of ``eval.batch_size`` users."""
+    metrics = evaluate_scorer(accelerator, PopularityScorer(corpus), corpus, split, cfg)[0]
+    return {k: v for k, v in metrics.items() if k not in ("split", "users")}
 
 
 def main(argv: list[str] | None = None) -> int:
