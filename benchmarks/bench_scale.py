@@ -40,7 +40,7 @@ from modeling_graphgpt2 import GraphGPT2Config, GraphGPT2ForRecommendation
 from train.common import build_model, init_collab_items, make_optimizer, model_config_kwargs, set_threads, steps_per_epoch
 from train.config import load_config
 from train.evaluate import rec_rows, score_batch
-from train.finetune import masked_prompts, train_target_lengths
+from train.finetune import masked_prompts, sweep_rows, train_target_lengths
 from train.io_utils import atomic_write_json
 from train.metrics import per_user_metrics
 
@@ -329,7 +329,12 @@ def preset_stages(folder: Path, preset: str, threads: int, train_steps: int, eva
     val_batches = -(-corpus.num_rows("recommendation", "validation") // ebs)
     test_batches = -(-corpus.num_rows("recommendation", "test") // ebs)
     res["eval_batch_s"] = {"plain": plain, "both_sweeps": sweep, "timed_batches": len(per_batch["plain"]), "batch_size": ebs}
-    res["extrapolated_s"].update({"validation_pass_per_epoch": plain * val_batches, "residual_sweeps": sweep * val_batches,
+    # the sweeps score finetune.sweep_max_users sampled users when validation has more; then one full pass
+    sample = sweep_rows(corpus, cfg)
+    sweep_batches = val_batches if sample is None else -(-len(sample) // ebs)
+    res["sweep_users"] = corpus.num_rows("recommendation", "validation") if sample is None else len(sample)
+    res["extrapolated_s"].update({"validation_pass_per_epoch": plain * val_batches,
+                                  "residual_sweeps": sweep * sweep_batches + (0 if sample is None else plain * val_batches),
                                   "test": plain * test_batches})
     res["peak_rss_gib"] = _rss_gib()
     atomic_write_json(result_path, res)

@@ -95,3 +95,42 @@ def test_evaluation_batches_come_from_length_sorted_chunks():
     batches = list(example_batches(length_sorted(chunks), 3))
     assert [[ex.row for ex in b] for b in batches] == [[1, 3, 0], [2, 1, 0]]  # stable within a chunk, every row once
     assert [[len(ex.input_ids) for ex in b] for b in batches] == [[2, 2, 5], [9, 1, 7]]
+
+
+def test_the_scale_sweeps_score_a_seeded_sample_above_the_size_rule(tmp_path):
+    """Above ``finetune.sweep_max_users`` validation users, the sweeps rank a seeded sample of that many: the sweep's
+    metrics are those of the model on exactly those users; at or below it, every user."""
+    from accelerate import Accelerator
+
+    from data_builders.corpus import Corpus
+    from train.common import build_model
+    from train.config import ConfigError, load_config
+    from train.evaluate import ModelScorer, evaluate_residual_scales, evaluate_scorer
+    from train.finetune import sweep_rows
+
+    data = build_tiny_data(tmp_path / "tiny")
+    over = ["model.n_layer=1", "model.n_embd=16", "model.n_head=2", "model.graph_residual=ease", "eval.batch_size=4"]
+    corpus = Corpus(data)
+    num_rows = corpus.num_rows("recommendation", "validation")
+    cfg = load_config("demo", [f"data.folder={data}", *over, "finetune.sweep_max_users=5"])
+    rows = sweep_rows(corpus, cfg)
+    assert len(rows) == len(np.unique(rows)) == 5 and np.all(np.diff(rows) > 0) and rows.max() < num_rows
+    assert np.array_equal(rows, sweep_rows(corpus, cfg))  # seeded
+    for cap in (0, num_rows):
+        assert sweep_rows(corpus, load_config("demo", [f"data.folder={data}", f"finetune.sweep_max_users={cap}"])) is None
+    with pytest.raises(ConfigError, match="finetune.sweep_max_users"):
+        load_config("demo", [f"data.folder={data}", "finetune.sweep_max_users=-1"])
+
+    torch.manual_seed(0)
+    model = build_model(cfg, corpus).eval()
+    acc = Accelerator(cpu=True)
+    swept = evaluate_residual_scales(acc, model, corpus, "validation", cfg, [0.0, 1.0], only_rows=rows)
+    users = {ex.row: ex.user for ex in corpus.rec_examples("validation")}
+    assert swept[0]["num_users"] == 5 and swept[0]["users"] == [users[r] for r in rows]
+    with torch.no_grad():
+        model.graph_residual.scale.fill_(1.0)
+    plain = evaluate_scorer(acc, ModelScorer(acc, model, corpus, cfg), corpus, "validation", cfg, only_rows=rows)[0]
+    for key in ("recall@20", "ndcg@100"):
+        assert swept[1][key] == pytest.approx(plain[key], abs=1e-6), key
+    every = evaluate_scorer(acc, ModelScorer(acc, model, corpus, cfg), corpus, "validation", cfg)[0]
+    assert every["num_users"] == num_rows > 5

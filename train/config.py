@@ -133,6 +133,12 @@ class FinetuneConfig(StageConfig):
     # The same for the low-pass residual (model.graph_lowpass_rank > 0), swept after residual_scale_grid with the
     # graph residual's scale fixed at its chosen value. Empty = keep model.graph_lowpass_scale_init.
     lowpass_scale_grid: list[float] = field(default_factory=list)
+    # Size rule of both sweeps: a validation split with more users than this is swept on a seeded sample of this many
+    # (``train.finetune.sweep_rows``; the chosen model's validation metrics are then a full pass). One sweep scores
+    # every user once per grid value (16 ranked catalogs per user with amazon_cpu's grids), which made the sweeps the
+    # largest stage at 200k users / 100k items (benchmarks/RESULTS.md "Scale"). 50,000 leaves Beauty (22k users),
+    # Toys (19k) and Musical Instruments (1.4k) swept on every user. 0 = always every user.
+    sweep_max_users: int = 50_000
     # Content into the collab item IDs before fine-tuning (issue 10; docs/model.md): "none"; "text_svd" = both item
     # tables start from the item text's TF-IDF SVD (so the mutual regulariser keeps collab rows near their text; meant
     # for runs without pre-training, as it overwrites the content rows too); "content_set" = the collab item table
@@ -355,6 +361,7 @@ def _validate(cfg: RunConfig) -> None:
              "a non-empty list of finite weights >= 0")
     _require(cfg, "finetune.cold_item_gain_grid", lambda g: len(g) > 0 and all(0 < v < float("inf") for v in g),
              "a non-empty list of finite gains > 0")
+    _require(cfg, "finetune.sweep_max_users", lambda v: v >= 0, "a number of users >= 0 (0 = every user)")
     _require(cfg, "finetune.cold_item_warm_tolerance", lambda v: 0.0 <= v <= 1.0, "a fraction in [0, 1]")
     _require(cfg, "finetune.cold_item_offset_grid", lambda g: len(g) > 0 and all(abs(v) < float("inf") for v in g),
              "a non-empty list of finite offsets")

@@ -90,6 +90,7 @@ def score_batch(model, batch: dict, residual_scales: Sequence[float] | None = No
     yield from score_variants(model, out, residual_scales, term)
 
 
+@torch.no_grad()
 def score_variants(model, out, residual_scales: Sequence[float] | None = None,
                    term: str = "graph_residual") -> Iterator[torch.Tensor]:
     """``score_batch``'s matrices from a rec output ``out`` of ``model``."""
@@ -130,6 +131,7 @@ class ModelScorer:
         batch = send_to_device(self.collate(rec_rows(self.corpus, examples, self.max_length)), self.device)
         return self.net(**{k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS}, task="rec")
 
+    @torch.no_grad()
     def score_users(self, examples: list) -> Iterator[np.ndarray]:
         for scores in score_variants(self.net, self.outputs(examples), self.scales, self.term):
             yield scores.cpu().numpy()
@@ -159,19 +161,27 @@ def eval_mode(model):
             model.train()
 
 
-def split_pass(accelerator, corpus: Corpus, split: str, cfg: RunConfig, consume, chunk_batches: int = 64) -> list:
+def split_pass(accelerator, corpus: Corpus, split: str, cfg: RunConfig, consume, chunk_batches: int = 64,
+               only_rows: np.ndarray | None = None) -> list:
     """The one loop over a split's personalized predictive prompts, for every evaluation (validation, the scale
     sweeps, test, popularity, the new-item stages, the probes): this process's rows (all of them when
     ``accelerator`` is None), read ``chunk_batches`` batches at a time and length-sorted within a chunk, in batches
-    of ``eval.batch_size``; ``consume(examples)`` gets each batch. Returns ``(rows, value)`` per batch of every
-    process, ordered by each batch's first row (the same order however many processes ran)."""
+    of ``eval.batch_size``; ``consume(examples)`` gets each batch. ``only_rows`` keeps those rows of the split only
+    (a sample). Returns ``(rows, value)`` per batch of every process, ordered by each batch's first row (the same
+    order however many processes ran)."""
     num_rows = corpus.num_rows("recommendation", split)
     mine = range(num_rows) if accelerator is None else rank_rows(accelerator, num_rows)
     bs = cfg.eval.batch_size
-    chunks = lambda: length_sorted(corpus.iter_rec_examples(split, mine, chunk_rows=bs * chunk_batches))  # noqa: E731
+    kept = None if only_rows is None else np.isin(np.arange(mine.start, mine.stop), only_rows)
+
+    def chunks():
+        for chunk in corpus.iter_rec_examples(split, mine, chunk_rows=bs * chunk_batches):
+            yield chunk if kept is None else [ex for ex in chunk if kept[ex.row - mine.start]]
+
+    chunks_sorted = lambda: length_sorted(chunks())  # noqa: E731
     # a DataLoader over the stream of batches, like every other loop: its iterator draws the one torch seed
     # training's random stream has always seen at each evaluation
-    loader = DataLoader(_BatchStream(lambda: example_batches(chunks(), bs)), batch_size=None, collate_fn=lambda part: part)
+    loader = DataLoader(_BatchStream(lambda: example_batches(chunks_sorted(), bs)), batch_size=None, collate_fn=lambda part: part)
     results = [(np.asarray([ex.row for ex in part], dtype=np.int64), consume(part)) for part in loader]
     many = accelerator is not None and accelerator.num_processes > 1
     blocks = gather_object(results) if many else results
@@ -187,11 +197,13 @@ def model_pass(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig, c
     return [value for _, value in blocks]
 
 
-def evaluate_scorer(accelerator, scorer: Scorer, corpus: Corpus, split: str, cfg: RunConfig) -> list[dict]:
-    """Mean metrics over the split's users of each of the scorer's variants, the user's train items masked; every
-    process gets the same dicts (``accelerator`` None: one process scores every row). The gathered rows are checked
-    to be the split's rows, once each, and the means are taken in row order."""
-    num_rows = corpus.num_rows("recommendation", split)
+def evaluate_scorer(accelerator, scorer: Scorer, corpus: Corpus, split: str, cfg: RunConfig,
+                    only_rows: np.ndarray | None = None) -> list[dict]:
+    """Mean metrics over the split's users (``only_rows``: those rows of it) of each of the scorer's variants, the
+    user's train items masked; every process gets the same dicts (``accelerator`` None: one process scores every
+    row). The gathered rows are checked to be the split's (or ``only_rows``), once each, and the means are taken in
+    row order."""
+    expected = np.arange(corpus.num_rows("recommendation", split)) if only_rows is None else np.unique(only_rows)
     train_ui = corpus.hops.graph.ui  # the train items of each user (CSR rows): masked out of the ranking
     ks, ndcg_ks = cfg.eval.recall_ks, cfg.eval.ndcg_ks
     names = metric_names(ks, ndcg_ks)
@@ -205,12 +217,12 @@ def evaluate_scorer(accelerator, scorer: Scorer, corpus: Corpus, split: str, cfg
             values.append(np.stack([pu[n] for n in names] + [pu["num_relevant"].astype(np.float64)], axis=1))
         return users, values
 
-    blocks = split_pass(accelerator, corpus, split, cfg, consume)
+    blocks = split_pass(accelerator, corpus, split, cfg, consume, only_rows=only_rows)
     idx = np.concatenate([rows for rows, _ in blocks]) if blocks else np.zeros(0, np.int64)
     users = np.concatenate([value[0] for _, value in blocks]) if blocks else np.zeros(0, np.int64)
-    if len(idx) != num_rows or len(np.unique(idx)) != num_rows:
+    if len(idx) != len(expected) or not np.array_equal(np.sort(idx), expected):
         raise RuntimeError(
-            f"evaluation gathered {len(idx)} rows ({len(np.unique(idx))} unique) for {num_rows} users of '{split}': "
+            f"evaluation gathered {len(idx)} rows ({len(np.unique(idx))} unique) for {len(expected)} users of '{split}': "
             "users were duplicated or missed across processes"
         )
     order = np.argsort(idx)
@@ -234,15 +246,15 @@ def evaluate_model(accelerator, model, corpus: Corpus, split: str, cfg: RunConfi
 
 
 def evaluate_residual_scales(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig, scales: Sequence[float],
-                             term: str = "graph_residual") -> list[dict]:
+                             term: str = "graph_residual", only_rows: np.ndarray | None = None) -> list[dict]:
     """The metrics of ``evaluate_model`` with the scale of the residual ``term`` ("graph_residual", or the
-    low-pass "graph_lowpass") set to each of ``scales`` in turn, from one pass over the split (how
-    ``finetune.residual_scale_grid`` and ``lowpass_scale_grid`` are searched on validation)."""
+    low-pass "graph_lowpass") set to each of ``scales`` in turn, from one pass over the split (``only_rows``: over
+    those rows of it; how ``finetune.residual_scale_grid`` and ``lowpass_scale_grid`` are searched on validation)."""
     if getattr(accelerator.unwrap_model(model), term, None) is None:
         raise ValueError(f"evaluate_residual_scales needs a model with a {term} (model.graph_residual / graph_lowpass_rank)")
     scorer = ModelScorer(accelerator, model, corpus, cfg, scales, term)
     with eval_mode(scorer.net):
-        return evaluate_scorer(accelerator, scorer, corpus, split, cfg)
+        return evaluate_scorer(accelerator, scorer, corpus, split, cfg, only_rows)
 
 
 def metrics_table(rows: dict[str, dict], names: list[str]) -> str:

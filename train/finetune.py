@@ -93,22 +93,35 @@ def train_target_lengths(corpus: Corpus) -> np.ndarray:
     return pc.list_value_length(ds.data.column("targets")).to_numpy()
 
 
+def sweep_rows(corpus: Corpus, cfg: RunConfig) -> np.ndarray | None:
+    """The validation rows the scale sweeps score: None (every row) up to ``finetune.sweep_max_users`` rows, else a
+    seeded sample of that many (sorted)."""
+    num_rows, cap = corpus.num_rows("recommendation", "validation"), cfg.finetune.sweep_max_users
+    if cap == 0 or num_rows <= cap:
+        return None
+    return np.sort(np.random.default_rng([cfg.seed, num_rows]).choice(num_rows, size=cap, replace=False))
+
+
 def choose_residual_scale(accelerator, model, corpus: Corpus, cfg: RunConfig, model_dir: Path,
-                          term: str = "graph_residual") -> tuple[dict, dict]:
+                          term: str = "graph_residual") -> tuple[dict, dict | None]:
     """Set the scale of the residual ``term`` to the value of its grid (``finetune.residual_scale_grid`` for the
     graph residual, ``lowpass_scale_grid`` for the low-pass one) with the best validation selection metric (first
-    of equals) and save the model again; returns the sweep (scales, that metric per scale, the chosen scale) and
-    the chosen scale's validation metrics."""
+    of equals) on ``sweep_rows`` and save the model again; returns the sweep (scales, that metric per scale, the
+    chosen scale, the users swept) and the chosen scale's validation metrics (None when a sample was swept)."""
     grid = cfg.finetune.residual_scale_grid if term == "graph_residual" else cfg.finetune.lowpass_scale_grid
     metric = cfg.finetune.selection_metric
-    swept = evaluate_residual_scales(accelerator, model, corpus, "validation", cfg, grid, term=term)
+    rows = sweep_rows(corpus, cfg)
+    swept = evaluate_residual_scales(accelerator, model, corpus, "validation", cfg, grid, term=term, only_rows=rows)
     values = [m[metric] for m in swept]
     best = int(np.argmax(values))
     with torch.no_grad():
         getattr(model, term).scale.fill_(grid[best])
     save_model(accelerator, model, model_dir)
-    accelerator.print(f"{term.replace('_', ' ')} scale chosen on validation: {grid[best]} ({metric} {values[best]:.4f})")
-    return {"metric": metric, "scales": list(grid), "values": values, "chosen": grid[best]}, swept[best]
+    accelerator.print(f"{term.replace('_', ' ')} scale chosen on validation: {grid[best]} ({metric} {values[best]:.4f}"
+                      + (f", a sample of {len(rows)} users)" if rows is not None else ")"))
+    sweep = {"metric": metric, "scales": list(grid), "values": values, "chosen": grid[best],
+             "users": swept[best]["num_users"]}
+    return sweep, (swept[best] if rows is None else None)
 
 
 def prepare_model(cfg: RunConfig, corpus: Corpus, accelerator, init_dir: Path, stage_s: dict):
