@@ -52,7 +52,7 @@ def ease_neighbourhood(x: sp.spmatrix, lam: float, neighbours: int, block_items:
     The K x K Grams are co-occurrence counts, read from two tables that give the same integers as X_N^T X_N: the
     ``hub_items`` most-held items' dense count table (int32, made once: hub_items^2 x 4 bytes, 256 MiB at 8192),
     and the co-occurrence rows of each block's other neighbours. Neighbour sets are dominated by the popular
-    items, whose user lists made the per-item sparse product the fit's cost (9x slower at 1M users / 200k items:
+    items, whose user lists made the per-item sparse product the fit's cost (15x slower at 1M users / 200k items:
     benchmarks/bench_ease_neighbourhood.py). ``hub_items=0`` uses the co-occurrence rows only."""
     x = _binary_csr(x)
     num_items = x.shape[1]
