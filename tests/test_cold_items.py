@@ -105,13 +105,13 @@ def test_finetuning_maps_the_cold_rows_from_text_and_reports_the_shelf(cold_tiny
                                              "finetune.cold_item_offset_grid=[0, 0.5, 50]",
                                              "finetune.cold_item_gain_grid=[1, 3]"))
     result = finetune(cfg)
-    sweep = result["cold_item_map"]
+    sweep = result.cold_item_map
     best_value = max(v for *_, v in sweep["values"])
     first_best = next((a, s, t) for a, s, t, v in sweep["values"] if v == best_value)
     assert [(a, s, t) for a, s, t, _ in sweep["values"]] == [(a, s, t) for a in (0.5, 5) for s in (0, 3) for t in (0, 2)]
     assert (sweep["chosen"]["alpha"], sweep["chosen"]["scale"], sweep["chosen"]["transfer"]) == first_best
     corpus = Corpus(cold_tiny)
-    best = load_model(result["model_dir"])
+    best = load_model(result.model_dir)
     rows = best.id_embeddings("collab").item.weight.detach().numpy()
     vectors, idf, basis = item_text_svd(corpus, 16, cfg.seed)
     warm, cold = warm_item_mask(corpus), held_out_cold_items(corpus)
@@ -146,10 +146,10 @@ def test_finetuning_maps_the_cold_rows_from_text_and_reports_the_shelf(cold_tiny
     assert not lever.neighbour_weights.numpy()[warm].any()
     counts = torch.from_numpy(item_token_counts(corpus)[cold].toarray())
     np.testing.assert_allclose(lever.rows(counts).detach().numpy(), rows[cold], rtol=1e-3, atol=1e-4)
-    shelf = result["cold_items_test"]["shelf"]
+    shelf = result.cold_items_test["shelf"]
     assert 0 <= shelf["recall@20"] <= 1 and shelf["num_users"] > 0
-    assert result["cold_items_test"]["shop_warm"]["num_users"] > 0
-    assert result["cold_items_test"]["catalog_warm"]["num_users"] == result["cold_items_test"]["shop_warm"]["num_users"]
+    assert result.cold_items_test["shop_warm"]["num_users"] > 0
+    assert result.cold_items_test["catalog_warm"]["num_users"] == result.cold_items_test["shop_warm"]["num_users"]
 
 
 def test_a_folder_without_item_text_says_its_cold_items_cannot_be_scored(tmp_path):
@@ -160,11 +160,11 @@ def test_a_folder_without_item_text_says_its_cold_items_cannot_be_scored(tmp_pat
     cfg = load_config("demo", tiny_overrides(folder, tmp_path / "run", "pretrain.do_pretrain=false", "finetune.epochs=1",
                                              "data.pretrain_configs=[second_order]", "model.cold_item_map_rank=16"))
     result = finetune(cfg)
-    assert "no item text" in result["cold_item_map"]["skipped"]
-    assert result["cold_items_test"] is None
+    assert "no item text" in result.cold_item_map["skipped"]
+    assert result.cold_items_test is None
     cfg = load_config("demo", tiny_overrides(folder, tmp_path / "run0", "pretrain.do_pretrain=false", "finetune.epochs=1",
                                              "data.pretrain_configs=[second_order]", "model.cold_item_map_rank=0"))
-    assert "cold_item_map_rank is 0" in finetune(cfg)["cold_item_map"]["skipped"]
+    assert "cold_item_map_rank is 0" in finetune(cfg).cold_item_map["skipped"]
 
 
 def test_the_alpha_grid_is_checked():

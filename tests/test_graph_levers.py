@@ -288,8 +288,8 @@ def test_finetuning_with_every_lever_saves_a_model_that_scores_as_it_was_validat
                                              "finetune.init_collab_items=text_svd", "finetune.epochs=1",
                                              "model.n_layer=2"))
     result = finetune(cfg)
-    assert result["init_collab_items"] == f"text_svd: {Corpus(tiny).num_items} items"
-    best = load_model(result["model_dir"])
+    assert result.init_collab_items == f"text_svd: {Corpus(tiny).num_items} items"
+    best = load_model(result.model_dir)
     want = normalized_adjacency(Corpus(tiny).interaction_matrix("train"))
     np.testing.assert_array_equal(best.id_propagation.col_indices.numpy(), want[1])
     # trained from 0 in layer 0; the last layer's bias reaches only ID-token rows, which the readout (the prompt's
@@ -300,7 +300,7 @@ def test_finetuning_with_every_lever_saves_a_model_that_scores_as_it_was_validat
     from train.evaluate import evaluate_model
 
     again = evaluate_model(Accelerator(cpu=True), best.eval(), Corpus(tiny), "validation", cfg)
-    assert again["recall@20"] == pytest.approx(result["validation"]["recall@20"], abs=1e-9)
+    assert again["recall@20"] == pytest.approx(result.validation["recall@20"], abs=1e-9)
 
 
 def test_a_new_score_term_lever_is_one_class_and_one_table_entry(tiny, tmp_path, monkeypatch):

@@ -257,7 +257,10 @@ def test_finetuning_learns_the_scale_and_the_best_model_keeps_the_matrix(tiny, t
     cfg = load_config("demo", tiny_overrides(tiny, tmp_path, "pretrain.do_pretrain=false", "model.graph_residual=cooc",
                                              "model.graph_residual_topn=10", "finetune.epochs=1"))
     result = finetune(cfg)
-    best = load_model(result["model_dir"])
+    saved = json.loads((tmp_path / "finetune_result.json").read_text())  # the typed result is what the file holds
+    assert saved == json.loads(json.dumps(result.to_json())) and saved["model_dir"] == result.model_dir
+    assert "cold_item_map" not in saved and result.cold_item_map is None  # no new-item stage, no keys
+    best = load_model(result.model_dir)
     assert best.graph_residual.scale.item() != 0.0  # started at 0, moved by the rec loss
     want = residual_matrix(Corpus(tiny).interaction_matrix("train"), "cooc", 10)
     np.testing.assert_array_equal(best.graph_residual.values.numpy(), want[1])
@@ -295,11 +298,11 @@ def test_finetuning_chooses_the_residual_scale_on_validation_and_saves_it(tiny, 
                                              "model.graph_residual_topn=15", "model.graph_residual_learn_scale=false",
                                              "finetune.epochs=1", f"finetune.residual_scale_grid={grid}"))
     result = finetune(cfg)
-    sweep = result["residual_scale_sweep"]
+    sweep = result.residual_scale_sweep
     assert sweep["scales"] == grid and len(sweep["values"]) == len(grid)
     assert sweep["chosen"] == grid[int(np.argmax(sweep["values"]))]
-    assert load_model(result["model_dir"]).graph_residual.scale.item() == pytest.approx(sweep["chosen"])
-    assert result["validation"]["recall@20"] == pytest.approx(max(sweep["values"]), abs=1e-9)
+    assert load_model(result.model_dir).graph_residual.scale.item() == pytest.approx(sweep["chosen"])
+    assert result.validation["recall@20"] == pytest.approx(max(sweep["values"]), abs=1e-9)
 
 
 def test_a_scale_grid_needs_a_residual_and_finite_scales():

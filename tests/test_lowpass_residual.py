@@ -99,12 +99,12 @@ def test_finetuning_chooses_both_scales_on_validation_and_the_card_states_them(t
                                              "model.graph_residual_learn_scale=false", "finetune.residual_scale_grid=[0, 1]",
                                              "model.graph_lowpass_rank=10", f"finetune.lowpass_scale_grid={grid}"))
     result = finetune(cfg)
-    sweep = result["lowpass_scale_sweep"]
+    sweep = result.lowpass_scale_sweep
     assert sweep["scales"] == grid and sweep["chosen"] == grid[int(np.argmax(sweep["values"]))]
-    best = load_model(result["model_dir"])
+    best = load_model(result.model_dir)
     assert best.graph_lowpass.scale.item() == pytest.approx(sweep["chosen"])
-    assert best.graph_residual.scale.item() == pytest.approx(result["residual_scale_sweep"]["chosen"])
-    assert result["validation"]["recall@20"] == pytest.approx(max(sweep["values"]), abs=1e-9)
+    assert best.graph_residual.scale.item() == pytest.approx(result.residual_scale_sweep["chosen"])
+    assert result.validation["recall@20"] == pytest.approx(max(sweep["values"]), abs=1e-9)
 
 
 def test_a_lowpass_grid_needs_a_lowpass_residual():

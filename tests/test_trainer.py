@@ -84,7 +84,7 @@ def test_test_is_evaluated_once_with_the_selected_model(tiny_data, tmp_path, mon
     monkeypatch.setattr(finetune_mod, "evaluate_model", spy)
     cfg = load_config("demo", tiny_overrides(tiny_data, tmp_path, "pretrain.do_pretrain=false", "finetune.epochs=3"))
     result = finetune_mod.finetune(cfg)
-    assert result["best_epoch"] == 0 and [h["recall@20"] for h in result["history"]] == [0.9, 0.1, 0.2]
+    assert result.best_epoch == 0 and [h["recall@20"] for h in result.history] == [0.9, 0.1, 0.2]
     tests = [w for split, w in calls if split == "test"]
     assert len(tests) == 1
     assert all(torch.equal(tests[0][k], snapshots[0][k]) for k in snapshots[0])

@@ -17,7 +17,9 @@ then chosen on validation from that grid (``choose_residual_scale``) before the 
 """
 from __future__ import annotations
 
+import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +51,47 @@ from train.logging_utils import RunLogger
 from train.metrics import metric_names
 from train.modeling_io import load_model, save_model
 from train.trainer import Trainer
+
+
+@dataclass
+class Selection:
+    """What ``select_and_test`` chose on validation and measured: the selected model's validation and test metrics
+    (with their "users"), the two scale sweeps and the new-item stage (None where they did not run)."""
+
+    validation: dict
+    test: dict
+    residual_scale_sweep: dict | None = None
+    lowpass_scale_sweep: dict | None = None
+    cold_item_map: dict | None = None
+    cold_items_test: dict | None = None
+
+
+@dataclass
+class FinetuneResult:
+    """The fine-tuning stage's result (``finetune``; ``finetune_result.json`` is ``to_json()``)."""
+
+    selection_metric: str
+    best_epoch: int | None
+    validation: dict  # the selected model's validation metrics (after the scale sweeps)
+    test: dict  # test, evaluated once
+    test_users: list  # gathered across processes: each user exactly once
+    history: list  # validation metrics of every epoch
+    stopped_early: bool
+    train_wall_s: float
+    stage_s: dict  # wall seconds of each stage (benchmarks/RESULTS.md reports them)
+    model_dir: str
+    steps: int
+    residual_scale_sweep: dict | None
+    lowpass_scale_sweep: dict | None
+    init_collab_items: str
+    cold_item_map: dict | None = None  # the new-item stage (docs/model.md "New items"), when the model has one
+    cold_items_test: dict | None = None
+
+    def to_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        if self.cold_item_map is None:  # models without the new-item stage keep the file's old keys
+            del out["cold_item_map"], out["cold_items_test"]
+        return out
 
 
 def masked_prompts(corpus: Corpus, examples: list[RecExample], fraction: float, seed: int, epoch: int, max_length: int,
@@ -190,9 +233,9 @@ def fit_epochs(cfg: RunConfig, corpus: Corpus, accelerator, model, resume: bool)
     return fit, trainer
 
 
-def select_and_test(cfg: RunConfig, corpus: Corpus, accelerator, trainer, stage_s: dict) -> dict:
+def select_and_test(cfg: RunConfig, corpus: Corpus, accelerator, trainer, stage_s: dict) -> Selection:
     """The selected model (or the starting one when fine-tuning is off: NoFineTune), its residual scales chosen on
-    validation, then test evaluated ONCE. Returns the validation and test metrics and the sweeps."""
+    validation, then test evaluated ONCE."""
     f, best_dir = cfg.finetune, Path(cfg.output.dir) / BEST_DIR
     if best_dir.is_dir():
         final = load_model(best_dir, merge_lora=True)
@@ -219,12 +262,11 @@ def select_and_test(cfg: RunConfig, corpus: Corpus, accelerator, trainer, stage_
     if cold_map is not None and "chosen" in cold_map and len(corpus.cold_items("test")):
         cold_test = cold_item_metrics(accelerator, final, corpus, "test", cfg)
     stage_s["test_s"] = time.time() - t0
-    return {"validation": val, "test": test, "residual_scale_sweep": scale_sweep, "lowpass_scale_sweep": lowpass_sweep,
-            "cold_item_map": cold_map, "cold_items_test": cold_test}
+    return Selection(val, test, scale_sweep, lowpass_sweep, cold_map, cold_test)
 
 
 @locks_output_dir
-def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None, init_dir: str | Path | None = None) -> dict:
+def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None, init_dir: str | Path | None = None) -> FinetuneResult:
     """Train, select on validation, evaluate test once. Returns val/test metrics and paths."""
     out = Path(cfg.output.dir)
     check_run_outputs(out, (BEST_DIR,), ("finetune",))  # before any work: what this stage replaces is ours
@@ -238,27 +280,26 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
     fit, trainer = fit_epochs(cfg, corpus, accelerator, model, resume)
     train_wall = stage_s["train_s"] = time.time() - t0  # the epochs with their validation passes
     chosen = select_and_test(cfg, corpus, accelerator, trainer, stage_s)
-    val, test = chosen["validation"], chosen["test"]
-    result = {
-        "selection_metric": cfg.finetune.selection_metric,
-        "best_epoch": fit.best_epoch,
-        "validation": {k: v for k, v in val.items() if k != "users"},
-        "test": {k: v for k, v in test.items() if k != "users"},
-        "test_users": sorted(test["users"]),  # gathered across processes: each user exactly once
-        "history": fit.history,
-        "stopped_early": fit.stopped_early,
-        "train_wall_s": train_wall,
-        "stage_s": stage_s,
-        "model_dir": str(out / BEST_DIR),
-        "steps": fit.global_step,
-        "residual_scale_sweep": chosen["residual_scale_sweep"],
-        "lowpass_scale_sweep": chosen["lowpass_scale_sweep"],
-        "init_collab_items": collab_items_init,
-        **({"cold_item_map": chosen["cold_item_map"], "cold_items_test": chosen["cold_items_test"]}
-           if chosen["cold_item_map"] is not None else {}),
-    }
+    result = FinetuneResult(
+        selection_metric=cfg.finetune.selection_metric,
+        best_epoch=fit.best_epoch,
+        validation={k: v for k, v in chosen.validation.items() if k != "users"},
+        test={k: v for k, v in chosen.test.items() if k != "users"},
+        test_users=sorted(chosen.test["users"]),
+        history=fit.history,
+        stopped_early=fit.stopped_early,
+        train_wall_s=train_wall,
+        stage_s=stage_s,
+        model_dir=str(out / BEST_DIR),
+        steps=fit.global_step,
+        residual_scale_sweep=chosen.residual_scale_sweep,
+        lowpass_scale_sweep=chosen.lowpass_scale_sweep,
+        init_collab_items=collab_items_init,
+        cold_item_map=chosen.cold_item_map,
+        cold_items_test=chosen.cold_items_test,
+    )
     if accelerator.is_main_process:
-        atomic_write_json(out / "finetune_result.json", result)
+        atomic_write_json(out / "finetune_result.json", result.to_json())
     trainer.logger.close()
     return result
 
@@ -273,9 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         result = finetune(cfg, resume=args.resume)
         names = metric_names(cfg.eval.recall_ks, cfg.eval.ndcg_ks)
-        print(f"fine-tuning: best epoch {result['best_epoch']} by validation {result['selection_metric']}; model in "
-              f"{result['model_dir']}")
-        print(metrics_table({"validation": result["validation"], "test": result["test"]}, names))
+        print(f"fine-tuning: best epoch {result.best_epoch} by validation {result.selection_metric}; model in "
+              f"{result.model_dir}")
+        print(metrics_table({"validation": result.validation, "test": result.test}, names))
         return 0
 
     return run_stage(run, args.debug)

@@ -77,29 +77,29 @@ def _run_pipeline(cfg: RunConfig, resume: bool, command: str | None) -> dict:
     t = time.time()
     fin = finetune(cfg, resume=resume, corpus=corpus)
     walls["finetune_s"] = time.time() - t
-    walls.update({f"finetune_{k}": v for k, v in fin["stage_s"].items()})  # model_s, train_s, select_s, test_s
+    walls.update({f"finetune_{k}": v for k, v in fin.stage_s.items()})  # model_s, train_s, select_s, test_s
     state = PartialState()
     result = {
-        "validation": fin["validation"],
-        "test": fin["test"],
-        "best_epoch": fin["best_epoch"],
-        "selection_metric": fin["selection_metric"],
-        "history": fin["history"],  # validation metrics of every fine-tuning epoch
-        "residual_scale_sweep": fin["residual_scale_sweep"],
-        "lowpass_scale_sweep": fin["lowpass_scale_sweep"],
-        "cold_item_map": fin.get("cold_item_map"),  # the text map of new products (docs/model.md "New items")
-        "cold_items_test": fin.get("cold_items_test"),
+        "validation": fin.validation,
+        "test": fin.test,
+        "best_epoch": fin.best_epoch,
+        "selection_metric": fin.selection_metric,
+        "history": fin.history,  # validation metrics of every fine-tuning epoch
+        "residual_scale_sweep": fin.residual_scale_sweep,
+        "lowpass_scale_sweep": fin.lowpass_scale_sweep,
+        "cold_item_map": fin.cold_item_map,  # the text map of new products (docs/model.md "New items")
+        "cold_items_test": fin.cold_items_test,
         "wall": walls,
-        "paths": {"output": str(out), "data": str(cfg.data.folder), "best_model": fin["model_dir"]},
+        "paths": {"output": str(out), "data": str(cfg.data.folder), "best_model": fin.model_dir},
         "pretrain": {k: v for k, v in (pre or {}).items() if k != "plan"},
     }
     if state.is_main_process:
         names = metric_names(cfg.eval.recall_ks, cfg.eval.ndcg_ks)
         pop = popularity_metrics(corpus, "test", cfg)
         result["popularity_test"] = pop
-        write_metrics(out, "metrics_test", {**fin["test"], "split": "test"}, names, {"Popularity (test)": pop})
+        write_metrics(out, "metrics_test", {**fin.test, "split": "test"}, names, {"Popularity (test)": pop})
         t = time.time()
-        folder = publish(cfg, corpus, Path(fin["model_dir"]), out / HUB_MODEL_DIR, result, command=command)
+        folder = publish(cfg, corpus, Path(fin.model_dir), out / HUB_MODEL_DIR, result, command=command)
         walls["publish_s"] = time.time() - t
         result["paths"]["hub_model"] = str(folder)
         if cfg.output.push_to_hub:
