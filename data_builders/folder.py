@@ -30,6 +30,7 @@ from typing import Callable, Iterable
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm.auto import tqdm
 
 from modeling_graphgpt2.folder_layout import (COLD_ITEMS_FILE, EDGES_FILE, FORMAT_NAME, FORMAT_VERSION, GRAPH_DIR, HOP_TABLE_FILE,
                                               ITEMS_FILE, MANIFEST_FILE, MAPS_DIR, README_FILE, TITLES_FILE, TOKENIZER_DIR,
@@ -266,8 +267,7 @@ def build_dataset_folder(
         configs = list(prompt_config.configs)
         it = configs
         if progress:
-            from tqdm.auto import tqdm
-
+        
             it = tqdm(configs, desc="prompt corpora", unit="config", disable=None)  # a bar on a terminal only
         for config in it:
             t = time.perf_counter()

@@ -23,6 +23,7 @@ from typing import Iterable
 
 import numpy as np
 import scipy.sparse as sp
+from tqdm.auto import tqdm
 
 from modeling_graphgpt2.folder_layout import EDGES_FILE, GRAPH_META_FILE, HOP_TABLE_FILE
 from modeling_graphgpt2.pipeline_graphgpt2 import graph_sha256
@@ -129,8 +130,7 @@ class InteractionGraph:
         table = np.empty((N, N), dtype=np.uint8)
         starts = range(0, N, block)
         if progress:
-            from tqdm.auto import tqdm
-
+        
             starts = tqdm(starts, desc="hop distances (BFS)", unit="block", disable=None)  # a bar on a terminal only
         for start in starts:
             src = np.arange(start, min(N, start + block))

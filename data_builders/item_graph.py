@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.sparse.linalg import svds
 import torch
 
 from modeling_graphgpt2.configuration_graphgpt2 import EDGE_DEGREE_LOW, EDGE_FIRST_DEGREE_BUCKET, EDGE_OTHER_USERS_LOW
@@ -214,8 +215,6 @@ def ideal_lowpass_basis(train: sp.spmatrix, rank: int, seed: int = 0) -> tuple[n
     user row x is (x D_I^-1/2 V_k)(V_k^T D_I^1/2). Truncated ARPACK SVD with a seeded start vector: O(nnz k) per
     iteration, no item x item matrix. Zero degrees give zero weights; the rank is capped at min(U, I) - 1 (ARPACK's
     limit) and missing columns are zeros."""
-    from scipy.sparse.linalg import svds
-
     x = _binary_csr(train).astype(np.float64)
     deg_u, deg_i = np.asarray(x.sum(axis=1)).ravel(), np.asarray(x.sum(axis=0)).ravel()
     inv_u = np.power(deg_u, -0.5, out=np.zeros_like(deg_u), where=deg_u > 0)

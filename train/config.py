@@ -25,6 +25,7 @@ from modeling_graphgpt2.configuration_graphgpt2 import (
     GraphGPT2Config,
     GraphGPT2ConfigError,
 )
+from train.io_utils import atomic_write_text
 from train.metric_names import parse_metric_name
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -214,8 +215,6 @@ class RunConfig:
 
     def save(self, path: str | Path) -> None:
         """Write the resolved config as YAML (atomically)."""
-        from train.io_utils import atomic_write_text
-
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 

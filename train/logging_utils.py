@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 from typing import Any
+
+from train.io_utils import atomic_write_text
 
 
 class RunLogger:
@@ -45,8 +48,6 @@ class RunLogger:
             if rec.get("stage") == stage and rec.get("step", -1) > step:
                 continue
             keep.append(line)
-        from train.io_utils import atomic_write_text
-
         atomic_write_text(self.path, "".join(l + "\n" for l in keep))
 
     def close(self) -> None:
@@ -105,8 +106,6 @@ def plot_training_curves(log_path: str | Path, png_path: str | Path, selection_m
     tmp = png_path.with_name(f".{png_path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    import os
-
     os.replace(tmp, png_path)
     return png_path
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from data_builders.collate import MODEL_INPUT_KEYS
 from data_builders.corpus import Corpus
+from train.cli_args import parse_stage_args, run_stage, stage_parser
 from train.common import (
     apply_lora,
     build_model,
@@ -143,8 +144,6 @@ def pretrain(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.cli_args import parse_stage_args, run_stage, stage_parser
-
     ap = stage_parser("accelerate launch train/pretrain.py", "Pre-train GraphGPT2 on the crowd contextual prompts "
                       "(content, reviews, second-order, interactions) into <output.dir>/pretrained.",
                       "accelerate launch train/pretrain.py --config quick pretrain.rounds=2", resume=True, lora=True)
