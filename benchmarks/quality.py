@@ -36,6 +36,8 @@ from data_builders.atomic import atomic_write, json_default
 from data_builders.corpus import Corpus, has_manifest
 from data_builders.preprocess import DEFAULT_K_CORE, DEFAULT_RATING_THRESHOLD, DEFAULT_SPLIT_SEED, build_split
 from data_builders.readers import read_source
+from train.config import EvalConfig, RunConfig, load_config
+from train.evaluate import evaluate_scorer
 from train.metrics import metric_names
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -164,13 +166,21 @@ def load_split(data: str | Path, **raw_kwargs) -> SplitData:
 # Runs
 
 
+def baseline_metrics(model, data: SplitData, split: str) -> dict:
+    """A fitted baseline's metrics on ``split`` ("validation" or "test"): from a dataset folder, by the model's own
+    evaluation loop (a baseline is a ``train.evaluate.Scorer``); from raw files, on the split's matrices."""
+    if data.folder is None:
+        return evaluate_recommender(model, data.train, data.valid if split == "validation" else data.test)
+    metrics = evaluate_scorer(None, model, Corpus(data.folder), split, RunConfig(eval=EvalConfig(batch_size=1024)))[0]
+    return {k: v for k, v in metrics.items() if k not in ("split", "users")}
+
+
 def run_baseline(name: str, data: SplitData, seed: int = 0, **kwargs) -> dict:
     """Fit one baseline on train (validation for its hyper-parameter), then score validation and test once."""
     t0 = time.perf_counter()
     model = make_baseline(name, seed=seed, **kwargs).fit(data.train, data.valid)
     fit_s = time.perf_counter() - t0
-    valid = evaluate_recommender(model, data.train, data.valid)
-    test = evaluate_recommender(model, data.train, data.test)
+    valid, test = (baseline_metrics(model, data, split) for split in ("validation", "test"))
     return {
         "model": name,
         "kind": "baseline",
@@ -186,8 +196,6 @@ def run_baseline(name: str, data: SplitData, seed: int = 0, **kwargs) -> dict:
 
 def variant_config(variant: str, data: SplitData, seed: int, train_config: str, out_dir: Path, extra: Sequence[str] = ()):
     """The RunConfig of one GraphGPT2 variant on the split's dataset folder."""
-    from train.config import load_config
-
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
     if data.folder is None:

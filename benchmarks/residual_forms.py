@@ -23,39 +23,35 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 
-from data_builders.collate import MODEL_INPUT_KEYS
 from data_builders.corpus import Corpus
 from data_builders.item_graph import ease_closed_form, ease_neighbourhood, top_n_per_row
 from modeling_graphgpt2.modeling_graphgpt2 import GraphItemResidual
 from train.config import load_config
-from train.evaluate import example_batches, length_sorted, rec_rows
+from train.evaluate import model_pass, rec_rows
 from train.metrics import merge_per_user, per_user_metrics, summarize
 from train.modeling_io import load_model
 
 
-@torch.no_grad()
 def split_terms(model, corpus: Corpus, split: str, cfg) -> dict:
-    """Per batch of the split: the transformer's scores (both scales 0), the standardised low-pass term, the prompt's
-    item tokens (for any residual), the relevant and excluded items."""
-    collate = corpus.collator(cfg.data.max_length)
+    """Per batch of the split (the evaluation loop's batches, ``train.evaluate.model_pass``): the transformer's scores
+    (both scales 0), the standardised low-pass term, the prompt's item tokens (for any residual), the relevant and
+    excluded items."""
     first_item = model.config.base_vocab_size + model.config.num_users
     train_ui = corpus.hops.graph.ui
-    rows = range(corpus.num_rows("recommendation", split))
-    out = {"scores": [], "lowpass": [], "item_index": [], "is_item": [], "relevant": [], "exclude": []}
-    bs = cfg.eval.batch_size
-    for part in example_batches(length_sorted(corpus.iter_rec_examples(split, rows, chunk_rows=bs * 64)), bs):
-        batch = collate(rec_rows(corpus, part, cfg.data.max_length))
-        res = model(**{k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS}, task="rec")
+    keys = ("scores", "lowpass", "item_index", "is_item", "relevant", "exclude")
+
+    def consume(res, part):
+        batch = corpus.collator(cfg.data.max_length)(rec_rows(corpus, part, cfg.data.max_length))
         ids, mask = batch["input_ids"], batch["attention_mask"].bool()
         is_item = (ids >= first_item) & mask
-        out["scores"].append(res.scores.float())
-        out["lowpass"].append(res.score_terms["graph_lowpass"].float())
-        out["item_index"].append(torch.where(is_item, ids - first_item, 0))
-        out["is_item"].append(is_item)
-        out["relevant"].append([np.asarray(ex.targets, dtype=np.int64) for ex in part])
-        out["exclude"].append(train_ui[np.asarray([ex.user for ex in part], dtype=np.int64)])
-    return out
+        return (res.scores.float(), res.score_terms["graph_lowpass"].float(), torch.where(is_item, ids - first_item, 0),
+                is_item, [np.asarray(ex.targets, dtype=np.int64) for ex in part],
+                train_ui[np.asarray([ex.user for ex in part], dtype=np.int64)])
+
+    blocks = model_pass(Accelerator(cpu=True), model, corpus, split, cfg, consume)
+    return {key: [block[j] for block in blocks] for j, key in enumerate(keys)}
 
 
 def metrics_of(terms: dict, residual: list, s_ease: float, s_low: float, cfg) -> dict:
