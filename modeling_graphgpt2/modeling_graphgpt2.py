@@ -559,6 +559,16 @@ class GraphLowPassResidual(GraphScoreTerm):
         if bool((sqrt_degree < 0).any()):
             raise ValueError("low-pass sqrt degrees must be >= 0")
 
+    @torch.no_grad()
+    def keep_rank(self, basis: torch.Tensor, rank: int) -> None:
+        """Serve the rank-`rank` filter: the first `rank` columns of `basis` (I, k >= rank; singular vectors
+        descending), e.g. of a basis fitted at a larger rank. Set `graph_lowpass_rank` of the model's config to `rank`
+        too, so the saved model reloads strictly."""
+        if basis.shape[0] != self.basis.shape[0] or not 1 <= rank <= basis.shape[1]:
+            raise ValueError(f"keep_rank needs a basis of {self.basis.shape[0]} rows and a rank in [1, {basis.shape[1]}], "
+                             f"got {tuple(basis.shape)} and {rank}")
+        self.basis = basis[:, :rank].to(self.basis).contiguous()
+
     def raw(self, item_index: torch.Tensor, is_item: torch.Tensor) -> torch.Tensor:
         """(B, I) (x D^-1/2 V)(V^T D^1/2)."""
         inverse = torch.where(self.sqrt_degree > 0, 1.0 / self.sqrt_degree.clamp_min(1e-12), 0.0)

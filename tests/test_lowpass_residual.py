@@ -73,6 +73,25 @@ def test_off_the_state_dict_is_unchanged_and_on_it_saves_and_reloads_strictly(tm
         model.graph_lowpass.set_tables(basis[:, :4], sqrt_degree)
 
 
+def test_keeping_a_lower_rank_serves_that_ranks_filter_and_reloads_strictly(tmp_path):
+    x = random_interactions(users=60, seed=6)
+    basis, sqrt_degree = ideal_lowpass_basis(x, 16)
+    wide = tiny_model(graph_bias="none", graph_lowpass_rank=16)
+    wide.graph_lowpass.set_tables(basis, sqrt_degree)
+    narrow = tiny_model(graph_bias="none", graph_lowpass_rank=6)
+    narrow.graph_lowpass.set_tables(basis[:, :6], sqrt_degree)
+    wide.graph_lowpass.keep_rank(wide.graph_lowpass.basis.clone(), 6)
+    wide.config.graph_lowpass_rank = 6
+    ids, mask, _ = make_batch(pad=True)
+    torch.testing.assert_close(wide(input_ids=ids, attention_mask=mask, task="rec").score_terms["graph_lowpass"],
+                               narrow(input_ids=ids, attention_mask=mask, task="rec").score_terms["graph_lowpass"])
+    wide.save_pretrained(tmp_path / "m")
+    loaded = GraphGPT2ForRecommendation.from_pretrained(tmp_path / "m")  # strict: the config says rank 6
+    np.testing.assert_array_equal(loaded.graph_lowpass.basis.numpy(), basis[:, :6])
+    with pytest.raises(ValueError, match=r"keep_rank needs .* a rank in \[1, 16\]"):
+        wide.graph_lowpass.keep_rank(torch.as_tensor(basis), 17)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return build_tiny_data(tmp_path_factory.mktemp("lowpass") / "tiny")
@@ -112,3 +131,59 @@ def test_a_lowpass_grid_needs_a_lowpass_residual():
         load_config("demo", ["finetune.lowpass_scale_grid=[0, 1]"])
     with pytest.raises(ConfigError, match="graph_lowpass_rank"):
         load_config("demo", ["model.graph_lowpass_rank=-1"]).model  # noqa: B018
+
+
+def test_finetuning_chooses_the_lowpass_rank_with_its_scale_on_validation(tiny, tmp_path):
+    from train.finetune import finetune
+    from train.modeling_io import load_model
+
+    ranks, grid = [3, 10], [0.0, 1.0, 4.0]
+    cfg = load_config("demo", tiny_overrides(tiny, tmp_path, "pretrain.do_pretrain=false", "finetune.epochs=1",
+                                             "model.graph_lowpass_rank=10", f"finetune.lowpass_scale_grid={grid}",
+                                             f"finetune.lowpass_rank_grid={ranks}"))
+    result = finetune(cfg)
+    sweep = result.lowpass_scale_sweep
+    assert sweep["ranks"] == ranks and set(sweep["values_by_rank"]) == {"3", "10"}
+    best_value = max(max(v) for v in sweep["values_by_rank"].values())
+    chosen_rank = next(r for r in ranks if max(sweep["values_by_rank"][str(r)]) == best_value)  # first of equals
+    assert sweep["chosen_rank"] == chosen_rank and sweep["values"] == sweep["values_by_rank"][str(chosen_rank)]
+    assert result.validation["recall@20"] == pytest.approx(best_value, abs=1e-9)
+    best = load_model(result.model_dir)  # strict load: the config's rank is the chosen one
+    assert best.config.graph_lowpass_rank == chosen_rank
+    fitted, _ = ideal_lowpass_basis(Corpus(tiny).interaction_matrix("train"), 10)
+    np.testing.assert_array_equal(best.graph_lowpass.basis.numpy(), fitted[:, :chosen_rank])
+    assert best.graph_lowpass.scale.item() == pytest.approx(sweep["chosen"])
+
+
+def test_a_lowpass_rank_grid_stays_within_the_fitted_rank_and_needs_scales():
+    with pytest.raises(ConfigError, match=r"key 'finetune.lowpass_rank_grid' must be a list of ranks in \[1, "):
+        load_config("demo", ["model.graph_lowpass_rank=8", "finetune.lowpass_scale_grid=[0, 1]",
+                             "finetune.lowpass_rank_grid=[4, 16]"])
+    with pytest.raises(ConfigError, match="key 'finetune.lowpass_rank_grid' needs finetune.lowpass_scale_grid"):
+        load_config("demo", ["model.graph_lowpass_rank=8", "finetune.lowpass_rank_grid=[4]"])
+
+
+def test_reselect_gives_a_fresh_runs_selection_from_the_trained_weights(tiny, tmp_path):
+    from benchmarks.reselect import reselect
+    from train.finetune import finetune
+
+    common = ["pretrain.do_pretrain=false", "finetune.epochs=1", "model.graph_residual=ease",
+              "model.graph_residual_topn=15", "model.graph_residual_learn_scale=false",
+              "finetune.residual_scale_grid=[0, 1]", "model.graph_lowpass_rank=10", "finetune.lowpass_scale_grid=[0, 1, 4]"]
+    run = load_config("demo", tiny_overrides(tiny, tmp_path / "run", *common))
+    run.save(tmp_path / "run" / "run_config.yaml")
+    finetune(run)
+    grid = "finetune.lowpass_rank_grid=[3, 10]"
+    fresh = finetune(load_config("demo", tiny_overrides(tiny, tmp_path / "fresh", *common, grid)))
+    again = reselect(tmp_path / "run", tmp_path / "again", [grid])
+    assert again["test"] == fresh.test and again["validation"] == fresh.validation
+    assert again["lowpass_scale_sweep"] == fresh.lowpass_scale_sweep
+    # the training-free residuals refitted (another lambda, a wider basis), as a fresh run with them fits them
+    refit = ["model.graph_residual_lambda=30", "model.graph_lowpass_rank=14"]
+    fresh = finetune(load_config("demo", tiny_overrides(tiny, tmp_path / "fresh_refit", *common, *refit)))
+    again = reselect(tmp_path / "run", tmp_path / "again_refit", refit)
+    assert again["test"] == fresh.test and again["residual_scale_sweep"] == fresh.residual_scale_sweep
+    probe = reselect(tmp_path / "run", tmp_path / "probe", refit, with_test=False)
+    assert probe["test"] is None and probe["validation"] == fresh.validation
+    with pytest.raises(SystemExit, match="reselect changes only"):
+        reselect(tmp_path / "run", tmp_path / "other", ["finetune.epochs=3"])

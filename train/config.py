@@ -134,6 +134,11 @@ class FinetuneConfig(StageConfig):
     # The same for the low-pass residual (model.graph_lowpass_rank > 0), swept after residual_scale_grid with the
     # graph residual's scale fixed at its chosen value. Empty = keep model.graph_lowpass_scale_init.
     lowpass_scale_grid: list[float] = field(default_factory=list)
+    # ... jointly with the low-pass rank: each rank r of this grid (<= model.graph_lowpass_rank, the rank fitted) keeps
+    # the basis' first r singular vectors (the rank-r filter, no new fit) for one pass of lowpass_scale_grid; the best
+    # (rank, scale) pair on validation is kept, and the published model stores the chosen rank only. Empty = the
+    # fitted rank. ease_ilp's own grid chose rank 256 / 512 / 64 on Beauty / Toys / Musical Instruments validation.
+    lowpass_rank_grid: list[int] = field(default_factory=list)
     # Size rule of both sweeps: a validation split with more users than this is swept on a seeded sample of this many
     # (``train.finetune.sweep_rows``; the chosen model's validation metrics are then a full pass). One sweep scores
     # every user once per grid value (16 ranked catalogs per user with amazon_cpu's grids), which made the sweeps the
@@ -366,6 +371,12 @@ def _validate(cfg: RunConfig) -> None:
              "a non-empty list of finite offsets")
     if f.lowpass_scale_grid and cfg.model.graph_lowpass_rank <= 0:
         raise ConfigError("key 'finetune.lowpass_scale_grid' needs a low-pass residual (model.graph_lowpass_rank > 0)")
+    if f.lowpass_rank_grid:
+        _require(cfg, "finetune.lowpass_rank_grid", lambda g: all(1 <= r <= cfg.model.graph_lowpass_rank for r in g),
+                 f"a list of ranks in [1, model.graph_lowpass_rank = {cfg.model.graph_lowpass_rank}]")
+        if not f.lowpass_scale_grid:
+            raise ConfigError("key 'finetune.lowpass_rank_grid' needs finetune.lowpass_scale_grid (the scales each rank is "
+                              "swept with)")
     if not 0.0 <= f.visible_target_weight <= 1.0:
         raise ConfigError(f"key 'finetune.visible_target_weight' must be in [0, 1], got {f.visible_target_weight}")
     if not 0.0 <= f.mask_fraction < 1.0:

@@ -59,7 +59,7 @@ class Selection:
     (with their "users"), the two scale sweeps and the new-item stage (None where they did not run)."""
 
     validation: dict
-    test: dict
+    test: dict | None  # None when select_and_test ran without test (a probe)
     residual_scale_sweep: dict | None = None
     lowpass_scale_sweep: dict | None = None
     cold_item_map: dict | None = None
@@ -148,23 +148,40 @@ def sweep_rows(corpus: Corpus, cfg: RunConfig) -> np.ndarray | None:
 def choose_residual_scale(accelerator, model, corpus: Corpus, cfg: RunConfig, model_dir: Path,
                           term: str = "graph_residual") -> tuple[dict, dict | None]:
     """Set the scale of the residual ``term`` to the value of its grid (``finetune.residual_scale_grid`` for the
-    graph residual, ``lowpass_scale_grid`` for the low-pass one) with the best validation selection metric (first
-    of equals) on ``sweep_rows`` and save the model again; returns the sweep (scales, that metric per scale, the
-    chosen scale, the users swept) and the chosen scale's validation metrics (None when a sample was swept)."""
-    grid = cfg.finetune.residual_scale_grid if term == "graph_residual" else cfg.finetune.lowpass_scale_grid
-    metric = cfg.finetune.selection_metric
+    graph residual, ``lowpass_scale_grid`` for the low-pass one, swept at each rank of ``lowpass_rank_grid``) with the
+    best validation selection metric (first of equals, ranks before scales in grid order) on ``sweep_rows``, and save
+    the model again; returns the sweep (scales, that metric per scale, the chosen scale, the users swept; with ranks,
+    the metric per rank and the chosen rank) and the chosen validation metrics (None when a sample was swept)."""
+    f, metric, lever = cfg.finetune, cfg.finetune.selection_metric, getattr(model, term)
+    grid = f.residual_scale_grid if term == "graph_residual" else f.lowpass_scale_grid
+    ranks = f.lowpass_rank_grid if term == "graph_lowpass" else []
+    fitted = lever.basis.clone() if ranks else None  # the basis at the fitted rank; each rank keeps its first columns
     rows = sweep_rows(corpus, cfg)
-    swept = evaluate_residual_scales(accelerator, model, corpus, "validation", cfg, grid, term=term, only_rows=rows)
-    values = [m[metric] for m in swept]
-    best = int(np.argmax(values))
+    best, by_rank = None, {}  # best: (metric, rank, scale index, the rank's metrics, its values)
+    for rank in ranks or [None]:
+        if rank is not None:
+            lever.keep_rank(fitted, rank)
+        swept = evaluate_residual_scales(accelerator, model, corpus, "validation", cfg, grid, term=term, only_rows=rows)
+        values = [m[metric] for m in swept]
+        if best is None or max(values) > best[0]:
+            best = (max(values), rank, int(np.argmax(values)), swept, values)
+        if rank is not None:
+            by_rank[str(rank)] = values
+    value, rank, index, swept, values = best
+    if rank is not None:
+        lever.keep_rank(fitted, rank)
+        model.config.graph_lowpass_rank = rank
     with torch.no_grad():
-        getattr(model, term).scale.fill_(grid[best])
+        lever.scale.fill_(grid[index])
     save_model(accelerator, model, model_dir)
-    accelerator.print(f"{term.replace('_', ' ')} scale chosen on validation: {grid[best]} ({metric} {values[best]:.4f}"
+    accelerator.print(f"{term.replace('_', ' ')} scale chosen on validation: {grid[index]}"
+                      + (f" at rank {rank}" if rank is not None else "") + f" ({metric} {value:.4f}"
                       + (f", a sample of {len(rows)} users)" if rows is not None else ")"))
-    sweep = {"metric": metric, "scales": list(grid), "values": values, "chosen": grid[best],
-             "users": swept[best]["num_users"]}
-    return sweep, (swept[best] if rows is None else None)
+    sweep = {"metric": metric, "scales": list(grid), "values": values, "chosen": grid[index],
+             "users": swept[index]["num_users"]}
+    if rank is not None:
+        sweep.update(ranks=list(ranks), values_by_rank=by_rank, chosen_rank=rank)
+    return sweep, (swept[index] if rows is None else None)
 
 
 def prepare_model(cfg: RunConfig, corpus: Corpus, accelerator, init_dir: Path, stage_s: dict):
@@ -233,9 +250,9 @@ def fit_epochs(cfg: RunConfig, corpus: Corpus, accelerator, model, resume: bool)
     return fit, trainer
 
 
-def select_and_test(cfg: RunConfig, corpus: Corpus, accelerator, trainer, stage_s: dict) -> Selection:
+def select_and_test(cfg: RunConfig, corpus: Corpus, accelerator, trainer, stage_s: dict, with_test: bool = True) -> Selection:
     """The selected model (or the starting one when fine-tuning is off: NoFineTune), its residual scales chosen on
-    validation, then test evaluated ONCE."""
+    validation, then test evaluated ONCE (``with_test`` False: not at all, for probes that choose on validation)."""
     f, best_dir = cfg.finetune, Path(cfg.output.dir) / BEST_DIR
     if best_dir.is_dir():
         final = load_model(best_dir, merge_lora=True)
@@ -258,6 +275,8 @@ def select_and_test(cfg: RunConfig, corpus: Corpus, accelerator, trainer, stage_
         if "chosen" in cold_map:
             save_model(accelerator, final, best_dir)
     stage_s["select_s"], t0 = time.time() - t0, time.time()  # final validation (the residual-scale sweep)
+    if not with_test:
+        return Selection(val, None, scale_sweep, lowpass_sweep, cold_map, None)
     test = evaluate_model(accelerator, final, corpus, "test", cfg)
     if cold_map is not None and "chosen" in cold_map and len(corpus.cold_items("test")):
         cold_test = cold_item_metrics(accelerator, final, corpus, "test", cfg)

@@ -188,6 +188,7 @@ def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None, da
     lowpass = result.get("lowpass_scale_sweep")
     if m.graph_lowpass_rank > 0:
         residual_text += ("; plus GF-CF's ideal low-pass term of rank " + str(m.graph_lowpass_rank)
+                          + (f" (chosen on validation from {lowpass['ranks']})" if lowpass and "ranks" in lowpass else "")
                           + " (basis in `model.safetensors`), scale "
                           + (f"{lowpass['chosen']:g}, chosen on validation from {lowpass['scales']}" if lowpass
                              else f"{m.graph_lowpass_scale_init:g}"))
