@@ -80,8 +80,9 @@ def test_amazon_cpu_starts_the_item_ids_from_item_text():
 
 
 def test_amazon_cpu_adds_the_low_pass_residual_with_zero_in_its_grid():
-    """amazon_cpu adds GF-CF's low-pass term; validation may switch it off (0 in the grid); the paper-faithful
-    presets have none."""
+    """amazon_cpu adds GF-CF's low-pass term, its rank chosen on validation among ranks of the fitted basis;
+    validation may switch it off (0 in the grid); the paper-faithful presets have none."""
     cfg = load_config("amazon_cpu")
-    assert cfg.model.graph_lowpass_rank == 128 and 0 in cfg.finetune.lowpass_scale_grid
+    assert cfg.model.graph_lowpass_rank == max(cfg.finetune.lowpass_rank_grid) == 256
+    assert 128 in cfg.finetune.lowpass_rank_grid and 0 in cfg.finetune.lowpass_scale_grid
     assert all(load_config(p).model.graph_lowpass_rank == 0 for p in ("mi_cpu", "beauty_cpu", "paper", "demo"))

@@ -187,3 +187,10 @@ def test_reselect_gives_a_fresh_runs_selection_from_the_trained_weights(tiny, tm
     assert probe["test"] is None and probe["validation"] == fresh.validation
     with pytest.raises(SystemExit, match="reselect changes only"):
         reselect(tmp_path / "run", tmp_path / "other", ["finetune.epochs=3"])
+    # the result file of several folders: each row as written, the mean and sample std over them
+    from benchmarks.collect_runs import run_row, summary
+
+    rows = [run_row(tmp_path / "again"), run_row(tmp_path / "again_refit")]
+    assert rows[1]["test"] == fresh.test and rows[1]["overrides"] == refit
+    r20 = [row["test"]["recall@20"] for row in rows]
+    assert summary(rows)["test recall@20"] == {"mean": np.mean(r20), "std": np.std(r20, ddof=1), "values": r20}
