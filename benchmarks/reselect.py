@@ -43,6 +43,9 @@ def reselect(run_dir: Path, out_dir: Path, overrides: list[str], with_test: bool
     cfg = load_config(run_dir / "run_config.yaml", [*overrides, f"output.dir={out_dir}"])
     refit = [REFIT_KEYS[k] for k in keys if k in REFIT_KEYS]
     m = cfg.model
+    saved = json.loads((run_dir / BEST_DIR / "config.json").read_text())
+    if m.graph_lowpass_rank and saved.get("graph_lowpass_rank") != m.graph_lowpass_rank and "graph_lowpass" not in refit:
+        refit.append("graph_lowpass")  # the run kept a lower rank than it fitted: the fitted basis is fitted again
     if refit and (m.graph_residual_learn_scale or m.graph_residual_scale_init or m.graph_lowpass_scale_init):
         raise SystemExit("reselect refits a residual only when training never saw it (scales start at 0, not learned)")
     if out_dir.exists():

@@ -375,9 +375,9 @@ class GraphScoreTerm(GraphLever):
         before this lever (none by default)."""
         return None
 
-    def standardised(self, item_index: torch.Tensor, is_item: torch.Tensor) -> torch.Tensor:
-        """(B, I) r / std(r), before the scale; a prompt without items gives 0 / tiny = 0."""
-        residual = self.raw(item_index, is_item)
+    def standardised(self, item_index: torch.Tensor, is_item: torch.Tensor, **raw_args) -> torch.Tensor:
+        """(B, I) r / std(r), before the scale; a prompt without items gives 0 / tiny = 0. ``raw_args`` go to `raw`."""
+        residual = self.raw(item_index, is_item, **raw_args)
         spread = residual.std(dim=-1, keepdim=True).clamp_min(torch.finfo(residual.dtype).tiny)
         return residual / spread
 
@@ -531,6 +531,14 @@ class GraphItemResidual(GraphScoreTerm):
         return residual
 
 
+def first_columns(basis: torch.Tensor, rank: int) -> torch.Tensor:
+    """The rank-`rank` low-pass basis: the first `rank` columns of `basis`, contiguous (so a rank sweep scores with
+    the very tensor that `GraphLowPassResidual.keep_rank` keeps)."""
+    if not 1 <= rank <= basis.shape[1]:
+        raise ValueError(f"a low-pass rank must be in [1, {basis.shape[1]}] (the basis' width), got {rank}")
+    return basis[:, :rank].contiguous()
+
+
 class GraphLowPassResidual(GraphScoreTerm):
     """GF-CF's ideal low-pass filter as a residual of the item head: `scale * r / std(r)`,
     r = (x D^-1/2 V)(V^T D^1/2), x = multi-hot of the prompt's item tokens.
@@ -564,17 +572,17 @@ class GraphLowPassResidual(GraphScoreTerm):
         """Serve the rank-`rank` filter: the first `rank` columns of `basis` (I, k >= rank; singular vectors
         descending), e.g. of a basis fitted at a larger rank. Set `graph_lowpass_rank` of the model's config to `rank`
         too, so the saved model reloads strictly."""
-        if basis.shape[0] != self.basis.shape[0] or not 1 <= rank <= basis.shape[1]:
-            raise ValueError(f"keep_rank needs a basis of {self.basis.shape[0]} rows and a rank in [1, {basis.shape[1]}], "
-                             f"got {tuple(basis.shape)} and {rank}")
-        self.basis = basis[:, :rank].to(self.basis).contiguous()
+        if basis.shape[0] != self.basis.shape[0]:
+            raise ValueError(f"keep_rank needs a basis of {self.basis.shape[0]} rows, got {tuple(basis.shape)}")
+        self.basis = first_columns(basis, rank).to(self.basis)
 
-    def raw(self, item_index: torch.Tensor, is_item: torch.Tensor) -> torch.Tensor:
-        """(B, I) (x D^-1/2 V)(V^T D^1/2)."""
+    def raw(self, item_index: torch.Tensor, is_item: torch.Tensor, basis: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, I) (x D^-1/2 V)(V^T D^1/2); `basis` (I, r) instead of V: another rank's filter (a rank sweep)."""
+        basis = self.basis if basis is None else basis
         inverse = torch.where(self.sqrt_degree > 0, 1.0 / self.sqrt_degree.clamp_min(1e-12), 0.0)
-        weights = inverse[item_index] * is_item.to(self.basis.dtype)  # x D^-1/2 on the prompt's items
-        projected = torch.einsum("bl,blk->bk", weights, self.basis[item_index])  # (B, k)
-        return (projected @ self.basis.T) * self.sqrt_degree  # (B, I)
+        weights = inverse[item_index] * is_item.to(basis.dtype)  # x D^-1/2 on the prompt's items
+        projected = torch.einsum("bl,blk->bk", weights, basis[item_index])  # (B, k)
+        return (projected @ basis.T) * self.sqrt_degree  # (B, I)
 
 
 class GraphColdItemMap(GraphScoreTerm):

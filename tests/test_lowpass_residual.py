@@ -88,7 +88,7 @@ def test_keeping_a_lower_rank_serves_that_ranks_filter_and_reloads_strictly(tmp_
     wide.save_pretrained(tmp_path / "m")
     loaded = GraphGPT2ForRecommendation.from_pretrained(tmp_path / "m")  # strict: the config says rank 6
     np.testing.assert_array_equal(loaded.graph_lowpass.basis.numpy(), basis[:, :6])
-    with pytest.raises(ValueError, match=r"keep_rank needs .* a rank in \[1, 16\]"):
+    with pytest.raises(ValueError, match=r"a low-pass rank must be in \[1, 16\]"):
         wide.graph_lowpass.keep_rank(torch.as_tensor(basis), 17)
 
 
@@ -178,6 +178,13 @@ def test_reselect_gives_a_fresh_runs_selection_from_the_trained_weights(tiny, tm
     again = reselect(tmp_path / "run", tmp_path / "again", [grid])
     assert again["test"] == fresh.test and again["validation"] == fresh.validation
     assert again["lowpass_scale_sweep"] == fresh.lowpass_scale_sweep
+    # from a run that kept a lower rank than it fitted: the fitted basis is fitted again, so the wider ranks return
+    narrow = load_config("demo", tiny_overrides(tiny, tmp_path / "narrow", *common, "finetune.lowpass_rank_grid=[3]"))
+    narrow.save(tmp_path / "narrow" / "run_config.yaml")
+    assert finetune(narrow).lowpass_scale_sweep["chosen_rank"] == 3
+    widened = reselect(tmp_path / "narrow", tmp_path / "widened", [grid])
+    assert widened["lowpass_scale_sweep"] == fresh.lowpass_scale_sweep and widened["test"] == fresh.test
+    assert fresh.lowpass_scale_sweep["values_by_rank"]["3"] != fresh.lowpass_scale_sweep["values_by_rank"]["10"]
     # the training-free residuals refitted (another lambda, a wider basis), as a fresh run with them fits them
     refit = ["model.graph_residual_lambda=30", "model.graph_lowpass_rank=14"]
     fresh = finetune(load_config("demo", tiny_overrides(tiny, tmp_path / "fresh_refit", *common, *refit)))
@@ -194,3 +201,22 @@ def test_reselect_gives_a_fresh_runs_selection_from_the_trained_weights(tiny, tm
     assert rows[1]["test"] == fresh.test and rows[1]["overrides"] == refit
     r20 = [row["test"]["recall@20"] for row in rows]
     assert summary(rows)["test recall@20"] == {"mean": np.mean(r20), "std": np.std(r20, ddof=1), "values": r20}
+
+
+def test_the_one_pass_rank_sweep_scores_as_the_model_with_each_rank_kept(tiny, tmp_path):
+    from modeling_graphgpt2.modeling_graphgpt2 import first_columns
+    from train.common import make_accelerator
+    from train.evaluate import evaluate_residual_scales
+
+    cfg = load_config("demo", tiny_overrides(tiny, tmp_path, "model.graph_lowpass_rank=10"))
+    corpus, accelerator = Corpus(tiny), make_accelerator(cfg, tmp_path)
+    model = build_model(cfg, corpus)
+    fitted, scales = model.graph_lowpass.basis.clone(), [0.0, 1.0, 3.0]
+    swept = evaluate_residual_scales(accelerator, model, corpus, "validation", cfg, scales, term="graph_lowpass",
+                                     lowpass_bases=[first_columns(fitted, r) for r in (4, 10)])
+    assert len(swept) == 6
+    for i, rank in enumerate((4, 10)):
+        model.graph_lowpass.keep_rank(fitted, rank)
+        kept = evaluate_residual_scales(accelerator, model, corpus, "validation", cfg, scales, term="graph_lowpass")
+        assert kept == swept[3 * i:3 * i + 3]  # the same metrics to the last bit
+    assert swept[1] != swept[4]  # and the two ranks do differ

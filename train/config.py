@@ -134,10 +134,10 @@ class FinetuneConfig(StageConfig):
     # The same for the low-pass residual (model.graph_lowpass_rank > 0), swept after residual_scale_grid with the
     # graph residual's scale fixed at its chosen value. Empty = keep model.graph_lowpass_scale_init.
     lowpass_scale_grid: list[float] = field(default_factory=list)
-    # ... jointly with the low-pass rank: each rank r of this grid (<= model.graph_lowpass_rank, the rank fitted) keeps
-    # the basis' first r singular vectors (the rank-r filter, no new fit) for one pass of lowpass_scale_grid; the best
-    # (rank, scale) pair on validation is kept, and the published model stores the chosen rank only. Empty = the
-    # fitted rank. ease_ilp's own grid chose rank 256 / 512 / 64 on Beauty / Toys / Musical Instruments validation.
+    # ... jointly with the low-pass rank: each rank r of this grid (<= model.graph_lowpass_rank, the rank fitted) is
+    # the basis' first r singular vectors (the rank-r filter, no new fit); the same pass scores every (rank, scale)
+    # pair, the best on validation is kept, and the published model stores the chosen rank only. Empty = the fitted
+    # rank. ease_ilp's own grid chose rank 256 / 512 / 64 on Beauty / Toys / Musical Instruments validation.
     lowpass_rank_grid: list[int] = field(default_factory=list)
     # Size rule of both sweeps: a validation split with more users than this is swept on a seeded sample of this many
     # (``train.finetune.sweep_rows``; the chosen model's validation metrics are then a full pass). One sweep scores

@@ -115,26 +115,45 @@ class Scorer(Protocol):
 
 class ModelScorer:
     """A GraphGPT2 model as a ``Scorer``: each batch's personalized predictive prompts collated and run once in
-    eval mode; with ``residual_scales``, one variant per scale of the residual ``term`` (``score_variants``)."""
+    eval mode; with ``residual_scales``, one variant per scale of the residual ``term`` (``score_variants``); with
+    ``lowpass_bases`` too (the low-pass term only), one per (basis, scale) pair, bases outer: a rank sweep
+    (``finetune.lowpass_rank_grid``) from the same forward pass."""
 
     def __init__(self, accelerator, model, corpus: Corpus, cfg: RunConfig, residual_scales: Sequence[float] | None = None,
-                 term: str = "graph_residual"):
+                 term: str = "graph_residual", lowpass_bases: Sequence[torch.Tensor] | None = None):
         self.net, self.device = accelerator.unwrap_model(model), accelerator.device
         self.corpus, self.max_length = corpus, cfg.data.max_length
         self.collate = corpus.collator(cfg.data.max_length)
         self.scales, self.term = (None if residual_scales is None else list(residual_scales)), term
-        self.num_variants = 1 if residual_scales is None else len(self.scales)
+        self.bases = list(lowpass_bases) if lowpass_bases else None
+        if self.bases and (term != "graph_lowpass" or self.scales is None):
+            raise ValueError("lowpass_bases sweep the low-pass term: pass term='graph_lowpass' and residual_scales")
+        self.num_variants = 1 if residual_scales is None else len(self.scales) * len(self.bases or [None])
+
+    def batch(self, examples: list) -> dict:
+        return send_to_device(self.collate(rec_rows(self.corpus, examples, self.max_length)), self.device)
 
     @torch.no_grad()
-    def outputs(self, examples: list):
-        """The rec output (scores, score terms, user states) of the examples' prompts."""
-        batch = send_to_device(self.collate(rec_rows(self.corpus, examples, self.max_length)), self.device)
+    def outputs(self, examples: list, batch: dict | None = None):
+        """The rec output (scores, score terms, user states) of the examples' prompts (``batch``: collated already)."""
+        batch = self.batch(examples) if batch is None else batch
         return self.net(**{k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS}, task="rec")
 
     @torch.no_grad()
     def score_users(self, examples: list) -> Iterator[np.ndarray]:
-        for scores in score_variants(self.net, self.outputs(examples), self.scales, self.term):
-            yield scores.cpu().numpy()
+        batch = self.batch(examples)
+        out = self.outputs(examples, batch)
+        if self.bases is None:
+            for scores in score_variants(self.net, out, self.scales, self.term):
+                yield scores.cpu().numpy()
+            return
+        lowpass = self.net.graph_lowpass
+        others = out.scores.float() - float(lowpass.scale) * out.score_terms["graph_lowpass"].float()
+        item_index, is_item = self.net.prompt_items(batch["input_ids"], batch.get("attention_mask"))
+        for basis in self.bases:  # the term as the model computes it with that basis kept (keep_rank)
+            term = lowpass.standardised(item_index, is_item, basis=basis).to(out.scores.dtype).float()
+            for s in self.scales:
+                yield (others + s * term).cpu().numpy()
 
 
 class PopularityScorer:
@@ -246,13 +265,15 @@ def evaluate_model(accelerator, model, corpus: Corpus, split: str, cfg: RunConfi
 
 
 def evaluate_residual_scales(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig, scales: Sequence[float],
-                             term: str = "graph_residual", only_rows: np.ndarray | None = None) -> list[dict]:
+                             term: str = "graph_residual", only_rows: np.ndarray | None = None,
+                             lowpass_bases: Sequence[torch.Tensor] | None = None) -> list[dict]:
     """The metrics of ``evaluate_model`` with the scale of the residual ``term`` ("graph_residual", or the
     low-pass "graph_lowpass") set to each of ``scales`` in turn, from one pass over the split (``only_rows``: over
-    those rows of it; how ``finetune.residual_scale_grid`` and ``lowpass_scale_grid`` are searched on validation)."""
+    those rows of it; how ``finetune.residual_scale_grid`` and ``lowpass_scale_grid`` are searched on validation).
+    With ``lowpass_bases``, the low-pass term's scales at each of those bases in turn (bases outer)."""
     if getattr(accelerator.unwrap_model(model), term, None) is None:
         raise ValueError(f"evaluate_residual_scales needs a model with a {term} (model.graph_residual / graph_lowpass_rank)")
-    scorer = ModelScorer(accelerator, model, corpus, cfg, scales, term)
+    scorer = ModelScorer(accelerator, model, corpus, cfg, scales, term, lowpass_bases)
     with eval_mode(scorer.net):
         return evaluate_scorer(accelerator, scorer, corpus, split, cfg, only_rows)
 

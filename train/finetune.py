@@ -28,6 +28,7 @@ import torch
 
 from data_builders.collate import MODEL_INPUT_KEYS
 from data_builders.corpus import Corpus, RecExample
+from modeling_graphgpt2.modeling_graphgpt2 import first_columns
 from train.cli_args import parse_stage_args, run_stage, stage_parser
 from train.common import (
     apply_lora,
@@ -157,14 +158,14 @@ def choose_residual_scale(accelerator, model, corpus: Corpus, cfg: RunConfig, mo
     ranks = f.lowpass_rank_grid if term == "graph_lowpass" else []
     fitted = lever.basis.clone() if ranks else None  # the basis at the fitted rank; each rank keeps its first columns
     rows = sweep_rows(corpus, cfg)
+    swept = evaluate_residual_scales(accelerator, model, corpus, "validation", cfg, grid, term=term, only_rows=rows,
+                                     lowpass_bases=[first_columns(fitted, r) for r in ranks] or None)
     best, by_rank = None, {}  # best: (metric, rank, scale index, the rank's metrics, its values)
-    for rank in ranks or [None]:
-        if rank is not None:
-            lever.keep_rank(fitted, rank)
-        swept = evaluate_residual_scales(accelerator, model, corpus, "validation", cfg, grid, term=term, only_rows=rows)
-        values = [m[metric] for m in swept]
+    for i, rank in enumerate(ranks or [None]):  # one pass scored every (rank, scale) pair, ranks outer
+        part = swept[i * len(grid):(i + 1) * len(grid)]
+        values = [m[metric] for m in part]
         if best is None or max(values) > best[0]:
-            best = (max(values), rank, int(np.argmax(values)), swept, values)
+            best = (max(values), rank, int(np.argmax(values)), part, values)
         if rank is not None:
             by_rank[str(rank)] = values
     value, rank, index, swept, values = best
