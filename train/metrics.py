@@ -159,8 +159,17 @@ def recall_at_k(topk_items: np.ndarray, relevant: ItemSets, k: int, denominator:
     topk_items = np.asarray(topk_items, dtype=np.int64)
     _check_width(topk_items, k)
     rel = to_item_lists(relevant, topk_items.shape[0], name="relevant")
-    n_rel = np.array([len(a) for a in rel], dtype=np.float64)
-    n_hit = hits_matrix(topk_items[:, :k], rel).sum(axis=1).astype(np.float64)
+    return _recall_from_hits(hits_matrix(topk_items[:, :k], rel), _num_relevant(rel), k, denominator)
+
+
+def _num_relevant(rel: list[np.ndarray]) -> np.ndarray:
+    return np.array([len(a) for a in rel], dtype=np.int64)
+
+
+def _recall_from_hits(hits: np.ndarray, n_rel: np.ndarray, k: int, denominator: str) -> np.ndarray:
+    """Recall@k from the (U, >= k) hits of the ranked lists and the users' numbers of relevant items."""
+    n_rel = n_rel.astype(np.float64)
+    n_hit = hits[:, :k].sum(axis=1).astype(np.float64)
     denom = np.minimum(k, n_rel) if denominator == "min" else n_rel
     with np.errstate(invalid="ignore", divide="ignore"):
         out = n_hit / denom
@@ -179,8 +188,12 @@ def ndcg_at_k(topk_items: np.ndarray, relevant: ItemSets, k: int) -> np.ndarray:
     topk_items = np.asarray(topk_items, dtype=np.int64)
     _check_width(topk_items, k)
     rel = to_item_lists(relevant, topk_items.shape[0], name="relevant")
-    n_rel = np.array([len(a) for a in rel], dtype=np.int64)
-    hits = hits_matrix(topk_items[:, :k], rel)
+    return _ndcg_from_hits(hits_matrix(topk_items[:, :k], rel), _num_relevant(rel), k)
+
+
+def _ndcg_from_hits(hits: np.ndarray, n_rel: np.ndarray, k: int) -> np.ndarray:
+    """NDCG@k from the (U, >= k) hits of the ranked lists and the users' numbers of relevant items."""
+    hits = hits[:, :k]
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     dcg = (hits * discounts).sum(axis=1)
     ideal_cum = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))])
@@ -224,13 +237,14 @@ def per_user_metrics(
     num_users, num_items = scores.shape
     rel = to_item_lists(relevant, num_users, num_items, name="relevant")
     top = topk_from_scores(scores, max(list(ks) + list(ndcg_ks)), exclude)
+    hits, n_rel = hits_matrix(top, rel), _num_relevant(rel)  # once for every cut-off: the lists are prefixes
     out: dict[str, np.ndarray] = {}
     for k in ks:
-        out[f"recall@{k}"] = recall_at_k(top, rel, k, "min")
-        out[f"recall@{k}_paper"] = recall_at_k(top, rel, k, "relevant")
+        out[f"recall@{k}"] = _recall_from_hits(hits, n_rel, k, "min")
+        out[f"recall@{k}_paper"] = _recall_from_hits(hits, n_rel, k, "relevant")
     for k in ndcg_ks:
-        out[f"ndcg@{k}"] = ndcg_at_k(top, rel, k)
-    out["num_relevant"] = np.array([len(a) for a in rel], dtype=np.int64)
+        out[f"ndcg@{k}"] = _ndcg_from_hits(hits, n_rel, k)
+    out["num_relevant"] = n_rel
     return out
 
 
