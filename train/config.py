@@ -142,8 +142,9 @@ class FinetuneConfig(StageConfig):
     # Size rule of both sweeps: a validation split with more users than this is swept on a seeded sample of this many
     # (``train.finetune.sweep_rows``; the chosen model's validation metrics are then a full pass). One sweep scores
     # every user once per grid value (17 ranked catalogs per user with amazon_cpu's grids: 7 scales, then 5 x 2
-    # ranks), which made the sweeps the largest stage at 200k users / 100k items (benchmarks/RESULTS.md "Scale"). 50,000 leaves Beauty (22k users),
-    # Toys (19k) and Musical Instruments (1.4k) swept on every user. 0 = always every user.
+    # ranks), which made the sweeps the largest stage at 200k users / 100k items (benchmarks/RESULTS.md "Scale").
+    # 50,000 leaves Beauty (22k users), Toys (19k) and Musical Instruments (1.4k) swept on every user. 0 = always
+    # every user.
     sweep_max_users: int = 50_000
     # Content into the collab item IDs before fine-tuning (issue 10; docs/model.md): "none"; "text_svd" = both item
     # tables start from the item text's TF-IDF SVD (so the mutual regulariser keeps collab rows near their text; meant

@@ -168,7 +168,7 @@ def choose_residual_scale(accelerator, model, corpus: Corpus, cfg: RunConfig, mo
             best = (max(values), rank, int(np.argmax(values)), part, values)
         if rank is not None:
             by_rank[str(rank)] = values
-    value, rank, index, swept, values = best
+    value, rank, index, chosen, values = best
     if rank is not None:
         lever.keep_rank(fitted, rank)
         model.config.graph_lowpass_rank = rank
@@ -179,10 +179,10 @@ def choose_residual_scale(accelerator, model, corpus: Corpus, cfg: RunConfig, mo
                       + (f" at rank {rank}" if rank is not None else "") + f" ({metric} {value:.4f}"
                       + (f", a sample of {len(rows)} users)" if rows is not None else ")"))
     sweep = {"metric": metric, "scales": list(grid), "values": values, "chosen": grid[index],
-             "users": swept[index]["num_users"]}
+             "users": chosen[index]["num_users"]}
     if rank is not None:
         sweep.update(ranks=list(ranks), values_by_rank=by_rank, chosen_rank=rank)
-    return sweep, (swept[index] if rows is None else None)
+    return sweep, (chosen[index] if rows is None else None)
 
 
 def prepare_model(cfg: RunConfig, corpus: Corpus, accelerator, init_dir: Path, stage_s: dict):
