@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 
 from data_builders.collate import MODEL_INPUT_KEYS, GraphCollator
 from data_builders.corpus import Corpus
@@ -37,9 +38,10 @@ from data_builders.powerlaw import make_powerlaw
 from data_builders.preprocess import build_split
 from data_builders.readers import read_source
 from modeling_graphgpt2 import GraphGPT2Config, GraphGPT2ForRecommendation
+from modeling_graphgpt2.modeling_graphgpt2 import first_columns
 from train.common import build_model, init_collab_items, make_optimizer, model_config_kwargs, set_threads, steps_per_epoch
 from train.config import load_config
-from train.evaluate import rec_rows, score_batch
+from train.evaluate import ModelScorer, rec_rows, score_batch
 from train.finetune import masked_prompts, sweep_rows, train_target_lengths
 from train.io_utils import atomic_write_json
 from train.metrics import per_user_metrics
@@ -307,6 +309,9 @@ def preset_stages(folder: Path, preset: str, threads: int, train_steps: int, eva
     ebs = cfg.eval.batch_size
     train_ui = corpus.hops.graph.ui
     per_batch = {"plain": [], "sweep": []}
+    ranks = f.lowpass_rank_grid
+    lowpass_scorer = ModelScorer(Accelerator(cpu=True), model, corpus, cfg, grids[1], "graph_lowpass",
+                                 [first_columns(model.graph_lowpass.basis, r) for r in ranks] or None)
     # evaluation reads 64 batches at a time sorted by prompt length (train.evaluate.length_sorted): time batches
     # spread evenly over such a sorted chunk, so their padding is what evaluation's is
     chunk = sorted(next(corpus.iter_rec_examples("test", range(min(corpus.num_rows("recommendation", "test"), 64 * ebs)),
@@ -321,9 +326,11 @@ def preset_stages(folder: Path, preset: str, threads: int, train_steps: int, eva
             per_user_metrics(scores.numpy(), relevant, exclude, cfg.eval.recall_ks, cfg.eval.ndcg_ks)
         per_batch["plain"].append(time.perf_counter() - t)
         t = time.perf_counter()
-        for grid, term in zip(grids, ("graph_residual", "graph_lowpass")):
-            for scores in score_batch(model, batch, grid, term):
-                per_user_metrics(scores.numpy(), relevant, exclude, cfg.eval.recall_ks, cfg.eval.ndcg_ks)
+        for scores in score_batch(model, batch, grids[0], "graph_residual"):
+            per_user_metrics(scores.numpy(), relevant, exclude, cfg.eval.recall_ks, cfg.eval.ndcg_ks)
+        # the low-pass sweep at every rank of finetune.lowpass_rank_grid from one forward, as choose_residual_scale does
+        for scores in lowpass_scorer.score_users(part):
+            per_user_metrics(scores, relevant, exclude, cfg.eval.recall_ks, cfg.eval.ndcg_ks)
         per_batch["sweep"].append(time.perf_counter() - t)
     plain, sweep = float(np.median(per_batch["plain"])), float(np.median(per_batch["sweep"]))
     val_batches = -(-corpus.num_rows("recommendation", "validation") // ebs)
