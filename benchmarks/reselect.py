@@ -6,8 +6,8 @@ run with the new grids reaches before that step. Only the ``finetune`` selection
 then the same, so the result equals a fresh run's (the runs are seeded and repeat to the last digit), at the cost of
 the selection alone. Used to measure ``finetune.lowpass_rank_grid`` on the main preset's runs (benchmarks/RESULTS.md).
 
-The two training-free residuals may be refitted too (``model.graph_residual_lambda``, ``model.graph_lowpass_rank``):
-on the train pairs, as a fresh run fits them. That is the same as a fresh run only when training never saw them
+The two training-free residuals may be refitted too (``model.graph_residual_lambda``, ``model.graph_residual_topn``,
+``model.graph_lowpass_rank``): on the train pairs, as a fresh run fits them, into a new lever of the new widths. That is the same as a fresh run only when training never saw them
 (both scales start at 0 and are not learned, as in ``amazon_cpu``), which is checked.
 
     python -m benchmarks.reselect outputs/r256/toys_s0 outputs/reselect/toys_s0 "finetune.lowpass_rank_grid=[128,256]"
@@ -30,7 +30,8 @@ from train.io_utils import BEST_DIR, atomic_write_json
 from train.modeling_io import load_model, save_model
 
 SELECTION_KEYS = ("finetune.residual_scale_grid", "finetune.lowpass_scale_grid", "finetune.lowpass_rank_grid")
-REFIT_KEYS = {"model.graph_residual_lambda": "graph_residual", "model.graph_lowpass_rank": "graph_lowpass"}
+REFIT_KEYS = {"model.graph_residual_lambda": "graph_residual", "model.graph_residual_topn": "graph_residual",
+              "model.graph_lowpass_rank": "graph_lowpass"}
 
 
 def reselect(run_dir: Path, out_dir: Path, overrides: list[str], with_test: bool = True) -> dict:
@@ -41,7 +42,7 @@ def reselect(run_dir: Path, out_dir: Path, overrides: list[str], with_test: bool
     if bad:
         raise SystemExit(f"reselect changes only {', '.join(SELECTION_KEYS + tuple(REFIT_KEYS))}; got {bad}")
     cfg = load_config(run_dir / "run_config.yaml", [*overrides, f"output.dir={out_dir}"])
-    refit = [REFIT_KEYS[k] for k in keys if k in REFIT_KEYS]
+    refit = list(dict.fromkeys(REFIT_KEYS[k] for k in keys if k in REFIT_KEYS))
     m = cfg.model
     saved = json.loads((run_dir / BEST_DIR / "config.json").read_text())
     if m.graph_lowpass_rank and saved.get("graph_lowpass_rank") != m.graph_lowpass_rank and "graph_lowpass" not in refit:
@@ -54,12 +55,13 @@ def reselect(run_dir: Path, out_dir: Path, overrides: list[str], with_test: bool
     accelerator = make_accelerator(cfg, out_dir)
     model = load_model(out_dir / BEST_DIR)
     corpus = Corpus(cfg.data.folder, cfg.data.leave_user_out_hops)
-    for term in refit:  # on the TRAIN pairs, as build_model fits them
-        model.config.graph_residual_lambda, model.config.graph_lowpass_rank = m.graph_residual_lambda, m.graph_lowpass_rank
-        tables = LEVER_TABLES[term](corpus.interaction_matrix("train"), model.config)
-        if term == "graph_lowpass":  # a new rank: the basis buffer takes the new width
-            model.graph_lowpass.keep_rank(torch.as_tensor(tables[0]), tables[0].shape[1])
-        getattr(model, term).set_tables(*tables)
+    for key in REFIT_KEYS:
+        name = key.split(".", 1)[1]
+        setattr(model.config, name, getattr(m, name))
+    for term in refit:  # on the TRAIN pairs, as build_model fits them; a new lever takes the new table widths
+        lever = type(getattr(model, term))(model.config)
+        lever.set_tables(*LEVER_TABLES[term](corpus.interaction_matrix("train"), model.config))
+        setattr(model, term, lever)
     with torch.no_grad():  # the scales a fresh run's selected epoch has before the sweeps
         for term, init in (("graph_residual", cfg.model.graph_residual_scale_init),
                            ("graph_lowpass", cfg.model.graph_lowpass_scale_init)):

@@ -185,8 +185,8 @@ def test_reselect_gives_a_fresh_runs_selection_from_the_trained_weights(tiny, tm
     widened = reselect(tmp_path / "narrow", tmp_path / "widened", [grid])
     assert widened["lowpass_scale_sweep"] == fresh.lowpass_scale_sweep and widened["test"] == fresh.test
     assert fresh.lowpass_scale_sweep["values_by_rank"]["3"] != fresh.lowpass_scale_sweep["values_by_rank"]["10"]
-    # the training-free residuals refitted (another lambda, a wider basis), as a fresh run with them fits them
-    refit = ["model.graph_residual_lambda=30", "model.graph_lowpass_rank=14"]
+    # the training-free residuals refitted (another lambda and width, a wider basis), as a fresh run fits them
+    refit = ["model.graph_residual_lambda=30", "model.graph_residual_topn=9", "model.graph_lowpass_rank=14"]
     fresh = finetune(load_config("demo", tiny_overrides(tiny, tmp_path / "fresh_refit", *common, *refit)))
     again = reselect(tmp_path / "run", tmp_path / "again_refit", refit)
     assert again["test"] == fresh.test and again["residual_scale_sweep"] == fresh.residual_scale_sweep

@@ -44,6 +44,23 @@ def test_topk_ties_break_by_lower_index():
     assert topk_from_scores(scores, 4).tolist() == [[0, 1, 2, 3]]
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_topk_equals_a_full_sort_with_ties_at_the_cut(dtype):
+    """The partition keeps exactly the full sort's first k: score descending, then lower item index, also when
+    many items tie at the k-th score (coarse scores), and with masked items (-inf) filling a short row."""
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 4, size=(40, 60)).astype(dtype)  # four values: every cut falls inside a tie
+    scores[:10] = rng.standard_normal((10, 60))  # and rows without ties
+    exclude = [rng.choice(60, size=rng.integers(0, 58), replace=False) for _ in range(40)]
+    for k in (1, 5, 20, 59):
+        masked = scores.astype(np.float64)
+        for u, items in enumerate(exclude):
+            masked[u, items] = -np.inf
+        order = np.lexsort((np.broadcast_to(np.arange(60), masked.shape), -masked), axis=1)[:, :k]
+        expected = np.where(np.take_along_axis(masked, order, axis=1) == -np.inf, -1, order)
+        assert topk_from_scores(scores, k, exclude=exclude).tolist() == expected.tolist()
+
+
 def test_recall_hand_computed():
     top = np.array([[0, 1, 2, 3], [4, 5, 6, 7]])
     rel = [np.array([1, 3, 9, 10, 11]), np.array([7])]

@@ -1,7 +1,7 @@
 """Full-catalog ranking metrics (numpy only).
 
 Protocol (DESIGN.md §5, reference-code-notes §7): every user scores the whole catalogue, the user's train items
-are masked to -inf, the top-k is taken with ``argpartition`` and then sorted. Two recall definitions are
+are masked to -inf, the top-k is taken with a partition and then sorted. Two recall definitions are
 reported side by side because the paper and the authors' code disagree:
 
 - ``recall@k``        = |top-k ∩ rel| / min(k, |rel|)   (authors' code; the headline number)
@@ -99,7 +99,8 @@ def _exclude_coords(exclude: ItemSets, num_users: int, num_items: int) -> tuple[
 def topk_from_scores(scores: np.ndarray, k: int, exclude: ItemSets | None = None) -> np.ndarray:
     """Top-k item indices per user, best first, with ``exclude`` items masked to -inf.
 
-    ``argpartition`` picks the k best in O(I), then only those k are sorted (ties broken by lower item index).
+    A partition finds each row's k-th best score in O(I); the items above it, and the lowest-indexed items tied
+    with it, are the k kept, and only those are sorted (ties broken by lower item index, at the cut too).
     Slots that cannot be filled (k larger than the catalogue, or fewer than k items left after masking) hold
     -1, which is never a hit. ``scores`` is not modified. Returns an int64 array of shape (U, k).
     """
@@ -120,7 +121,13 @@ def topk_from_scores(scores: np.ndarray, k: int, exclude: ItemSets | None = None
         else:
             work[coords[0], coords[1]] = -np.inf
     if k < num_items:
-        part = np.argpartition(-work, k - 1, axis=1)[:, :k]
+        kth = np.partition(work, num_items - k, axis=1)[:, num_items - k, None]  # each row's k-th best score
+        keep = work >= kth
+        n_keep = np.count_nonzero(keep, axis=1)
+        for u in np.flatnonzero(n_keep > k):  # ties at the k-th score: the lower item indices take the last slots
+            tied = np.flatnonzero(work[u] == kth[u, 0])
+            keep[u, tied[k - (n_keep[u] - len(tied)):]] = False
+        part = np.nonzero(keep)[1].reshape(num_users, k)
     else:
         part = np.broadcast_to(np.arange(num_items), (num_users, num_items)).copy()
     part_scores = np.take_along_axis(work, part, axis=1)
