@@ -17,6 +17,7 @@ matrices (measured on the graph, both variants); (b) one fine-tuning training st
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -248,6 +249,20 @@ def run_preset_size(users: int, items: int, edges: int, work: Path, seed: int, e
     return res
 
 
+@contextlib.contextmanager
+def fixed_terms_computed(model):
+    """Inside the block the model computes its score terms while training even where their scale is fixed at 0 (what
+    every step did before such terms were skipped): the same-process baseline of ``finetune_step_s``."""
+    terms = [term for _, term in model.score_terms()]
+    for term in terms:
+        term.fixed_at_zero = lambda: False
+    try:
+        yield
+    finally:
+        for term in terms:
+            del term.fixed_at_zero
+
+
 def preset_stages(folder: Path, preset: str, threads: int, train_steps: int, eval_batches: int, result_path: Path) -> dict:
     """Every stage of ``preset`` on a built folder, in this process, where a whole run does not fit the session:
     the graph levers' fits and the item-text init in full, then ``train_steps`` fine-tuning steps and
@@ -287,19 +302,30 @@ def preset_stages(folder: Path, preset: str, threads: int, train_steps: int, eva
     collate = corpus.collator(cfg.data.max_length)
     optimizer = make_optimizer(model, f)
     model.train()
-    times = []
-    for step in range(min(train_steps + 2, len(rows) // bs)):
+
+    def train_step(batch) -> float:
         t = time.perf_counter()
-        batch = collate(rows[step * bs:(step + 1) * bs])
         out = model(**{k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS}, target_items=batch["target_items"],
                     task="rec", reg_weight=cfg.model.mutual_reg_weight)
         out.loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - t)
+        return time.perf_counter() - t
+
+    times, with_terms = [], []  # each batch twice: as shipped, then with the fixed-at-0 score terms computed anyway
+    for step in range(min(train_steps + 2, len(rows) // bs)):
+        t = time.perf_counter()
+        batch = collate(rows[step * bs:(step + 1) * bs])
+        collate_s = time.perf_counter() - t
+        times.append(collate_s + train_step(batch))
+        with fixed_terms_computed(model):
+            with_terms.append(collate_s + train_step(batch))
     step_s = float(np.median(times[2:] or times))  # the first steps allocate
     epoch_steps = steps_per_epoch(num_train, bs, 1)
-    res["finetune_step_s"] = {"median": step_s, "timed_steps": len(times[2:] or times), "steps_per_epoch": epoch_steps}
+    res["finetune_step_s"] = {"median": step_s, "timed_steps": len(times[2:] or times), "steps_per_epoch": epoch_steps,
+                              "median_with_fixed_terms_computed": float(np.median(with_terms[2:] or with_terms)),
+                              "median_ratio_computed_to_skipped": float(np.median(
+                                  np.array(with_terms[2:] or with_terms) / np.array(times[2:] or times)))}
     res["extrapolated_s"]["finetune_epoch"] = step_s * epoch_steps
     res["peak_rss_gib_after_steps"] = _rss_gib()
     atomic_write_json(result_path, res)

@@ -135,6 +135,33 @@ def test_a_fixed_scale_is_not_trained(tmp_path):
     assert not loaded.graph_residual.scale.requires_grad and loaded.graph_residual.scale.item() == 3.0
 
 
+def test_a_term_fixed_at_zero_is_skipped_in_training_with_the_same_loss(monkeypatch):
+    """amazon_cpu fine-tunes with both residual scales fixed at 0: the terms are not computed then, and the loss and
+    its gradients are those of the model that computes them (to the last bit); eval mode still returns them."""
+    model = residual_model(0.0, graph_residual_learn_scale=False).train()
+    ids, mask, hop = make_batch(pad=True)
+    targets = torch.zeros(ids.shape[0], ITEMS)
+    targets[:, :5] = 1
+
+    def loss_and_grads():
+        torch.manual_seed(0)  # the same dropout draws
+        out = model(ids, attention_mask=mask, hop_distances=hop, target_items=targets)
+        grads = torch.autograd.grad(out.loss, [p for p in model.parameters() if p.requires_grad], allow_unused=True)
+        return out, out.loss, grads
+
+    skipped, loss, grads = loss_and_grads()
+    assert "graph_residual" not in skipped.score_terms
+    monkeypatch.setattr(type(model.graph_residual), "fixed_at_zero", lambda self: False)
+    computed, loss_computed, grads_computed = loss_and_grads()
+    assert "graph_residual" in computed.score_terms and torch.equal(loss, loss_computed)
+    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(grads, grads_computed))
+    monkeypatch.undo()
+    assert "graph_residual" in model.eval()(ids, attention_mask=mask, hop_distances=hop).score_terms  # the sweeps' input
+    with torch.no_grad():
+        model.graph_residual.scale.fill_(0.5)
+    assert "graph_residual" in model.train()(ids, attention_mask=mask, hop_distances=hop).score_terms
+
+
 def test_save_load_round_trip_keeps_scores_with_strict_loading(tmp_path):
     model = residual_model(0.3, graph_bias="learned")
     ids, mask, hop = make_batch(pad=True)
