@@ -237,3 +237,31 @@ def test_powerlaw_atomic_files_read_back_as_the_generated_shop(tmp_path):
     assert sorted(map(key, read.interactions)) == sorted(map(key, made.interactions))
     assert read.items == made.items and not read.report.skipped
     assert sorted(p.name for p in tmp_path.iterdir()) == ["powerlaw.inter", "powerlaw.item"]  # no temp file left
+
+
+def test_the_preset_stages_time_each_step_as_shipped_and_with_the_fixed_terms_computed(tmp_path):
+    import json
+
+    import torch
+
+    from benchmarks.bench_scale import fixed_terms_computed, preset_stages
+    from train.testing import build_tiny_data
+    from test_graph_residual import ITEMS, make_batch, residual_model
+
+    folder = build_tiny_data(tmp_path / "tiny")
+    res = preset_stages(folder, "amazon_cpu", 1, 3, 1, tmp_path / "stages.json",
+                        ("finetune.batch_size=4", "eval.batch_size=8", "model.graph_lowpass_rank=8",
+                         "finetune.lowpass_rank_grid=[4, 8]", "model.cold_item_map_rank=8"))
+    step = res["finetune_step_s"]
+    assert step["timed_steps"] == 3 and step["median"] > 0 and step["median_with_fixed_terms_computed"] > 0
+    assert 0 < step["median_optimizer_step"] < step["median"] and step["parameters_with_a_gradient"] > 0
+    assert json.loads((tmp_path / "stages.json").read_text())["finetune_step_s"] == step
+    # the baseline's switch: the fixed-at-0 term is computed inside the block only
+    model = residual_model(0.0, graph_residual_learn_scale=False).train()
+    ids, mask, hop = make_batch(pad=True)
+    targets = torch.zeros(ids.shape[0], ITEMS)
+    targets[:, 0] = 1
+    terms = lambda: model(ids, attention_mask=mask, hop_distances=hop, target_items=targets).score_terms  # noqa: E731
+    with fixed_terms_computed(model):
+        assert "graph_residual" in terms()
+    assert "graph_residual" not in terms()
