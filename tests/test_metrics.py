@@ -45,18 +45,24 @@ def test_topk_ties_break_by_lower_index():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_topk_equals_a_full_sort_with_ties_at_the_cut(dtype):
-    """The partition keeps exactly the full sort's first k: score descending, then lower item index, also when
-    many items tie at the k-th score (coarse scores), and with masked items (-inf) filling a short row."""
+@pytest.mark.parametrize("num_items,levels", [(60, 4), (3000, 300), (3000, 4)])
+def test_topk_equals_a_full_sort_with_ties_at_the_cut(dtype, num_items, levels):
+    """The top-k keeps exactly the full sort's first k: score descending, then lower item index, also when many
+    items tie at the k-th score (coarse scores), with masked items (-inf), and with rows masked down to fewer
+    than k items. 3000 items take the chunk-maxima candidates; 60 items, and 4 levels (ties everywhere), the
+    whole rows."""
     rng = np.random.default_rng(3)
-    scores = rng.integers(0, 4, size=(40, 60)).astype(dtype)  # four values: every cut falls inside a tie
-    scores[:10] = rng.standard_normal((10, 60))  # and rows without ties
-    exclude = [rng.choice(60, size=rng.integers(0, 58), replace=False) for _ in range(40)]
+    users = 40
+    scores = rng.integers(0, levels, size=(users, num_items)).astype(dtype)  # every cut falls inside a tie
+    scores[:10] = rng.standard_normal((10, num_items))  # and rows without ties
+    exclude = [rng.choice(num_items, size=rng.integers(0, num_items // 20), replace=False) for _ in range(users)]
+    exclude[-1] = np.arange(num_items - 3)  # three items left
+    exclude[-2] = np.argsort(-scores[-2], kind="stable")[:30]  # the best items masked
     for k in (1, 5, 20, 59):
         masked = scores.astype(np.float64)
         for u, items in enumerate(exclude):
             masked[u, items] = -np.inf
-        order = np.lexsort((np.broadcast_to(np.arange(60), masked.shape), -masked), axis=1)[:, :k]
+        order = np.lexsort((np.broadcast_to(np.arange(num_items), masked.shape), -masked), axis=1)[:, :k]
         expected = np.where(np.take_along_axis(masked, order, axis=1) == -np.inf, -1, order)
         assert topk_from_scores(scores, k, exclude=exclude).tolist() == expected.tolist()
 
