@@ -208,26 +208,47 @@ def residual_matrix(train: sp.spmatrix, kind: str, topn: int, lam: float = 500.0
     return top_n_per_row(mat, topn)
 
 
-def ideal_lowpass_basis(train: sp.spmatrix, rank: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """GF-CF's ideal low-pass filter (Shen et al., CIKM 2021) fitted on ``train`` (pass the TRAIN split only):
-    V_k, the top-``rank`` right singular vectors of R = D_U^-1/2 X D_I^-1/2 as (num_items, min(rank, I)) float32
-    columns, singular values descending, and the items' sqrt train degrees (num_items,) float32. The filter of a
-    user row x is (x D_I^-1/2 V_k)(V_k^T D_I^1/2). Truncated ARPACK SVD with a seeded start vector: O(nnz k) per
-    iteration, no item x item matrix. Zero degrees give zero weights; the rank is capped at min(U, I) - 1 (ARPACK's
-    limit) and missing columns are zeros."""
+def _normalised_svd(train: sp.spmatrix, rank: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The top singular values (k,) and right singular vectors (num_items, k), values descending, of
+    R = D_U^-1/2 X D_I^-1/2 on ``train``, k = min(rank, I, min(U, I) - 1) (ARPACK's limit), and the items' train
+    degrees. Truncated ARPACK SVD with a seeded start vector: O(nnz k) per iteration, no item x item matrix."""
     x = _binary_csr(train).astype(np.float64)
     deg_u, deg_i = np.asarray(x.sum(axis=1)).ravel(), np.asarray(x.sum(axis=0)).ravel()
     inv_u = np.power(deg_u, -0.5, out=np.zeros_like(deg_u), where=deg_u > 0)
     inv_i = np.power(deg_i, -0.5, out=np.zeros_like(deg_i), where=deg_i > 0)
-    width = min(int(rank), x.shape[1])
-    basis = np.zeros((x.shape[1], width), dtype=np.float32)
-    k = min(width, min(x.shape) - 1)
-    if k >= 1:
-        rn = sp.csr_matrix(sp.diags(inv_u) @ x @ sp.diags(inv_i))
-        v0 = np.random.default_rng(seed).uniform(-1.0, 1.0, min(rn.shape))
-        _, values, vt = svds(rn, k=k, v0=v0, solver="arpack")
-        basis[:, :k] = vt[np.argsort(-values, kind="stable")].T
+    k = min(int(rank), x.shape[1], min(x.shape) - 1)
+    if k < 1:
+        return np.zeros(0), np.zeros((x.shape[1], 0)), deg_i
+    rn = sp.csr_matrix(sp.diags(inv_u) @ x @ sp.diags(inv_i))
+    v0 = np.random.default_rng(seed).uniform(-1.0, 1.0, min(rn.shape))
+    _, values, vt = svds(rn, k=k, v0=v0, solver="arpack")
+    order = np.argsort(-values, kind="stable")
+    return values[order], vt[order].T, deg_i
+
+
+def ideal_lowpass_basis(train: sp.spmatrix, rank: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """GF-CF's ideal low-pass filter (Shen et al., CIKM 2021) fitted on ``train`` (pass the TRAIN split only):
+    V_k, the top-``rank`` right singular vectors of R = D_U^-1/2 X D_I^-1/2 as (num_items, min(rank, I)) float32
+    columns, singular values descending, and the items' sqrt train degrees (num_items,) float32. The filter of a
+    user row x is (x D_I^-1/2 V_k)(V_k^T D_I^1/2). Zero degrees give zero weights; missing columns (past ARPACK's
+    rank limit, ``_normalised_svd``) are zeros."""
+    _, vectors, deg_i = _normalised_svd(train, rank, seed)
+    basis = np.zeros((vectors.shape[0], min(int(rank), vectors.shape[0])), dtype=np.float32)
+    basis[:, :vectors.shape[1]] = vectors
     return basis, np.sqrt(deg_i).astype(np.float32)
+
+
+def graph_svd_vectors(train: sp.spmatrix, dim: int, seed: int = 0) -> np.ndarray:
+    """(num_items, dim) float32: each item's coordinates V_k S_k on the top-``dim`` singular directions of the
+    normalised TRAIN matrix R (``_normalised_svd``), each column's sign fixed so its largest entry is positive
+    (the graph's counterpart of ``item_text.text_svd_vectors``); columns past the rank are 0."""
+    values, vectors, _ = _normalised_svd(train, dim, seed)
+    vectors = vectors * values
+    out = np.zeros((vectors.shape[0], dim), dtype=np.float32)
+    if vectors.shape[1]:
+        signs = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(vectors.shape[1])])
+        out[:, :vectors.shape[1]] = vectors * np.where(signs == 0, 1.0, signs)
+    return out
 
 
 def normalized_adjacency(train: sp.spmatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

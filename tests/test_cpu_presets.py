@@ -74,7 +74,7 @@ def test_only_the_main_preset_leaves_the_user_identity_out():
 
 def test_amazon_cpu_starts_the_item_ids_from_item_text():
     """amazon_cpu puts the item text into the collab item IDs; the paper-faithful presets keep random rows."""
-    assert load_config("amazon_cpu").finetune.init_collab_items == "text_svd"
+    assert load_config("amazon_cpu").finetune.init_collab_items == "text_or_graph_svd"
     for name in ("mi_cpu", "beauty_cpu", "paper", "released"):
         assert load_config(name).finetune.init_collab_items == "none"
 

@@ -124,7 +124,7 @@ def test_the_card_has_every_field_the_hub_reads(run):
     text = card.text
     for needle in ("@article{wang2024llmenhanced", "@inproceedings{zhu2024cllm4rec", "or a local copy of this folder",
                    "| `finetune.epochs` | `1` | `2` |", "| `num_threads` | `1` | `0` |", "edge bias off",
-                   "item-text init of the item IDs off", "## Licence", "trust_remote_code=True"):
+                   "item-ID init off", "## Licence", "trust_remote_code=True"):
         assert needle in text, needle
     assert "output.dir" not in text.split("## Training")[0]  # local paths are not settings
 

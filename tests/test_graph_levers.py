@@ -279,6 +279,30 @@ def test_text_init_on_a_folder_without_item_text_warns_and_keeps_random_rows(tin
     assert init_collab_items(model, Corpus(tiny), "text_svd") == f"text_svd: {model.config.num_items} items"
 
 
+def test_text_or_graph_init_takes_the_text_where_there_is_text_else_the_graph(tiny):
+    from data_builders.item_graph import graph_svd_vectors
+
+    corpus, cfg = Corpus(tiny), load_config("demo", tiny_overrides(tiny, "unused"))
+    text_model, either = build_model(cfg, corpus), build_model(cfg, corpus)
+    init_collab_items(text_model, corpus, "text_svd")
+    assert init_collab_items(either, corpus, "text_or_graph_svd") == f"text_svd: {corpus.num_items} items"
+    assert torch.equal(either.collab_embeddings.item.weight, text_model.collab_embeddings.item.weight)
+    # a folder without item text: the train graph's rows, as graph_svd gives them
+    train = corpus.interaction_matrix("train")
+    no_text = SimpleNamespace(configs=["interactions", "recommendation"], folder="toys_like",
+                              interaction_matrix=lambda split: train)
+    graph_model = build_model(cfg, corpus)
+    init_collab_items(graph_model, corpus, "graph_svd")
+    with pytest.warns(UserWarning, match="toys_like has no item text; they start from the graph"):
+        assert init_collab_items(either, no_text, "text_or_graph_svd") == f"graph_svd: {corpus.num_items} items"
+    assert torch.equal(either.collab_embeddings.item.weight, graph_model.collab_embeddings.item.weight)
+    assert torch.equal(either.content_embeddings.item.weight, graph_model.content_embeddings.item.weight)
+    assert not torch.equal(either.collab_embeddings.item.weight, text_model.collab_embeddings.item.weight)
+    vectors = graph_svd_vectors(train, cfg.model.n_embd)
+    torch.testing.assert_close(either.collab_embeddings.item.weight,
+                               torch.from_numpy(vectors * (either.config.initializer_range / vectors.std())))
+
+
 def test_finetuning_with_every_lever_saves_a_model_that_scores_as_it_was_validated(tiny, tmp_path):
     from train.finetune import finetune
     from train.modeling_io import load_model

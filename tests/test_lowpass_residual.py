@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from data_builders.corpus import Corpus
-from data_builders.item_graph import ideal_lowpass_basis
+from data_builders.item_graph import graph_svd_vectors, ideal_lowpass_basis
 from modeling_graphgpt2 import GraphGPT2ForRecommendation
-from train.common import build_model
+from train.common import build_model, init_collab_items
 from train.config import ConfigError, load_config
 from train.testing import build_tiny_data, tiny_overrides
 
@@ -37,6 +37,34 @@ def test_the_basis_gives_gf_cfs_ideal_low_pass_filter():
     assert np.array_equal(ideal_lowpass_basis(x, 8)[0], basis)  # seeded: the same basis every time
     wide, _ = ideal_lowpass_basis(x, 500)  # capped at the items, beyond ARPACK's min(U, I) - 1 zero columns
     assert wide.shape == (30, 30) and not wide[:, 29:].any()
+
+
+def test_graph_svd_vectors_are_the_items_coordinates_on_the_normalised_graphs_top_directions():
+    x = random_interactions(users=60, items=30, per_user=5, seed=3)
+    xd = x.toarray().astype(np.float64)
+    inv = lambda d: np.where(d > 0, 1 / np.sqrt(np.where(d > 0, d, 1)), 0.0)  # noqa: E731
+    _, s, vt = np.linalg.svd(inv(xd.sum(1))[:, None] * xd * inv(xd.sum(0))[None, :], full_matrices=False)
+    vectors = graph_svd_vectors(x, 6)
+    assert vectors.shape == (30, 6) and vectors.dtype == np.float32
+    expected = vt[:6].T * s[:6]
+    expected *= np.sign(expected[np.abs(expected).argmax(0), np.arange(6)])  # the largest entry of a column > 0
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
+    assert not graph_svd_vectors(x, 40)[:, 29:].any()  # past ARPACK's min(U, I) - 1: zero columns
+
+
+def test_graph_svd_starts_both_item_tables_from_the_train_graph(tiny, tmp_path):
+    cfg = load_config("demo", tiny_overrides(tiny, tmp_path))
+    corpus = Corpus(tiny)
+    model = build_model(cfg, corpus)
+    with torch.no_grad():
+        done = init_collab_items(model, corpus, "graph_svd", seed=0)
+    vectors = graph_svd_vectors(corpus.interaction_matrix("train"), model.config.n_embd)  # train pairs only
+    assert done == f"graph_svd: {corpus.num_items} items"
+    for name in ("content", "collab"):
+        rows = model.id_embeddings(name).item.weight.detach().numpy()
+        np.testing.assert_allclose(rows, vectors * (model.config.initializer_range / vectors.std()), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ConfigError, match="finetune.init_collab_items"):
+        load_config("demo", ["finetune.init_collab_items=graph"])
 
 
 def test_the_model_adds_the_standardised_filter_with_its_scale():

@@ -16,7 +16,8 @@ from peft import LoraConfig, get_peft_model
 from torch.utils.data import DataLoader
 
 from data_builders.corpus import Corpus, shard_rows
-from data_builders.item_graph import edge_buckets, ideal_lowpass_basis, normalized_adjacency, residual_matrix
+from data_builders.item_graph import (edge_buckets, graph_svd_vectors, ideal_lowpass_basis, normalized_adjacency,
+                                     residual_matrix)
 from data_builders.item_text import item_token_counts, text_svd_vectors
 from modeling_graphgpt2 import GraphGPT2Config, GraphGPT2ForRecommendation
 from train.config import ModelConfig, RunConfig, StageConfig, model_config_fields
@@ -136,9 +137,14 @@ def init_collab_items(model: torch.nn.Module, corpus: Corpus, how: str, seed: in
       the model's init std; the mutual regulariser then keeps each collab row near its text vector. Items without
       text keep their random rows. A dataset folder without item text (no "content" config, e.g. Toys 2014, which
       ships no metadata) keeps every row random, with a warning: a preset with this option still runs there.
+    - "graph_svd": both item tables start from the items' coordinates on the top singular directions of the
+      normalised TRAIN interaction matrix (``data_builders.item_graph.graph_svd_vectors``, the directions of the
+      low-pass residual), scaled to the model's init std: the collaborative counterpart of "text_svd".
+    - "text_or_graph_svd": "text_svd" where the folder has item text, else "graph_svd" (the main preset: Beauty's
+      validation preferred the text to the graph and to half of each, Toys ships no text; RESULTS.md).
     - "content_set": the collab item table starts as a copy of the content item table (after content pre-training).
     - "none": nothing changes.
-    Returns what was done ("none", "content_set", "text_svd: N items", "text_svd: no item text"), for the run's
+    Returns what was done (e.g. "text_svd: N items", "text_svd: no item text", "graph_svd: N items"), for the run's
     result file."""
     if how == "none":
         return how
@@ -146,21 +152,38 @@ def init_collab_items(model: torch.nn.Module, corpus: Corpus, how: str, seed: in
     if how == "content_set":
         collab.copy_(content)
         return how
-    if "content" not in corpus.configs:
-        warnings.warn(f"finetune.init_collab_items=text_svd: {corpus.folder} has no item text (no 'content' prompts); "
-                      "the item IDs start random", stacklevel=2)
-        return "text_svd: no item text"
-    vectors = text_svd_vectors(item_token_counts(corpus), collab.shape[1], seed)
-    has_text = np.abs(vectors).sum(axis=1) > 0
-    if not has_text.any():
-        warnings.warn(f"finetune.init_collab_items=text_svd: no item of {corpus.folder} has text; the item IDs start "
-                      "random", stacklevel=2)
-        return "text_svd: no item text"
-    vectors *= model.config.initializer_range / max(float(vectors[has_text].std()), 1e-12)
-    rows = torch.from_numpy(np.flatnonzero(has_text))
-    for table in (content, collab):
-        table[rows] = torch.from_numpy(vectors[has_text]).to(table.dtype)
-    return f"text_svd: {int(has_text.sum())} items"
+    if how in ("text_svd", "text_or_graph_svd"):
+        text, has_text = item_text_vectors(corpus, collab.shape[1], seed, how)
+        if text is not None:
+            set_item_rows(model, text, np.flatnonzero(has_text))
+            return f"text_svd: {int(has_text.sum())} items"
+        if how == "text_svd":
+            return "text_svd: no item text"
+    graph = graph_svd_vectors(corpus.interaction_matrix("train"), collab.shape[1], seed)
+    set_item_rows(model, graph, np.arange(len(graph)))
+    return f"graph_svd: {len(graph)} items"
+
+
+def item_text_vectors(corpus: Corpus, width: int, seed: int, how: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The items' text SVD vectors (num_items, width) and which items have text; (None, None), with a warning, where
+    the folder has no item text."""
+    if "content" in corpus.configs:
+        vectors = text_svd_vectors(item_token_counts(corpus), width, seed)
+        has_text = np.abs(vectors).sum(axis=1) > 0
+        if has_text.any():
+            return vectors, has_text
+    fallback = "the item IDs start random" if how == "text_svd" else "they start from the graph (graph_svd)"
+    warnings.warn(f"finetune.init_collab_items={how}: {corpus.folder} has no item text; {fallback}", stacklevel=3)
+    return None, None
+
+
+def set_item_rows(model: torch.nn.Module, vectors: np.ndarray, rows: np.ndarray) -> None:
+    """Write ``vectors[rows]``, scaled to the model's init std over those rows, into both item tables."""
+    kept = vectors[rows]
+    kept = kept * (model.config.initializer_range / max(float(kept.std()), 1e-12))
+    for name in ("content", "collab"):
+        table = model.id_embeddings(name).item.weight
+        table[torch.from_numpy(rows)] = torch.from_numpy(kept).to(table.dtype)
 
 
 def data_fingerprint(corpus: Corpus) -> dict:

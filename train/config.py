@@ -30,7 +30,7 @@ from train.metric_names import parse_metric_name
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 PRESETS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))  # every YAML shipped in train/configs/
-INIT_COLLAB_ITEMS = ("none", "text_svd", "content_set")  # finetune.init_collab_items
+INIT_COLLAB_ITEMS = ("none", "text_svd", "graph_svd", "text_or_graph_svd", "content_set")  # finetune.init_collab_items
 
 
 class ConfigError(ValueError):
@@ -148,8 +148,10 @@ class FinetuneConfig(StageConfig):
     sweep_max_users: int = 50_000
     # Content into the collab item IDs before fine-tuning (issue 10; docs/model.md): "none"; "text_svd" = both item
     # tables start from the item text's TF-IDF SVD (so the mutual regulariser keeps collab rows near their text; meant
-    # for runs without pre-training, as it overwrites the content rows too); "content_set" = the collab item table
-    # starts as a copy of the (pre-trained) content item table.
+    # for runs without pre-training, as it overwrites the content rows too); "graph_svd" = both item tables start from
+    # the items' coordinates on the top singular directions of the normalised TRAIN interaction matrix (the low-pass
+    # residual's directions; no text needed); "text_or_graph_svd" = "text_svd" where the folder has item text, else
+    # "graph_svd"; "content_set" = the collab item table starts as a copy of the (pre-trained) content item table.
     init_collab_items: str = "none"
     # New products (model.cold_item_map_rank > 0; docs/model.md "New items"): after selection, the ridge alpha of the
     # text -> collab row map and the scale of the cold items' text term are the pair of these grids with the best

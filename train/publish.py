@@ -139,7 +139,7 @@ def levers_text(cfg) -> str:
         f"low-pass residual {'rank %d' % m.graph_lowpass_rank if m.graph_lowpass_rank else 'off'}",
         f"ID propagation {'%d layers' % m.id_propagation_layers if m.id_propagation_layers else 'off'}",
         f"edge bias {'on' if m.graph_edge_bias else 'off'}",
-        f"item-text init of the item IDs {'`' + cfg.finetune.init_collab_items + '`' if cfg.finetune.init_collab_items != 'none' else 'off'}",
+        f"item-ID init {'`' + cfg.finetune.init_collab_items + '`' if cfg.finetune.init_collab_items != 'none' else 'off'}",
     ])
 
 
