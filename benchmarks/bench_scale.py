@@ -64,7 +64,7 @@ def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def _median_seconds(fn, repeat: int) -> float:
+def median_seconds(fn, repeat: int) -> float:
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
@@ -128,12 +128,12 @@ def run_size(users: int, items: int, edges: int, work: Path, seed: int, exponent
         collate = Corpus(out, leave_user_out=luo).collator(L)
         Lb = L
         tag = "luo" if luo else "full"
-        timings[f"bias_remasked_stored_{tag}"] = _median_seconds(lambda: collate._hops(remasked, Lb), repeat)
-        timings[f"bias_remasked_graph_{tag}"] = _median_seconds(lambda: collate._hops(bare, Lb), repeat)
+        timings[f"bias_remasked_stored_{tag}"] = median_seconds(lambda: collate._hops(remasked, Lb), repeat)
+        timings[f"bias_remasked_graph_{tag}"] = median_seconds(lambda: collate._hops(bare, Lb), repeat)
         if so_rows:
-            timings[f"bias_second_order_stored_{tag}"] = _median_seconds(lambda: collate._hops(so_rows, Lb), repeat)
-            timings[f"bias_second_order_graph_{tag}"] = _median_seconds(lambda: collate._hops(so_bare, Lb), max(1, repeat // 3))
-        timings[f"collate_all_remasked_stored_{tag}"] = _median_seconds(lambda: collate(remasked), repeat)
+            timings[f"bias_second_order_stored_{tag}"] = median_seconds(lambda: collate._hops(so_rows, Lb), repeat)
+            timings[f"bias_second_order_graph_{tag}"] = median_seconds(lambda: collate._hops(so_bare, Lb), max(1, repeat // 3))
+        timings[f"collate_all_remasked_stored_{tag}"] = median_seconds(lambda: collate(remasked), repeat)
     collate = corpus.collator(L)
     batch = collate(remasked)
     m = cfg.model
@@ -149,7 +149,7 @@ def run_size(users: int, items: int, edges: int, work: Path, seed: int, exponent
         opt.zero_grad(set_to_none=True)
 
     step()  # warm-up (allocations)
-    timings["train_step"] = _median_seconds(step, repeat)
+    timings["train_step"] = median_seconds(step, repeat)
     timings["batch"] = {"rows": B, "max_length": L, "longest_row": int(batch["input_ids"].shape[1])}
     res["timings_seconds"] = timings
     res["bias_over_step"] = {k: timings[k] / timings["train_step"] for k in timings if k.startswith("bias_")}
@@ -187,9 +187,9 @@ def dense_vs_stored(source: Path, repeat: int = 20) -> dict:
             return dense.leave_user_out(h, pos) if luo else h
 
         tag = "luo" if luo else "full"
-        res[f"ms_dense_table_{tag}"] = 1e3 * _median_seconds(old, repeat)
-        res[f"ms_stored_{tag}"] = 1e3 * _median_seconds(lambda: collate._hops(stored, L), repeat)
-        res[f"ms_graph_{tag}"] = 1e3 * _median_seconds(lambda: collate._hops(rows, L), repeat)
+        res[f"ms_dense_table_{tag}"] = 1e3 * median_seconds(old, repeat)
+        res[f"ms_stored_{tag}"] = 1e3 * median_seconds(lambda: collate._hops(stored, L), repeat)
+        res[f"ms_graph_{tag}"] = 1e3 * median_seconds(lambda: collate._hops(rows, L), repeat)
     return res
 
 

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import numpy as np
 
+from benchmarks.bench_scale import median_seconds
 from train.io_utils import atomic_write_json
 from train.metrics import topk_from_scores
 
@@ -31,15 +30,6 @@ def argpartition_topk(scores: np.ndarray, k: int, exclude_rows: np.ndarray, excl
     part_scores = np.take_along_axis(work, part, axis=1)
     order = np.lexsort((part, -part_scores), axis=1)
     return np.take_along_axis(part, order, axis=1)
-
-
-def time_one(fn, rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         new = topk_from_scores(scores, args.k, exclude=exclude)
         if not np.array_equal(new, argpartition_topk(scores, args.k, ex_rows, ex_cols)):
             raise SystemExit(f"{num_items} items: the two top-k differ on continuous scores")
-        partition_s = time_one(lambda: topk_from_scores(scores, args.k, exclude=exclude), args.rounds)
-        argpartition_s = time_one(lambda: argpartition_topk(scores, args.k, ex_rows, ex_cols), args.rounds)
+        partition_s = median_seconds(lambda: topk_from_scores(scores, args.k, exclude=exclude), args.rounds)
+        argpartition_s = median_seconds(lambda: argpartition_topk(scores, args.k, ex_rows, ex_cols), args.rounds)
         rows.append({"items": num_items, "batch": args.batch, "k": args.k, "partition_ms": 1e3 * partition_s,
                      "argpartition_ms": 1e3 * argpartition_s, "speedup": argpartition_s / partition_s})
         print(json.dumps(rows[-1]))
