@@ -7,8 +7,9 @@ then the same, so the result equals a fresh run's (the runs are seeded and repea
 the selection alone. Used to measure ``finetune.lowpass_rank_grid`` on the main preset's runs (benchmarks/RESULTS.md).
 
 The two training-free residuals may be refitted too (``model.graph_residual_lambda``, ``model.graph_residual_topn``,
-``model.graph_lowpass_rank``): on the train pairs, as a fresh run fits them, into a new lever of the new widths. That is the same as a fresh run only when training never saw them
-(both scales start at 0 and are not learned, as in ``amazon_cpu``), which is checked.
+``model.graph_lowpass_rank``): on the train pairs, as a fresh run fits them, into a new lever of the new widths. That
+is the same as a fresh run only when training never saw them (both scales start at 0 and are not learned, as in
+``amazon_cpu``), which is checked.
 
     python -m benchmarks.reselect outputs/r256/toys_s0 outputs/reselect/toys_s0 "finetune.lowpass_rank_grid=[128,256]"
 """
