@@ -86,3 +86,15 @@ def test_amazon_cpu_adds_the_low_pass_residual_with_zero_in_its_grid():
     assert cfg.model.graph_lowpass_rank == max(cfg.finetune.lowpass_rank_grid) == 256
     assert 128 in cfg.finetune.lowpass_rank_grid and 0 in cfg.finetune.lowpass_scale_grid
     assert all(load_config(p).model.graph_lowpass_rank == 0 for p in ("mi_cpu", "beauty_cpu", "paper", "demo"))
+
+
+def test_the_main_presets_step_budget_follows_the_sets_size():
+    """amazon_cpu trains 3 epochs on a set of Beauty's or Toys' size (22,363 / 19,412 users at batch 64), all 8 on
+    Musical Instruments' (526), and one at 60k users; the paper-faithful presets have no budget."""
+    from train.common import steps_per_epoch
+    from train.finetune import planned_epochs
+
+    f = load_config("amazon_cpu").finetune
+    assert [planned_epochs(f, steps_per_epoch(users, f.batch_size, 1)) for users in (22363, 19412, 526, 60000)] == [3, 3, 8, 1]
+    for name in ("mi_cpu", "beauty_cpu", "paper", "released", "demo"):
+        assert load_config(name).finetune.step_budget == 0, name

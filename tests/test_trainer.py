@@ -166,3 +166,28 @@ def test_the_stage_time_estimate_counts_every_epoch(capsys):
                 epoch_steps=lengths)
     lines = [line for line in capsys.readouterr().out.splitlines() if "s/step" in line]
     assert len(lines) == 1 and lines[0].startswith("pre-training: 30 steps in 3 epoch(s), about ")
+
+
+@pytest.mark.parametrize("budget, epoch_steps, expected", [(0, 350, 8), (800, 350, 3), (800, 304, 3), (800, 22, 8),
+                                                            (900, 900, 1), (1, 5000, 1)])
+def test_step_budget_caps_the_epochs_in_whole_epochs(budget, epoch_steps, expected):
+    from train.config import FinetuneConfig
+    from train.finetune import planned_epochs
+
+    assert planned_epochs(FinetuneConfig(epochs=8, step_budget=budget), epoch_steps) == expected
+
+
+def test_step_budget_shortens_training_and_its_decay(tiny_data, tmp_path):
+    """Under a step budget the run trains the planned epochs only, and the learning rate decays to 0 at their end."""
+    from train import finetune as finetune_mod
+    from train.config import load_config
+
+    epoch_steps = -(-finetune_mod.Corpus(tiny_data).num_rows("recommendation", "train") // 4)
+    budget = epoch_steps + 1  # one step into the second epoch: two whole epochs
+    cfg = load_config("demo", tiny_overrides(tiny_data, tmp_path, "pretrain.do_pretrain=false", "finetune.epochs=5",
+                                             "finetune.batch_size=4", "finetune.patience=0", f"finetune.step_budget={budget}"))
+    result = finetune_mod.finetune(cfg)
+    assert result.epochs == 2 and len(result.history) == 2 and result.steps == 2 * epoch_steps
+    assert json.loads((tmp_path / "finetune_result.json").read_text())["epochs"] == 2
+    lrs = [json.loads(line).get("lr_id") for line in (tmp_path / "logs" / "train_log.jsonl").read_text().splitlines()]
+    assert [lr for lr in lrs if lr is not None][-1] < 0.1 * cfg.finetune.lr_id

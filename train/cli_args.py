@@ -21,7 +21,8 @@ COMMON_OVERRIDES = (
     ("seed=N", "training seed (the split has its own, data.split_seed)"),
     ("num_threads=N", "torch threads per process (0 = auto: the usable cores not busy with other work)"),
     ("pretrain.do_pretrain=false", "skip pre-training"),
-    ("finetune.epochs=N", "fine-tuning epochs (validation patience may stop earlier: finetune.patience)"),
+    ("finetune.epochs=N", "fine-tuning epochs (fewer under finetune.step_budget; validation patience may stop earlier: "
+                           "finetune.patience)"),
     ("model.n_layer=N model.n_embd=N", "model size"),
     ("model.graph_bias=paper|none", "the attention's graph bias (docs/model.md lists every mode)"),
 )

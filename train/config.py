@@ -120,6 +120,10 @@ class FinetuneConfig(StageConfig):
 
     do_finetune: bool = True  # False = NoFineTune ablation (pre-trained model evaluated as is)
     epochs: int = 2
+    # At most this many optimizer steps, in whole epochs: ceil(step_budget / steps per epoch) epochs when that is fewer
+    # than ``epochs``, and the linear decay ends with the last of them. A large set then trains fewer, annealed epochs
+    # while a small one keeps ``epochs``. 0 = always ``epochs``.
+    step_budget: int = 0
     mask_fraction: float = 0.2  # share of each train history removed from the prompt every epoch (>= 1 item)
     # weight of the items still visible in the prompt in the multinomial target (the removed ones weigh 1); 1 = the
     # paper's target (every train item alike). Below 1 the loss leans on the items attention cannot copy.
@@ -353,6 +357,7 @@ def _validate(cfg: RunConfig) -> None:
                           "(finetune.do_finetune=false is the NoFineTune ablation)")
     if not (p.do_pretrain or f.do_finetune):
         raise ConfigError("keys 'pretrain.do_pretrain' and 'finetune.do_finetune' are both false: nothing would be trained")
+    _require(cfg, "finetune.step_budget", non_negative, ">= 0 (0 = always finetune.epochs)")
     _require(cfg, "finetune.patience", non_negative, ">= 0 (0 = never stop early)")
     _require(cfg, "finetune.residual_scale_grid", lambda g: all(v >= 0 and v != float("inf") for v in g),
              "a list of finite scales >= 0")

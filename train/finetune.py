@@ -18,6 +18,7 @@ then chosen on validation from that grid (``choose_residual_scale``) before the 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,7 @@ from train.common import (
     warmup_linear,
 )
 from train.cold_items import cold_item_metrics, fit_cold_item_map
-from train.config import RunConfig
+from train.config import FinetuneConfig, RunConfig
 from train.evaluate import evaluate_model, evaluate_residual_scales, metrics_table
 from train.io_utils import BEST_DIR, PRETRAINED_DIR, atomic_write_json, check_run_outputs, locks_output_dir
 from train.logging_utils import RunLogger
@@ -72,6 +73,7 @@ class FinetuneResult:
     """The fine-tuning stage's result (``finetune``; ``finetune_result.json`` is ``to_json()``)."""
 
     selection_metric: str
+    epochs: int  # planned: finetune.epochs, fewer under finetune.step_budget (patience may stop sooner)
     best_epoch: int | None
     validation: dict  # the selected model's validation metrics (after the scale sweeps)
     test: dict  # test, evaluated once
@@ -209,9 +211,16 @@ def prepare_model(cfg: RunConfig, corpus: Corpus, accelerator, init_dir: Path, s
     return model, collab_items_init
 
 
+def planned_epochs(f: FinetuneConfig, epoch_steps: int) -> int:
+    """``finetune.epochs``, or fewer whole epochs when ``finetune.step_budget`` optimizer steps end sooner."""
+    if f.step_budget == 0:
+        return f.epochs
+    return max(1, min(f.epochs, math.ceil(f.step_budget / epoch_steps)))
+
+
 def fit_epochs(cfg: RunConfig, corpus: Corpus, accelerator, model, resume: bool):
     """The fine-tuning epochs (``Trainer.fit``): the best epoch on validation is saved to ``<output.dir>/best``.
-    Returns the fit result and the trainer (its logger is still open)."""
+    Returns the fit result, the trainer (its logger is still open) and the epochs planned (:func:`planned_epochs`)."""
     out, f = Path(cfg.output.dir), cfg.finetune
     num_train = corpus.num_rows("recommendation", "train")
     train_examples = corpus.rec_examples("train", rank_rows(accelerator, num_train))  # this rank's shard only
@@ -219,7 +228,8 @@ def fit_epochs(cfg: RunConfig, corpus: Corpus, accelerator, model, resume: bool)
     collate = corpus.collator(cfg.data.max_length)
     names = metric_names(cfg.eval.recall_ks, cfg.eval.ndcg_ks)
     epoch_steps = steps_per_epoch(num_train, f.batch_size, accelerator.num_processes)
-    total_steps = f.epochs * epoch_steps
+    epochs = planned_epochs(f, epoch_steps)
+    total_steps = epochs * epoch_steps
     optimizer = make_optimizer(model, f)
     best_dir = out / BEST_DIR
     trainer = Trainer(
@@ -244,11 +254,11 @@ def fit_epochs(cfg: RunConfig, corpus: Corpus, accelerator, model, resume: bool)
         val = evaluate_model(accelerator, trainer.model, corpus, "validation", cfg)
         return {n: val[n] for n in names}
 
-    fit = trainer.fit(f.epochs if f.do_finetune else 0, batches, loss, validate=validate,
+    fit = trainer.fit(epochs if f.do_finetune else 0, batches, loss, validate=validate,
                       on_best=lambda epoch: save_model(accelerator, trainer.model, best_dir),
                       epoch_info=lambda epoch: {"task": "rec"}, resume=resume, also_clear=(best_dir,),
-                      epoch_steps=[epoch_steps] * f.epochs)
-    return fit, trainer
+                      epoch_steps=[epoch_steps] * epochs)
+    return fit, trainer, epochs
 
 
 def select_and_test(cfg: RunConfig, corpus: Corpus, accelerator, trainer, stage_s: dict, with_test: bool = True) -> Selection:
@@ -297,11 +307,12 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
     stage_s: dict = {}  # wall seconds of each stage (benchmarks/RESULTS.md reports them)
     model, collab_items_init = prepare_model(cfg, corpus, accelerator, init_dir, stage_s)
     t0 = time.time()
-    fit, trainer = fit_epochs(cfg, corpus, accelerator, model, resume)
+    fit, trainer, epochs = fit_epochs(cfg, corpus, accelerator, model, resume)
     train_wall = stage_s["train_s"] = time.time() - t0  # the epochs with their validation passes
     chosen = select_and_test(cfg, corpus, accelerator, trainer, stage_s)
     result = FinetuneResult(
         selection_metric=cfg.finetune.selection_metric,
+        epochs=epochs,
         best_epoch=fit.best_epoch,
         validation={k: v for k, v in chosen.validation.items() if k != "users"},
         test={k: v for k, v in chosen.test.items() if k != "users"},

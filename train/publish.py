@@ -231,7 +231,7 @@ def render_card(cfg, corpus, result: dict, repo_id: str, command: str | None, da
         user_tokens=user_tokens_text(cfg.model.user_token_dropout),
         command=command or f"graphgpt2-rec run --config {cfg.preset}",
         pretrain_plan=plan_text,
-        finetune_epochs=cfg.finetune.epochs if cfg.finetune.do_finetune else 0,
+        finetune_epochs=result.get("epochs", cfg.finetune.epochs) if cfg.finetune.do_finetune else 0,
         mask_fraction=cfg.finetune.mask_fraction,
         visible_target_weight=cfg.finetune.visible_target_weight,
         levers=levers_text(cfg),
