@@ -177,7 +177,7 @@ def test_step_budget_caps_the_epochs_in_whole_epochs(budget, epoch_steps, expect
     assert planned_epochs(FinetuneConfig(epochs=8, step_budget=budget), epoch_steps) == expected
 
 
-def test_step_budget_shortens_training_and_its_decay(tiny_data, tmp_path):
+def test_step_budget_shortens_training_and_its_decay(tiny_data, tmp_path, capsys):
     """Under a step budget the run trains the planned epochs only, and the learning rate decays to 0 at their end."""
     from train import finetune as finetune_mod
     from train.config import load_config
@@ -188,6 +188,7 @@ def test_step_budget_shortens_training_and_its_decay(tiny_data, tmp_path):
                                              "finetune.batch_size=4", "finetune.patience=0", f"finetune.step_budget={budget}"))
     result = finetune_mod.finetune(cfg)
     assert result.epochs == 2 and len(result.history) == 2 and result.steps == 2 * epoch_steps
+    assert f"finetune.step_budget={budget} caps finetune.epochs=5 at 2 epoch(s)" in capsys.readouterr().out
     assert json.loads((tmp_path / "finetune_result.json").read_text())["epochs"] == 2
     lrs = [json.loads(line).get("lr_id") for line in (tmp_path / "logs" / "train_log.jsonl").read_text().splitlines()]
     assert [lr for lr in lrs if lr is not None][-1] < 0.1 * cfg.finetune.lr_id

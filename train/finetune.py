@@ -229,6 +229,9 @@ def fit_epochs(cfg: RunConfig, corpus: Corpus, accelerator, model, resume: bool)
     names = metric_names(cfg.eval.recall_ks, cfg.eval.ndcg_ks)
     epoch_steps = steps_per_epoch(num_train, f.batch_size, accelerator.num_processes)
     epochs = planned_epochs(f, epoch_steps)
+    if epochs < f.epochs:  # say so: a user who set finetune.epochs would otherwise wonder where the rest went
+        accelerator.print(f"finetune.step_budget={f.step_budget} caps finetune.epochs={f.epochs} at {epochs} epoch(s) of "
+                          f"{epoch_steps:,} steps; finetune.step_budget=0 trains all {f.epochs}")
     total_steps = epochs * epoch_steps
     optimizer = make_optimizer(model, f)
     best_dir = out / BEST_DIR
