@@ -30,8 +30,7 @@ from train.finetune import select_and_test
 from train.io_utils import BEST_DIR, atomic_write_json
 from train.modeling_io import load_model, save_model
 
-SELECTION_KEYS = ("finetune.residual_scale_grid", "finetune.lowpass_scale_grid", "finetune.lowpass_rank_grid",
-                  "finetune.rescan_residual_scale")
+SELECTION_KEYS = ("finetune.residual_scale_grid", "finetune.lowpass_scale_grid", "finetune.lowpass_rank_grid")
 REFIT_KEYS = {"model.graph_residual_lambda": "graph_residual", "model.graph_residual_topn": "graph_residual",
               "model.graph_lowpass_rank": "graph_lowpass"}
 

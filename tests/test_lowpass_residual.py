@@ -154,27 +154,6 @@ def test_finetuning_chooses_both_scales_on_validation_and_the_card_states_them(t
     assert result.validation["recall@20"] == pytest.approx(max(sweep["values"]), abs=1e-9)
 
 
-def test_the_rescan_sweeps_the_ease_scale_again_with_the_low_pass_term_on(tiny, tmp_path):
-    """finetune.rescan_residual_scale: a second EASE sweep after the low-pass one. At the first choice it scores the
-    model the low-pass sweep kept, and the model keeps the rescan's choice."""
-    from train.finetune import finetune
-    from train.modeling_io import load_model
-
-    grid = [0.0, 0.5, 2.0]
-    cfg = load_config("demo", tiny_overrides(tiny, tmp_path, "pretrain.do_pretrain=false", "finetune.epochs=1",
-                                             "model.graph_residual=ease", "model.graph_residual_topn=15",
-                                             "model.graph_residual_learn_scale=false", f"finetune.residual_scale_grid={grid}",
-                                             "model.graph_lowpass_rank=10", "finetune.lowpass_scale_grid=[0, 1, 4]",
-                                             "finetune.rescan_residual_scale=true"))
-    result = finetune(cfg)
-    first, rescan, lowpass = result.residual_scale_sweep, result.residual_scale_sweep["rescan"], result.lowpass_scale_sweep
-    first_choice = int(np.argmax(first["values"]))  # "chosen" now holds the rescan's
-    assert rescan["values"][first_choice] == pytest.approx(max(lowpass["values"]), abs=1e-9)
-    assert first["chosen"] == rescan["chosen"] == grid[int(np.argmax(rescan["values"]))]
-    assert load_model(result.model_dir).graph_residual.scale.item() == pytest.approx(rescan["chosen"])
-    assert result.validation["recall@20"] == pytest.approx(max(rescan["values"]), abs=1e-9)
-
-
 def test_a_lowpass_grid_needs_a_lowpass_residual():
     with pytest.raises(ConfigError, match="key 'finetune.lowpass_scale_grid'"):
         load_config("demo", ["finetune.lowpass_scale_grid=[0, 1]"])

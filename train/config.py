@@ -143,10 +143,6 @@ class FinetuneConfig(StageConfig):
     # pair, the best on validation is kept, and the published model stores the chosen rank only. Empty = the fitted
     # rank. ease_ilp's own grid chose rank 256 / 512 / 64 on Beauty / Toys / Musical Instruments validation.
     lowpass_rank_grid: list[int] = field(default_factory=list)
-    # After the low-pass sweep, sweep residual_scale_grid once more with the low-pass term at its chosen (rank, scale):
-    # the first EASE sweep runs with the low-pass term off, so the pair it leads to can miss a better one. Costs one
-    # more sweep of residual_scale_grid.
-    rescan_residual_scale: bool = False
     # Size rule of both sweeps: a validation split with more users than this is swept on a seeded sample of this many
     # (``train.finetune.sweep_rows``; the chosen model's validation metrics are then a full pass). One sweep scores
     # every user once per grid value (20 ranked catalogs per user with amazon_cpu's grids: 8 scales, then 6 x 2

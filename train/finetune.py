@@ -281,9 +281,6 @@ def select_and_test(cfg: RunConfig, corpus: Corpus, accelerator, trainer, stage_
         scale_sweep, val = choose_residual_scale(accelerator, final, corpus, cfg, best_dir)
     if f.lowpass_scale_grid:  # with the graph residual's scale fixed at its chosen value
         lowpass_sweep, val = choose_residual_scale(accelerator, final, corpus, cfg, best_dir, term="graph_lowpass")
-    if f.rescan_residual_scale and f.residual_scale_grid and f.lowpass_scale_grid:  # now with the low-pass term on
-        rescan, val = choose_residual_scale(accelerator, final, corpus, cfg, best_dir)
-        scale_sweep = {**scale_sweep, "chosen": rescan["chosen"], "rescan": rescan}
     if val is None:
         val = evaluate_model(accelerator, final, corpus, "validation", cfg)
     cold_map = cold_test = None
