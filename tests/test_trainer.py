@@ -192,3 +192,31 @@ def test_step_budget_shortens_training_and_its_decay(tiny_data, tmp_path, capsys
     assert json.loads((tmp_path / "finetune_result.json").read_text())["epochs"] == 2
     lrs = [json.loads(line).get("lr_id") for line in (tmp_path / "logs" / "train_log.jsonl").read_text().splitlines()]
     assert [lr for lr in lrs if lr is not None][-1] < 0.1 * cfg.finetune.lr_id
+
+
+def test_one_planned_epoch_is_not_validated_twice(tiny_data, tmp_path, capsys):
+    """With one planned epoch there is nothing to choose: no validation pass after it (at 200k users one pass is
+    most of an hour); the trained model is the selected one, and the selection's pass gives its validation metrics."""
+    from accelerate import Accelerator
+
+    from train import finetune as finetune_mod
+    from train.config import load_config
+    from train.evaluate import evaluate_model
+    from train.modeling_io import load_model
+
+    cfg = load_config("demo", tiny_overrides(tiny_data, tmp_path, "pretrain.do_pretrain=false", "finetune.epochs=1",
+                                             "finetune.batch_size=4", "finetune.residual_scale_grid=[]"))
+    calls = []
+    real = finetune_mod.evaluate_model
+    finetune_mod.evaluate_model = lambda *a, **k: calls.append(a[3]) or real(*a, **k)
+    try:
+        result = finetune_mod.finetune(cfg)
+    finally:
+        finetune_mod.evaluate_model = real
+    assert calls == ["validation", "test"]  # the selection's validation and the test, nothing after the epoch
+    assert result.history == [] and result.best_epoch == 0 and result.steps > 0
+    assert "one planned epoch: no validation pass after it" in capsys.readouterr().out
+    events = [json.loads(line).get("event") for line in (tmp_path / "logs" / "train_log.jsonl").read_text().splitlines()]
+    assert "validation" not in events
+    again = evaluate_model(Accelerator(cpu=True), load_model(tmp_path / "best").eval(), finetune_mod.Corpus(tiny_data), "validation", cfg)
+    assert again["recall@20"] == pytest.approx(result.validation["recall@20"])  # best/ holds the trained model

@@ -253,9 +253,15 @@ def fit_epochs(cfg: RunConfig, corpus: Corpus, accelerator, model, resume: bool)
         return model(**{k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS}, target_items=batch["target_items"],
                      task="rec", reg_weight=cfg.model.mutual_reg_weight)
 
-    def validate(epoch: int) -> dict:
+    def validate(epoch: int) -> dict | None:
+        if epochs == 1:  # nothing to choose between: the selection's validation pass scores this model once
+            return None
         val = evaluate_model(accelerator, trainer.model, corpus, "validation", cfg)
         return {n: val[n] for n in names}
+
+    if epochs == 1 and f.do_finetune:
+        accelerator.print("one planned epoch: no validation pass after it (nothing to choose); the residual sweeps "
+                          "and the final validation score the trained model")
 
     fit = trainer.fit(epochs if f.do_finetune else 0, batches, loss, validate=validate,
                       on_best=lambda epoch: save_model(accelerator, trainer.model, best_dir),
@@ -316,7 +322,7 @@ def finetune(cfg: RunConfig, resume: bool = False, corpus: Corpus | None = None,
     result = FinetuneResult(
         selection_metric=cfg.finetune.selection_metric,
         epochs=epochs,
-        best_epoch=fit.best_epoch,
+        best_epoch=fit.best_epoch if fit.best_epoch >= 0 or not fit.global_step else epochs - 1,  # one epoch: its own
         validation={k: v for k, v in chosen.validation.items() if k != "users"},
         test={k: v for k, v in chosen.test.items() if k != "users"},
         test_users=sorted(chosen.test["users"]),
