@@ -108,7 +108,8 @@ def current_cold_stage(cfg, model):
     weights loaded, the new lever tables at 0 until the fit)."""
     preset, defaults = load_config("amazon_cpu"), FinetuneConfig()
     cfg.model.cold_item_neighbours = preset.model.cold_item_neighbours
-    for name in ("cold_map_alpha_grid", "cold_item_text_scale_grid", "cold_item_transfer_grid", "cold_item_gain_grid",
+    for name in ("cold_map_alpha_grid", "cold_item_text_scale_grid", "cold_item_transfer_grid",
+                 "cold_item_neighbour_power_grid", "cold_item_gain_grid",
                  "cold_item_offset_grid", "cold_item_warm_tolerance"):
         setattr(cfg.finetune, name, getattr(defaults, name))
     config = model.config

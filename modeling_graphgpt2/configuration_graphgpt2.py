@@ -158,6 +158,10 @@ class GraphGPT2Config(GPT2Config):
             held-out cold items; a new item's are computed when it is scored) and `.transfer_weight` (chosen on
             the validation cold items, `finetune.cold_item_transfer_grid`). 0: no such buffers (the state dict of
             a model without it is unchanged).
+        cold_item_neighbour_power (`float`, defaults to 1.0):
+            p > 0: the text neighbours' weights are their cosines to the power p (larger p leans on the nearest
+            ones). Chosen on the validation cold items with the transfer weight
+            (`finetune.cold_item_neighbour_power_grid`) and saved here, so a new item is scored the same way.
 
     Example:
 
@@ -200,6 +204,7 @@ class GraphGPT2Config(GPT2Config):
     cold_item_map_rank: int = 0
     cold_item_text_scale_init: float = 0.0
     cold_item_neighbours: int = 0
+    cold_item_neighbour_power: float = 1.0
 
     def __post_init__(self, **kwargs):
         # `wte` / `lm_head` cover only text tokens; keep GPT-2's `vocab_size` in step with it.
@@ -253,7 +258,8 @@ class GraphGPT2Config(GPT2Config):
             raise GraphGPT2ConfigError("graph_residual_learn_scale", f"must be true/false, got {self.graph_residual_learn_scale!r}")
         _int("graph_lowpass_rank", 0)
         for name, low in (("graph_residual_lambda", 0.0), ("graph_residual_scale_init", None),
-                          ("graph_lowpass_scale_init", None), ("cold_item_text_scale_init", None)):
+                          ("graph_lowpass_scale_init", None), ("cold_item_text_scale_init", None),
+                          ("cold_item_neighbour_power", 0.0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value \
                     or abs(value) == float("inf") or (low is not None and value <= low):

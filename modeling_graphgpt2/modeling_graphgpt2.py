@@ -601,9 +601,9 @@ class GraphColdItemMap(GraphScoreTerm):
     - `offset`, subtracted from those items' scores (and a new item's): where they stand against the catalog in a
       whole-shop ranking;
     - with `cold_item_neighbours` K > 0, `transfer_weight` times the mean of the rec scores of its K text
-      neighbours among the items with interactions, weighted by their cosines (`neighbours`, `neighbour_weights`):
-      the collaborative signal that the text alone does not carry (a new item's neighbours are found when it is
-      scored, in the same text space).
+      neighbours among the items with interactions, weighted by their cosines (`neighbours`, `neighbour_weights`)
+      to the power `cold_item_neighbour_power`: the collaborative signal that the text alone does not carry (a new
+      item's neighbours are found when it is scored, in the same text space).
 
     The tables are filled after fine-tuning (train/cold_items.py); until then they are 0 (the term is 0, `fitted()`
     is False), and the scale and the offset are chosen on the validation cold items."""
@@ -629,6 +629,7 @@ class GraphColdItemMap(GraphScoreTerm):
         self.register_buffer("cold", torch.zeros(config.num_items))
         self.register_buffer("offset", torch.zeros(()))  # chosen on validation after the tables (not a table)
         self.neighbour_count = config.cold_item_neighbours
+        self.neighbour_power = config.cold_item_neighbour_power  # chosen on validation with the transfer weight
         if self.neighbour_count:  # registered only when asked for, so older checkpoints load strictly
             self.tables = type(self).tables + ("neighbours", "neighbour_weights")
             self.shape_hint = type(self).shape_hint + ", (num_items, K), (num_items, K)"
@@ -655,7 +656,7 @@ class GraphColdItemMap(GraphScoreTerm):
         cold = self.cold.nonzero().squeeze(1)
         if not self.neighbour_count or not len(cold):  # (I,): no (B, I) copy while fine-tuning, nor without cold items
             return -self.offset * self.cold
-        carried = self.carried_scores(scores, self.neighbours[cold], self.neighbour_weights[cold])
+        carried = self.carried_scores(scores, self.neighbours[cold], self.neighbour_weights[cold] ** self.neighbour_power)
         return (-self.offset * self.cold).expand_as(scores).index_add(1, cold, self.transfer_weight * carried)
 
     @staticmethod
@@ -705,7 +706,8 @@ class GraphColdItemMap(GraphScoreTerm):
         term = (self.prompt_text(item_index, is_item) @ unit.T) / spread
         out = user_states @ (vectors @ self.weight + self.bias).T + self.scale * term - self.offset
         if self.neighbour_count:
-            out = out + self.transfer_weight * self.carried_scores(scores, *self.nearest_warm_items(unit))
+            neighbours, cosines = self.nearest_warm_items(unit)
+            out = out + self.transfer_weight * self.carried_scores(scores, neighbours, cosines ** self.neighbour_power)
         return out
 
 

@@ -103,13 +103,19 @@ def test_finetuning_maps_the_cold_rows_from_text_and_reports_the_shelf(cold_tiny
                                              "finetune.cold_item_text_scale_grid=[0, 3]",
                                              "model.cold_item_neighbours=4", "finetune.cold_item_transfer_grid=[0, 2]",
                                              "finetune.cold_item_offset_grid=[0, 0.5, 50]",
-                                             "finetune.cold_item_gain_grid=[1, 3]"))
+                                             "finetune.cold_item_gain_grid=[1, 3]",
+                                             "finetune.cold_item_neighbour_power_grid=[1, 3]"))
     result = finetune(cfg)
     sweep = result.cold_item_map
     best_value = max(v for *_, v in sweep["values"])
-    first_best = next((a, s, t) for a, s, t, v in sweep["values"] if v == best_value)
-    assert [(a, s, t) for a, s, t, _ in sweep["values"]] == [(a, s, t) for a in (0.5, 5) for s in (0, 3) for t in (0, 2)]
-    assert (sweep["chosen"]["alpha"], sweep["chosen"]["scale"], sweep["chosen"]["transfer"]) == first_best
+    first_best = next((a, s, t, p) for a, s, t, p, v in sweep["values"] if v == best_value)
+    # (alpha, scale, transfer) at the first power, then (power, scale, transfer) at the alpha chosen there
+    first_stage = [(a, s, t, 1) for a in (0.5, 5) for s in (0, 3) for t in (0, 2)]
+    stage_values = [v for *_, v in sweep["values"][:len(first_stage)]]
+    alpha = first_stage[stage_values.index(max(stage_values))][0]
+    assert [tuple(row[:4]) for row in sweep["values"]] == first_stage + [(alpha, s, t, 3) for s in (0, 3) for t in (0, 2)]
+    chosen = sweep["chosen"]
+    assert (chosen["alpha"], chosen["scale"], chosen["transfer"], chosen["power"]) == first_best
     corpus = Corpus(cold_tiny)
     best = load_model(result.model_dir)
     rows = best.id_embeddings("collab").item.weight.detach().numpy()
@@ -118,7 +124,7 @@ def test_finetuning_maps_the_cold_rows_from_text_and_reports_the_shelf(cold_tiny
     # the saved cold rows are the chosen map of their text, fitted on the (unchanged) warm rows, times the gain: the
     # chosen multiple of the one that puts the transfer at weight 1 (1 without a transfer); the stored map gives the
     # same rows from the items' token counts
-    chosen = sweep["chosen"]
+    assert best.config.cold_item_neighbour_power == chosen["power"] == best.cold_item_map.neighbour_power
     # the whole-shop validation metric per (multiple, offset), every target and warm targets only; 50 pushes every
     # cold item last, which keeps the warm targets' metric at the shop's without new items
     shop = sweep["shop_values"]
@@ -183,6 +189,7 @@ def cold_hub(cold_tiny, tmp_path_factory):
                                              "model.cold_item_map_rank=16", "finetune.cold_item_text_scale_grid=[2]",
                                              "finetune.cold_item_offset_grid=[0.3]", "model.cold_item_neighbours=5",
                                              "finetune.cold_item_transfer_grid=[1.5]", "finetune.cold_item_gain_grid=[1]",
+                                             "finetune.cold_item_neighbour_power_grid=[2]",
                                              "model.graph_residual=ease", "model.graph_residual_exact_max_items=0",
                                              "model.graph_residual_neighbours=8", "model.graph_residual_topn=15",
                                              "model.graph_residual_learn_scale=false", "finetune.residual_scale_grid=[1]"))
@@ -203,7 +210,7 @@ def test_a_new_item_gets_the_score_the_model_gives_it_in_evaluation(cold_hub):
     """A held-out cold item of the test split, sent to the pipeline as a new product with its metadata: its row from
     the stored text map equals its row in the table and its text term is the cold item's, so its score equals the
     model's score for that item in evaluation (the term's scale 2 and the text neighbours' weight 1.5,
-    both times the gain 1 / 1.5, and the offset 0.3, so all count)."""
+    both times the gain 1 / 1.5, their cosines squared, and the offset 0.3, so all count)."""
     from transformers import pipeline
 
     from train.evaluate import rec_rows
@@ -215,6 +222,7 @@ def test_a_new_item_gets_the_score_the_model_gives_it_in_evaluation(cold_hub):
     assert pipe.model.cold_item_map.scale.item() == pytest.approx(2.0 / 1.5)  # the gain 1 / 1.5 puts the
     assert pipe.model.cold_item_map.transfer_weight.item() == 1.0  # transfer at weight 1
     assert pipe.model.cold_item_map.offset.item() == pytest.approx(0.3)
+    assert pipe.model.cold_item_map.neighbour_power == 2.0
     cold = int(corpus.cold_items("test")[0])
     new = _catalog_item_as_new(corpus, cold, "NEW-1")
     ex = corpus.rec_examples("test")[0]
@@ -344,6 +352,10 @@ def test_a_cold_item_gets_its_text_neighbours_mean_score_and_a_warm_item_nothing
     expected_4 = before[0, 4] - 0.5 + 3.0 * (0.6 * before[0, 1] + 0.2 * before[0, 3]) / 0.8
     expected_5 = before[0, 5] - 0.5 + 3.0 * (before[0, 2] + before[0, 0]) / 2
     torch.testing.assert_close(after[0, 4:], torch.stack([expected_4, expected_5]))
+    lever.neighbour_power = 2.0  # the cosines squared: item 4 leans further on its nearer neighbour
+    squared = model(ids, task="rec").scores
+    expected_4 = before[0, 4] - 0.5 + 3.0 * (0.36 * before[0, 1] + 0.04 * before[0, 3]) / 0.4
+    torch.testing.assert_close(squared[0, 4:], torch.stack([expected_4, expected_5]))
     with pytest.raises(ValueError, match="neighbours must be item indices"):
         lever.set_tables(torch.ones(40), torch.zeros(40, 4), torch.zeros(4, 8), torch.zeros(8), item_text, cold,
                          neighbours + 6, weights)

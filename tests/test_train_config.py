@@ -75,6 +75,8 @@ def test_bad_yaml_file_names_file_and_key(tmp_path):
         ("finetune.epochs=-3", "finetune.epochs"),
         ("finetune.epochs=0", "finetune.epochs"),
         ("finetune.step_budget=-1", "finetune.step_budget"),
+        ("finetune.cold_item_neighbour_power_grid=[0]", "finetune.cold_item_neighbour_power_grid"),
+        ("model.cold_item_neighbour_power=-2", "model.cold_item_neighbour_power"),
         ("finetune.lr_id=-1e-3", "finetune.lr_id"),
         ("pretrain.lr_backbone=0", "pretrain.lr_backbone"),
         ("model.n_layer=0", "model.n_layer"),

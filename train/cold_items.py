@@ -59,10 +59,11 @@ def _targets_in(part, items: np.ndarray) -> list[np.ndarray]:
     return [np.asarray([j for j in ex.targets if j in keep], dtype=np.int64) for ex in part]
 
 
-def shelf_inputs(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig):
+def shelf_inputs(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig, powers: Sequence[float] = (1.0,)):
     """For the split's users with a cold target: (n, d) user states, (n, C) the model's standardised cold-item text
-    term at the split's cold items (C of them; zeros when the model has none), (n, C) their text neighbours' mean
-    scores (``GraphColdItemMap.carried_scores``; zeros without neighbours), and their cold targets."""
+    term at the split's cold items (C of them; zeros when the model has none), (P, n, C) their text neighbours' mean
+    scores with the cosines to each of the P ``powers`` as weights (``GraphColdItemMap.carried_scores``; zeros without
+    neighbours), and their cold targets."""
     cold = corpus.cold_items(split)
     lever = accelerator.unwrap_model(model).cold_item_map
     blank = np.zeros((0, len(cold)))
@@ -70,19 +71,20 @@ def shelf_inputs(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig)
     def consume(out, part):
         terms = (out.score_terms or {}).get("cold_item_map")
         term = terms[:, cold].float().cpu().numpy() if terms is not None else np.zeros((len(part), len(cold)))
-        carried = np.zeros((len(part), len(cold)))
+        carried = np.zeros((len(powers), len(part), len(cold)))
         if lever is not None and lever.neighbour_count:
             index = torch.as_tensor(cold, device=out.scores.device)
-            carried = lever.carried_scores(out.scores, lever.neighbours[index], lever.neighbour_weights[index])
-            carried = carried.float().cpu().numpy()
+            carried = np.stack([lever.carried_scores(out.scores, lever.neighbours[index], lever.neighbour_weights[index] ** p)
+                                .float().cpu().numpy() for p in powers])
         return out.user_states.float().cpu().numpy(), term, carried, _targets_in(part, cold)
 
     blocks = model_pass(accelerator, model, corpus, split, cfg, consume)
     states = np.concatenate([b[0] for b in blocks]) if blocks else np.zeros((0, model.config.n_embd))
-    terms, carried = (np.concatenate([b[j] for b in blocks]) if blocks else blank for j in (1, 2))
+    terms = np.concatenate([b[1] for b in blocks]) if blocks else blank
+    carried = np.concatenate([b[2] for b in blocks], axis=1) if blocks else np.zeros((len(powers), 0, len(cold)))
     targets = [t for b in blocks for t in b[3]]
     keep = np.asarray([len(t) > 0 for t in targets], dtype=bool)
-    return states[keep], terms[keep], carried[keep], [t for t, k in zip(targets, keep) if k]
+    return states[keep], terms[keep], carried[:, keep], [t for t, k in zip(targets, keep) if k]
 
 
 def candidate_columns(targets: Sequence[Sequence[int]], candidates: np.ndarray) -> list[np.ndarray]:
@@ -129,9 +131,10 @@ def fit_cold_item_map(accelerator, model, corpus: Corpus, cfg: RunConfig) -> dic
     the catalog's text vectors, the held-out cold items' mask; write the cold items' mapped rows into the collab item
     table and set the text term's scale.
 
-    With validation cold items, the ridge alpha and the term's scale are the pair of ``finetune.cold_map_alpha_grid``
-    x ``cold_item_text_scale_grid`` with the best validation shelf selection metric (first of equals, one pass over
-    validation), then the gain (``cold_item_gain_grid``, times 1 / the transfer weight) and the offset
+    With validation cold items, the ridge alpha, the term's scale and the transfer weight are the triple of
+    ``finetune.cold_map_alpha_grid`` x ``cold_item_text_scale_grid`` x ``cold_item_transfer_grid`` with the best
+    validation shelf selection metric (first of equals, one pass over validation) at the first neighbour power; then
+    the power (``cold_item_neighbour_power_grid``), scale and transfer again at that alpha; then the gain (``cold_item_gain_grid``, times 1 / the transfer weight) and the offset
     (``cold_item_offset_grid``) with the best validation whole-shop selection metric among those that keep the
     warm targets' metric within ``cold_item_warm_tolerance`` of the shop without new items (``shop_sweep``, a
     second pass); without, each grid's first value. Returns the sweeps, or why nothing was
@@ -157,23 +160,37 @@ def fit_cold_item_map(accelerator, model, corpus: Corpus, cfg: RunConfig) -> dic
     rows = net.id_embeddings("collab").item.weight.detach().float().cpu().numpy()
     f, metric = cfg.finetune, cfg.finetune.selection_metric
     transfers = list(f.cold_item_transfer_grid) if lever.neighbour_count else [0.0]
+    powers = list(f.cold_item_neighbour_power_grid) if lever.neighbour_count else [lever.neighbour_power]
     report: dict = {"metric": metric, "alphas": list(f.cold_map_alpha_grid), "scales": list(f.cold_item_text_scale_grid),
-                    "transfers": transfers, "cold_items": int(len(cold)), "warm_items": int(warm.sum())}
-    alpha, scale, transfer = f.cold_map_alpha_grid[0], f.cold_item_text_scale_grid[0], transfers[0]
+                    "transfers": transfers, "powers": powers, "cold_items": int(len(cold)), "warm_items": int(warm.sum())}
+    alpha, scale, transfer, power = f.cold_map_alpha_grid[0], f.cold_item_text_scale_grid[0], transfers[0], powers[0]
     if len(corpus.cold_items("validation")):
-        states, terms, carried, targets = shelf_inputs(accelerator, model, corpus, "validation", cfg)
+        states, terms, carried, targets = shelf_inputs(accelerator, model, corpus, "validation", cfg, powers)
         candidates = corpus.cold_items("validation")
+
+        def shelf(mapped, s, t, p):
+            return shelf_metrics(mapped + s * terms + t * carried[powers.index(p)], candidates, targets,
+                                 cfg.eval.recall_ks, cfg.eval.ndcg_ks)
+
+        # (alpha, scale, transfer) jointly at the first power, then (power, scale, transfer) at that alpha: the
+        # power moves the best scale and transfer, the alpha barely (a joint 4-D grid would cost 3x the passes)
         grid, sweep = [], []
         for a in f.cold_map_alpha_grid:
             weight, bias = fit_text_map(vectors, rows, warm, a)
             mapped = states @ (vectors[candidates] @ weight + bias).T
             for s, t in itertools.product(f.cold_item_text_scale_grid, transfers):
-                grid.append((a, s, t))
-                sweep.append(shelf_metrics(mapped + s * terms + t * carried, candidates, targets,
-                                           cfg.eval.recall_ks, cfg.eval.ndcg_ks))
-        report["values"] = [[a, s, t, m[metric]] for (a, s, t), m in zip(grid, sweep)]
+                grid.append((a, s, t, power))
+                sweep.append(shelf(mapped, s, t, power))
+        alpha = grid[int(np.argmax([m[metric] for m in sweep]))][0]
+        weight, bias = fit_text_map(vectors, rows, warm, alpha)
+        mapped = states @ (vectors[candidates] @ weight + bias).T
+        for p, s, t in itertools.product(powers[1:], f.cold_item_text_scale_grid, transfers):
+            grid.append((alpha, s, t, p))
+            sweep.append(shelf(mapped, s, t, p))
+        report["values"] = [[a, s, t, p, m[metric]] for (a, s, t, p), m in zip(grid, sweep)]
         best = int(np.argmax([m[metric] for m in sweep]))
-        (alpha, scale, transfer), report["validation_shelf"] = grid[best], sweep[best]
+        (alpha, scale, transfer, power), report["validation_shelf"] = grid[best], sweep[best]
+    lever.neighbour_power = net.config.cold_item_neighbour_power = power  # saved with the config: new items alike
     # The shelf ranks the same at any positive gain on the whole cold score, the whole shop does not. Gain 1 / transfer
     # puts a cold item at its text neighbours' mean score (on the catalog's scale) plus the map and the term as a
     # correction; the whole-shop sweep then picks a multiple of it and the offset (at weight 8 and gain 1 the
@@ -204,9 +221,10 @@ def fit_cold_item_map(accelerator, model, corpus: Corpus, cfg: RunConfig) -> dic
         best = max(kept, key=lambda j: every[j]) if kept else int(np.argmax(warm_only))
         multiple, offset = pairs[best]
     apply(base_gain * multiple, offset)
-    report["chosen"] = {"alpha": alpha, "scale": scale, "transfer": transfer, "gain": base_gain * multiple,
-                        "offset": offset}
-    accelerator.print(f"cold items: text map alpha {alpha}, text term scale {scale}, neighbour transfer {transfer}, "
+    report["chosen"] = {"alpha": alpha, "scale": scale, "transfer": transfer, "power": power,
+                        "gain": base_gain * multiple, "offset": offset}
+    accelerator.print(f"cold items: text map alpha {alpha}, text term scale {scale}, neighbour transfer {transfer} "
+                      f"(cosines to the power {power:g}), "
                       f"gain {base_gain * multiple:g}, offset {offset}"
                       + (f", chosen on the validation shelf ({metric} {report['validation_shelf'][metric]:.4f}) and "
                          f"whole shop ({report['shop_values'][pairs.index((multiple, offset))][2]:.4f}; warm targets "
