@@ -11,7 +11,8 @@ from data_builders.corpus import Corpus
 from data_builders.item_text import item_token_counts
 from data_builders.preprocess import build_split
 from data_builders.synthetic import make_synthetic
-from train.cold_items import candidate_columns, fit_text_map, held_out_cold_items, item_text_svd, shelf_metrics, warm_item_mask
+from train.cold_items import (candidate_columns, cold_item_metrics, fit_text_map, held_out_cold_items, item_text_svd,
+                              shelf_metrics, warm_item_mask)
 from train.common import build_model
 from train.config import ConfigError, load_config
 from train.testing import tiny_build_config, tiny_overrides
@@ -128,9 +129,10 @@ def test_finetuning_maps_the_cold_rows_from_text_and_reports_the_shelf(cold_tiny
     # the whole-shop validation metric per (multiple, offset), every target and warm targets only; 50 pushes every
     # cold item last, which keeps the warm targets' metric at the shop's without new items
     shop = sweep["shop_values"]
-    assert [(m, d) for m, d, _, _ in shop] == [(m, d) for m in (1, 3) for d in (0, 0.5, 50)]
+    assert [(m, d) for m, d, _, _ in shop[:-1]] == [(m, d) for m in (1, 3) for d in (0, 0.5, 50)]
     without = sweep["shop_warm_without_new_items"]
     assert all(w == pytest.approx(without) for m, d, _, w in shop if d == 50)
+    assert shop[-1][0] == 1 and shop[-1][3] == without  # the guard pair: the warm targets as without new items
     kept = [row for row in shop if row[3] >= (1 - cfg.finetune.cold_item_warm_tolerance) * without]
     multiple, offset = max(kept, key=lambda row: row[2])[:2]
     gain = multiple / chosen["transfer"] if chosen["transfer"] else multiple
@@ -156,6 +158,27 @@ def test_finetuning_maps_the_cold_rows_from_text_and_reports_the_shelf(cold_tiny
     assert 0 <= shelf["recall@20"] <= 1 and shelf["num_users"] > 0
     assert result.cold_items_test["shop_warm"]["num_users"] > 0
     assert result.cold_items_test["catalog_warm"]["num_users"] == result.cold_items_test["shop_warm"]["num_users"]
+
+
+def test_the_guard_offset_keeps_the_warm_ranking_when_no_grid_pair_does(cold_tiny, tmp_path):
+    """An offset grid that lifts every cold item above the catalog (-50) leaves no pair within the warm tolerance:
+    the guard pair is chosen, and the validation whole shop's warm targets then score as without the new items."""
+    from accelerate import Accelerator
+
+    from train.finetune import finetune
+    from train.modeling_io import load_model
+
+    cfg = load_config("demo", tiny_overrides(cold_tiny, tmp_path, "pretrain.do_pretrain=false", "finetune.epochs=1",
+                                             "model.cold_item_map_rank=16", "model.cold_item_neighbours=4",
+                                             "finetune.cold_item_offset_grid=[-50]", "finetune.cold_item_gain_grid=[1]"))
+    result = finetune(cfg)
+    shop, chosen = result.cold_item_map["shop_values"], result.cold_item_map["chosen"]
+    without = result.cold_item_map["shop_warm_without_new_items"]
+    assert shop[0][3] < (1 - cfg.finetune.cold_item_warm_tolerance) * without  # the grid's pair costs the warm targets
+    assert chosen["offset"] == shop[-1][1] > 0
+    validation = cold_item_metrics(Accelerator(cpu=True), load_model(result.model_dir).eval(), Corpus(cold_tiny),
+                                   "validation", cfg)
+    assert validation["shop_warm"] == validation["catalog_warm"]
 
 
 def test_a_folder_without_item_text_says_its_cold_items_cannot_be_scored(tmp_path):
@@ -210,7 +233,7 @@ def test_a_new_item_gets_the_score_the_model_gives_it_in_evaluation(cold_hub):
     """A held-out cold item of the test split, sent to the pipeline as a new product with its metadata: its row from
     the stored text map equals its row in the table and its text term is the cold item's, so its score equals the
     model's score for that item in evaluation (the term's scale 2 and the text neighbours' weight 1.5,
-    both times the gain 1 / 1.5, their cosines squared, and the offset 0.3, so all count)."""
+    both times the gain 1 / 1.5, their cosines squared, and a positive offset, so all count)."""
     from transformers import pipeline
 
     from train.evaluate import rec_rows
@@ -221,7 +244,7 @@ def test_a_new_item_gets_the_score_the_model_gives_it_in_evaluation(cold_hub):
     pipe = pipeline("graph-recommendation", model=str(folder), trust_remote_code=True)
     assert pipe.model.cold_item_map.scale.item() == pytest.approx(2.0 / 1.5)  # the gain 1 / 1.5 puts the
     assert pipe.model.cold_item_map.transfer_weight.item() == 1.0  # transfer at weight 1
-    assert pipe.model.cold_item_map.offset.item() == pytest.approx(0.3)
+    assert pipe.model.cold_item_map.offset.item() > 0  # 0.3 or the guard's (the one that keeps the warm targets)
     assert pipe.model.cold_item_map.neighbour_power == 2.0
     cold = int(corpus.cold_items("test")[0])
     new = _catalog_item_as_new(corpus, cold, "NEW-1")

@@ -26,7 +26,7 @@ from data_builders.corpus import Corpus
 from data_builders.item_text import item_token_counts, text_svd
 from train.config import RunConfig
 from train.evaluate import model_pass
-from train.metrics import metric_names, per_user_metrics, summarize
+from train.metrics import metric_names, per_user_metrics, summarize, topk_from_scores
 
 COLD_METRIC_SETS = ("shelf", "shop_warm", "catalog_warm")
 
@@ -134,10 +134,11 @@ def fit_cold_item_map(accelerator, model, corpus: Corpus, cfg: RunConfig) -> dic
     With validation cold items, the ridge alpha, the term's scale and the transfer weight are the triple of
     ``finetune.cold_map_alpha_grid`` x ``cold_item_text_scale_grid`` x ``cold_item_transfer_grid`` with the best
     validation shelf selection metric (first of equals, one pass over validation) at the first neighbour power; then
-    the power (``cold_item_neighbour_power_grid``), scale and transfer again at that alpha; then the gain (``cold_item_gain_grid``, times 1 / the transfer weight) and the offset
-    (``cold_item_offset_grid``) with the best validation whole-shop selection metric among those that keep the
+    the power (``cold_item_neighbour_power_grid``), scale and transfer again at that alpha; then the gain
+    (``cold_item_gain_grid``, times 1 / the transfer weight) and the offset (``cold_item_offset_grid``) with the best validation whole-shop selection metric among those that keep the
     warm targets' metric within ``cold_item_warm_tolerance`` of the shop without new items (``shop_sweep``, a
-    second pass); without, each grid's first value. Returns the sweeps, or why nothing was
+    second pass), the guard pair among them (the offset that keeps every cold item out of each validation user's
+    top max(k) warm items); without, each grid's first value. Returns the sweeps, or why nothing was
     fitted."""
     net = accelerator.unwrap_model(model)
     lever = net.cold_item_map
@@ -211,14 +212,20 @@ def fit_cold_item_map(accelerator, model, corpus: Corpus, cfg: RunConfig) -> dic
     apply(base_gain, 0.0)
     multiple, offset = pairs[0]
     if len(corpus.cold_items("validation")):
-        every, warm_only, without = shop_sweep(accelerator, model, corpus, cfg, pairs, cold_mask)
+        every, warm_only, without, guard = shop_sweep(accelerator, model, corpus, cfg, pairs, cold_mask)
+        # the guard pair keeps every cold item below each validation user's top max(k) warm items, so the warm
+        # targets' metrics are the shop's without new items: the grid's offsets are absolute, and where the cold
+        # scores stand far above the catalog's (Musical Instruments, other splits) every pair of the grid pushed the
+        # warm targets' R@20 to 0
+        pairs.append((pairs[0][0], guard["offset"]))
+        every.append(guard["every"])
+        warm_only.append(without)
         report["shop_values"] = [[m, d, v, w] for (m, d), v, w in zip(pairs, every, warm_only)]
         report["shop_warm_without_new_items"] = without
         # the best whole shop (every target) among the pairs that keep the warm targets' metric within the
-        # tolerance of the shop without new items; none: the pair best for the warm targets
+        # tolerance of the shop without new items (the guard always does)
         floor = (1.0 - f.cold_item_warm_tolerance) * without
-        kept = [j for j, w in enumerate(warm_only) if w >= floor]
-        best = max(kept, key=lambda j: every[j]) if kept else int(np.argmax(warm_only))
+        best = max((j for j, w in enumerate(warm_only) if w >= floor), key=lambda j: every[j])
         multiple, offset = pairs[best]
     apply(base_gain * multiple, offset)
     report["chosen"] = {"alpha": alpha, "scale": scale, "transfer": transfer, "power": power,
@@ -235,12 +242,15 @@ def fit_cold_item_map(accelerator, model, corpus: Corpus, cfg: RunConfig) -> dic
 
 
 def shop_sweep(accelerator, model, corpus: Corpus, cfg: RunConfig, pairs: Sequence[tuple[float, float]],
-               cold_mask: np.ndarray) -> tuple[list, list, float]:
+               cold_mask: np.ndarray) -> tuple[list, list, float, dict]:
     """The validation selection metric of the whole shop (every item ranked, train items masked) with the cold items'
     scores s (as the model gives them) set to m * s - d for each pair (m, d): over every validation target (warm or
-    cold), over the warm targets only, and over the warm targets of the shop without the cold items (one pass)."""
+    cold), over the warm targets only, and over the warm targets of the shop without the cold items (one pass).
+    Also the guard: the smallest offset d (at the first pair's m) that puts every cold item below each user's
+    max(k)-th best warm item, and the every-target metric there (that of the shop without the cold items)."""
     metric = cfg.finetune.selection_metric
     ks, ndcg_ks = cfg.eval.recall_ks, cfg.eval.ndcg_ks
+    depth, gain = max(list(ks) + list(ndcg_ks)), pairs[0][0]
     train_ui = corpus.hops.graph.ui
     cold, warm = np.flatnonzero(cold_mask), np.flatnonzero(cold_mask == 0)
 
@@ -259,8 +269,12 @@ def shop_sweep(accelerator, model, corpus: Corpus, cfg: RunConfig, pairs: Sequen
             moved = scores.copy()
             moved[:, cold] = m * scores[:, cold] - d
             columns += [*measure(moved, every), *measure(moved, warm_targets)]
+        highest_cold = gain * scores[:, cold].max(axis=1)
         scores[:, cold] = -np.inf
-        columns += [*measure(scores, warm_targets)]
+        columns += [*measure(scores, warm_targets), *measure(scores, every)]
+        top = topk_from_scores(scores, depth, exclude)  # the shop without the cold items: each user's top warm items
+        last = np.maximum((top >= 0).sum(axis=1) - 1, 0)[:, None]  # the deepest filled slot (a user may have fewer)
+        columns.append(highest_cold - np.take_along_axis(scores, np.take_along_axis(top, last, 1), 1)[:, 0])
         return np.stack(columns, axis=1)
 
     vals = np.concatenate(model_pass(accelerator, model, corpus, "validation", cfg, consume))
@@ -268,8 +282,11 @@ def shop_sweep(accelerator, model, corpus: Corpus, cfg: RunConfig, pairs: Sequen
     def mean(j: int) -> float:
         return summarize({metric: vals[:, j], "num_relevant": vals[:, j + 1].astype(np.int64)})[metric]
 
+    needed = vals[:, -1][np.isfinite(vals[:, -1])]  # the offset each user needs
+    reach = float(needed.max()) if len(needed) else 0.0
+    guard = {"offset": reach + 1e-4 * max(1.0, abs(reach)), "every": mean(4 * len(pairs) + 2)}  # strictly below
     return ([mean(4 * p) for p in range(len(pairs))], [mean(4 * p + 2) for p in range(len(pairs))],
-            mean(4 * len(pairs)))
+            mean(4 * len(pairs)), guard)
 
 
 def cold_item_metrics(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig) -> dict:
