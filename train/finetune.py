@@ -274,13 +274,9 @@ def select_and_test(cfg: RunConfig, corpus: Corpus, accelerator, trainer, stage_
     """The selected model (or the starting one when fine-tuning is off: NoFineTune), its residual scales chosen on
     validation, then test evaluated ONCE (``with_test`` False: not at all, for probes that choose on validation)."""
     f, best_dir = cfg.finetune, Path(cfg.output.dir) / BEST_DIR
-    if best_dir.is_dir():
-        final = load_model(best_dir, merge_lora=True)
-    else:
-        final = accelerator.unwrap_model(trainer.model)
-        final = final.merge_and_unload() if hasattr(final, "merge_and_unload") else final
-        save_model(accelerator, final, best_dir)
-    final = final.to(accelerator.device)
+    if not best_dir.is_dir():  # no epoch was validated (none trained, or one planned): the model as it stands,
+        save_model(accelerator, trainer.model, best_dir)  # saved as on_best saves it (a LoRA adapter beside it)
+    final = load_model(best_dir, merge_lora=True).to(accelerator.device)
     t0 = time.time()
     scale_sweep = lowpass_sweep = val = None  # a sweep's pass gives the chosen scale's validation metrics
     if f.residual_scale_grid:
