@@ -74,8 +74,9 @@ def shelf_inputs(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig,
         carried = np.zeros((len(powers), len(part), len(cold)))
         if lever is not None and lever.neighbour_count:
             index = torch.as_tensor(cold, device=out.scores.device)
-            carried = np.stack([lever.carried_scores(out.scores, lever.neighbours[index], lever.neighbour_weights[index] ** p)
-                                .float().cpu().numpy() for p in powers])
+            neighbours, cosines = lever.neighbours[index], lever.neighbour_weights[index]
+            carried = np.stack([lever.carried_scores(out.scores, neighbours, cosines ** p).float().cpu().numpy()
+                                for p in powers])
         return out.user_states.float().cpu().numpy(), term, carried, _targets_in(part, cold)
 
     blocks = model_pass(accelerator, model, corpus, split, cfg, consume)
@@ -135,11 +136,11 @@ def fit_cold_item_map(accelerator, model, corpus: Corpus, cfg: RunConfig) -> dic
     ``finetune.cold_map_alpha_grid`` x ``cold_item_text_scale_grid`` x ``cold_item_transfer_grid`` with the best
     validation shelf selection metric (first of equals, one pass over validation) at the first neighbour power; then
     the power (``cold_item_neighbour_power_grid``), scale and transfer again at that alpha; then the gain
-    (``cold_item_gain_grid``, times 1 / the transfer weight) and the offset (``cold_item_offset_grid``) with the best validation whole-shop selection metric among those that keep the
-    warm targets' metric within ``cold_item_warm_tolerance`` of the shop without new items (``shop_sweep``, a
-    second pass), the guard pair among them (the offset that keeps every cold item out of each validation user's
-    top max(k) warm items); without, each grid's first value. Returns the sweeps, or why nothing was
-    fitted."""
+    (``cold_item_gain_grid``, times 1 / the transfer weight) and the offset (``cold_item_offset_grid``) with the best
+    validation whole-shop selection metric among those that keep the warm targets' metric within
+    ``cold_item_warm_tolerance`` of the shop without new items (``shop_sweep``, a second pass), the guard pair among
+    them (the offset that keeps every cold item out of each validation user's top max(k) warm items); without, each
+    grid's first value. Returns the sweeps, or why nothing was fitted."""
     net = accelerator.unwrap_model(model)
     lever = net.cold_item_map
     if lever is None:
@@ -162,8 +163,9 @@ def fit_cold_item_map(accelerator, model, corpus: Corpus, cfg: RunConfig) -> dic
     f, metric = cfg.finetune, cfg.finetune.selection_metric
     transfers = list(f.cold_item_transfer_grid) if lever.neighbour_count else [0.0]
     powers = list(f.cold_item_neighbour_power_grid) if lever.neighbour_count else [lever.neighbour_power]
-    report: dict = {"metric": metric, "alphas": list(f.cold_map_alpha_grid), "scales": list(f.cold_item_text_scale_grid),
-                    "transfers": transfers, "powers": powers, "cold_items": int(len(cold)), "warm_items": int(warm.sum())}
+    report: dict = {"metric": metric, "alphas": list(f.cold_map_alpha_grid),
+                    "scales": list(f.cold_item_text_scale_grid), "transfers": transfers, "powers": powers,
+                    "cold_items": int(len(cold)), "warm_items": int(warm.sum())}
     alpha, scale, transfer, power = f.cold_map_alpha_grid[0], f.cold_item_text_scale_grid[0], transfers[0], powers[0]
     if len(corpus.cold_items("validation")):
         states, terms, carried, targets = shelf_inputs(accelerator, model, corpus, "validation", cfg, powers)
