@@ -97,12 +97,12 @@ def test_amazon_cpu_scale_grids_reach_below_where_validation_chose():
 
 
 def test_the_main_presets_step_budget_follows_the_sets_size():
-    """amazon_cpu trains 3 epochs on a set of Beauty's or Toys' size (22,363 / 19,412 users at batch 64), all 8 on
-    Musical Instruments' (526), and one at 60k users; the paper-faithful presets have no budget."""
+    """amazon_cpu trains 4 epochs on a set of Beauty's or Toys' size (22,363 / 19,412 users at batch 64), all 8 on
+    Musical Instruments' (526), two at 60k users and one at 100k; the paper-faithful presets have no budget."""
     from train.common import steps_per_epoch
     from train.finetune import planned_epochs
 
     f = load_config("amazon_cpu").finetune
-    assert [planned_epochs(f, steps_per_epoch(users, f.batch_size, 1)) for users in (22363, 19412, 526, 60000)] == [3, 3, 8, 1]
+    assert [planned_epochs(f, steps_per_epoch(users, f.batch_size, 1)) for users in (22363, 19412, 526, 60000, 100000)] == [4, 4, 8, 2, 1]
     for name in ("mi_cpu", "beauty_cpu", "paper", "released", "demo"):
         assert load_config(name).finetune.step_budget == 0, name
