@@ -14,7 +14,7 @@
   this text buy items with that text", which neither content kNN nor the neighbours' scores say; alone and
   standardised plus w x the scorer's.
 
-Prints and writes every variant's validation shelf Recall@20 (RESULTS log "new products: three more text signals").
+Prints and writes every variant's validation shelf Recall@20 (RESULTS log "new products, three more text signals probed").
 """
 from __future__ import annotations
 
