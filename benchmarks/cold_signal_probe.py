@@ -14,6 +14,9 @@
   this text buy items with that text", which neither content kNN nor the neighbours' scores say; alone and
   standardised plus w x the scorer's.
 
+With ``--combined``, instead: the best two together, the neighbours' transfer on the full TF-IDF table (K 20 or 50,
+power 4, its best scale x transfer) standardised plus w x the bilinear model (rank 512, lam 1e-4), standardised.
+
 Prints and writes every variant's validation shelf Recall@20 (RESULTS log "new products, three more text signals probed").
 """
 from __future__ import annotations
@@ -73,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run", help="a finished amazon_cpu run on a --cold-item-frac folder (its best/ model is read)")
     ap.add_argument("--split", default="validation", choices=("validation", "test"))
     ap.add_argument("--out", default=None)
+    ap.add_argument("--combined", action="store_true", help="the best neighbours' table plus the bilinear model")
     args = ap.parse_args(argv)
     run = Path(args.run)
     cfg = load_config(run / "run_config.yaml")
@@ -86,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     res: dict = {"run": str(run), "split": args.split, "scorer": recall(scores)}
     tfidf = tfidf_rows(item_token_counts(corpus)).tocsr()
     history = corpus.hops.graph.ui[users]
+    if args.combined:
+        res.update(combined_variants(model, corpus, cfg, args.split, tfidf, run, recall, history, candidates))
+        print(json.dumps(res, indent=1))
+        if args.out:
+            Path(args.out).write_text(json.dumps(res, indent=1))
+        return 0
     for how in ("mean", "max"):
         knn = content_knn(tfidf, history, candidates, how)
         res[f"knn_{how}"] = recall(knn)
@@ -109,7 +119,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def neighbour_variants(model, corpus: Corpus, cfg, split: str, tfidf, run: Path, recall) -> dict:
+def combined_variants(model, corpus: Corpus, cfg, split: str, tfidf, run: Path, recall, history, candidates) -> dict:
+    """{variant: validation shelf R@20} of the full-TF-IDF neighbours' scorer (power 4, its best scale x transfer)
+    plus w x the rank-512 bilinear model."""
+    train = corpus.hops.graph.ui.astype(np.float64).tocsr()
+    vectors = item_text_svd(corpus, 512, cfg.seed)[0].astype(np.float64)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-30)
+    bilinear = standardised((history @ vectors) @ bilinear_text_model(train, vectors, 1e-4) @ vectors[candidates].T)
+    out = {}
+    for k in (20, 50):
+        best = neighbour_variants(model, corpus, cfg, split, tfidf, run, recall, ks=(k,), spaces=("tfidf",),
+                                  powers=(4.0,), keep_scores=True)[f"neighbours_K{k}_tfidf_p4"]
+        out[f"neighbours_K{k}_tfidf_p4"] = best[:3]
+        for w in BLEND_WEIGHTS:
+            out[f"neighbours_K{k}_tfidf_p4+{w:g}xbilinear"] = recall(standardised(best[3]) + w * bilinear)
+    return out
+
+
+def neighbour_variants(model, corpus: Corpus, cfg, split: str, tfidf, run: Path, recall, ks=(20, 50),
+                       spaces=("svd512", "tfidf"), powers=POWERS, keep_scores: bool = False) -> dict:
     """{variant: (best validation shelf R@20, scale, transfer)} of the lever re-fitted with other neighbour tables."""
     lever = model.cold_item_map
     alpha = json.loads((run / "finetune_result.json").read_text())["cold_item_map"]["chosen"]["alpha"]
@@ -119,7 +147,7 @@ def neighbour_variants(model, corpus: Corpus, cfg, split: str, tfidf, run: Path,
     candidates, every_cold = corpus.cold_items(split), held_out_cold_items(corpus)
     unit = torch.as_tensor(vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-30))
     out = {}
-    for k, space in itertools.product((20, 50), ("svd512", "tfidf")):
+    for k, space in itertools.product(ks, spaces):
         cosines = (unit[candidates] @ unit.T if space == "svd512"
                    else torch.as_tensor((tfidf[candidates] @ tfidf.T).toarray(), dtype=torch.float32))
         cosines[:, torch.as_tensor(every_cold)] = -float("inf")  # neighbours are items with interactions
@@ -129,10 +157,12 @@ def neighbour_variants(model, corpus: Corpus, cfg, split: str, tfidf, run: Path,
             0, torch.as_tensor(candidates), top.indices)
         lever.neighbour_weights = torch.zeros(lever.cold.shape[0], k).index_copy(
             0, torch.as_tensor(candidates), top.values.clamp_min(0.0))
-        states, terms, carried, _ = shelf_inputs(Accelerator(cpu=True), model, corpus, split, cfg, POWERS)
+        states, terms, carried, _ = shelf_inputs(Accelerator(cpu=True), model, corpus, split, cfg, powers)
         mapped = states @ (vectors[candidates] @ weight + bias).T
-        for i, power in enumerate(POWERS):
+        for i, power in enumerate(powers):
             best = max((recall(mapped + s * terms + t * carried[i]), s, t) for s, t in itertools.product(SCALES, TRANSFERS))
+            if keep_scores:  # the best variant's (n, C) scores too
+                best = (*best, mapped + best[1] * terms + best[2] * carried[i])
             out[f"neighbours_K{k}_{space}_p{power:g}"] = best
     return out
 
