@@ -92,40 +92,37 @@ def main(argv: list[str] | None = None) -> int:
     history = corpus.hops.graph.ui[users]
     if args.combined:
         res.update(combined_variants(model, corpus, cfg, args.split, tfidf, run, recall, history, candidates))
-        print(json.dumps(res, indent=1))
-        if args.out:
-            Path(args.out).write_text(json.dumps(res, indent=1))
-        return 0
-    for how in ("mean", "max"):
-        knn = content_knn(tfidf, history, candidates, how)
-        res[f"knn_{how}"] = recall(knn)
-        for w in BLEND_WEIGHTS:
-            res[f"scorer+{w:g}xknn_{how}"] = recall(standardised(scores) + w * standardised(knn))
-
-    train = corpus.hops.graph.ui.astype(np.float64).tocsr()
-    for rank in (128, 512):
-        vectors = item_text_svd(corpus, rank, cfg.seed)[0].astype(np.float64)
-        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-30)
-        for lam in (1e-4, 1e-3, 1e-2):
-            bilinear = (history @ vectors) @ bilinear_text_model(train, vectors, lam) @ vectors[candidates].T
-            res[f"bilinear_r{rank}_lam{lam:g}"] = recall(bilinear)
+    else:
+        for how in ("mean", "max"):
+            knn = content_knn(tfidf, history, candidates, how)
+            res[f"knn_{how}"] = recall(knn)
             for w in BLEND_WEIGHTS:
-                res[f"scorer+{w:g}xbilinear_r{rank}_lam{lam:g}"] = recall(standardised(scores) + w * standardised(bilinear))
-
-    res.update(neighbour_variants(model, corpus, cfg, args.split, tfidf, run, recall))
+                res[f"scorer+{w:g}xknn_{how}"] = recall(standardised(scores) + w * standardised(knn))
+        for rank in (128, 512):
+            for lam, bilinear in bilinear_scores(corpus, cfg, history, candidates, rank, (1e-4, 1e-3, 1e-2)).items():
+                res[f"bilinear_r{rank}_lam{lam:g}"] = recall(bilinear)
+                for w in BLEND_WEIGHTS:
+                    res[f"scorer+{w:g}xbilinear_r{rank}_lam{lam:g}"] = recall(standardised(scores) + w * standardised(bilinear))
+        res.update(neighbour_variants(model, corpus, cfg, args.split, tfidf, run, recall))
     print(json.dumps(res, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1))
     return 0
 
 
+def bilinear_scores(corpus: Corpus, cfg, history, candidates, rank: int, lams: tuple) -> dict:
+    """{lam: (n, C) the bilinear text model's scores of the candidates for the users' train ``history`` (CSR rows)}
+    with the rank-``rank`` unit text vectors, one fit per ridge ``lam``."""
+    vectors = item_text_svd(corpus, rank, cfg.seed)[0].astype(np.float64)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-30)
+    train = corpus.hops.graph.ui.astype(np.float64).tocsr()
+    return {lam: (history @ vectors) @ bilinear_text_model(train, vectors, lam) @ vectors[candidates].T for lam in lams}
+
+
 def combined_variants(model, corpus: Corpus, cfg, split: str, tfidf, run: Path, recall, history, candidates) -> dict:
     """{variant: validation shelf R@20} of the full-TF-IDF neighbours' scorer (power 4, its best scale x transfer)
     plus w x the rank-512 bilinear model."""
-    train = corpus.hops.graph.ui.astype(np.float64).tocsr()
-    vectors = item_text_svd(corpus, 512, cfg.seed)[0].astype(np.float64)
-    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-30)
-    bilinear = standardised((history @ vectors) @ bilinear_text_model(train, vectors, 1e-4) @ vectors[candidates].T)
+    bilinear = standardised(bilinear_scores(corpus, cfg, history, candidates, 512, (1e-4,))[1e-4])
     out = {}
     for k in (20, 50):
         best = neighbour_variants(model, corpus, cfg, split, tfidf, run, recall, ks=(k,), spaces=("tfidf",),
