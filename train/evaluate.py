@@ -217,11 +217,12 @@ def model_pass(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig, c
 
 
 def evaluate_scorer(accelerator, scorer: Scorer, corpus: Corpus, split: str, cfg: RunConfig,
-                    only_rows: np.ndarray | None = None) -> list[dict]:
+                    only_rows: np.ndarray | None = None, per_user: bool = False) -> list[dict]:
     """Mean metrics over the split's users (``only_rows``: those rows of it) of each of the scorer's variants, the
     user's train items masked; every process gets the same dicts (``accelerator`` None: one process scores every
     row). The gathered rows are checked to be the split's (or ``only_rows``), once each, and the means are taken in
-    row order."""
+    row order. ``per_user``: each dict also holds the per-user arrays it averaged (``"per_user"``, in the order of
+    ``"users"``), for paired statistics (benchmarks/paired_bootstrap.py)."""
     expected = np.arange(corpus.num_rows("recommendation", split)) if only_rows is None else np.unique(only_rows)
     train_ui = corpus.hops.graph.ui  # the train items of each user (CSR rows): masked out of the ranking
     ks, ndcg_ks = cfg.eval.recall_ks, cfg.eval.ndcg_ks
@@ -248,11 +249,13 @@ def evaluate_scorer(accelerator, scorer: Scorer, corpus: Corpus, split: str, cfg
     results = []
     for v in range(scorer.num_variants):
         vals = np.concatenate([value[1][v] for _, value in blocks]) if blocks else np.zeros((0, len(names) + 1))
-        per_user = {n: vals[order, j] for j, n in enumerate(names)}
-        per_user["num_relevant"] = vals[order, -1].astype(np.int64)
-        result = summarize(per_user)
+        values = {n: vals[order, j] for j, n in enumerate(names)}
+        values["num_relevant"] = vals[order, -1].astype(np.int64)
+        result = summarize(values)
         result["split"] = split
         result["users"] = [int(u) for u in users[order]]
+        if per_user:
+            result["per_user"] = values
         results.append(result)
     return results
 
