@@ -12,6 +12,10 @@ test users from the same population. This benchmark measures that, on a finished
   draw gives mean(model) / mean(baseline) per metric. Reported: the ratio on all users, the 2.5 / 97.5
   percentiles of the draws, and the share of draws at or above ``--bar``.
 
+With ``--cold-shelf`` the runs are new-product runs (a folder built with ``--cold-item-frac``) and the two sides are
+the runs' new-arrivals shelf (``train.cold_items.cold_item_metrics``) and content kNN on the same shelf
+(``--baseline content_knn_mean`` or ``content_knn_max``, benchmarks/cold_items.py).
+
 Nothing is chosen here: the models and the baseline configuration were chosen on validation before, and this
 re-reads the test metrics the result files hold (it checks that they agree).
 
@@ -19,6 +23,9 @@ re-reads the test metrics the result files hold (it checks that they agree).
         --runs outputs/probe6/toys_budget1200_s0 outputs/probe6/toys_budget1200_s1 outputs/probe6/toys_budget1200_s2 \\
         --baseline ease_ilp --params '{"lambdas": [250], "ks": [512], "weights": [0.75]}' --bar 1.05 \\
         --out benchmarks/results/Toys/toys_paired_bootstrap.json
+    python -m benchmarks.paired_bootstrap --folder outputs/cold/beauty --cold-shelf --baseline content_knn_mean \
+        --runs outputs/cold7/beauty_s0 outputs/cold7/beauty_s1 outputs/cold7/beauty_s2 --bar 1.2 \
+        --out benchmarks/results/Beauty/beauty_cold_paired_bootstrap.json
 """
 from __future__ import annotations
 
@@ -30,7 +37,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.baselines import make_baseline
+from benchmarks.cold_items import content_knn, shelf_users
 from data_builders.corpus import Corpus
+from data_builders.item_text import item_token_counts, tfidf_rows
+from train.cold_items import cold_item_metrics, shelf_per_user
 from train.common import make_accelerator
 from train.config import EvalConfig, RunConfig, load_config
 from train.evaluate import ModelScorer, eval_mode, evaluate_scorer
@@ -63,20 +73,46 @@ def bootstrap_ratio(model: np.ndarray, base: np.ndarray, draws: int = 10_000, ba
 def per_user_test(scorer, corpus: Corpus, cfg: RunConfig) -> tuple[np.ndarray, dict]:
     """(users, {metric: per-user test values}) of one scorer, users with a test item only, in the split's order."""
     result = evaluate_scorer(None, scorer, corpus, "test", cfg, per_user=True)[0]
-    values = result["per_user"]
-    keep = values["num_relevant"] > 0
-    return np.asarray(result["users"])[keep], {m: values[m][keep] for m in METRICS}
+    return _kept(np.asarray(result["users"]), result["per_user"])
 
 
-def run_values(run_dir: Path, corpus: Corpus) -> tuple[np.ndarray, dict, dict]:
-    """Per-user test values of a finished run's selected model, and the test means its result file holds."""
+def _kept(users: np.ndarray, values: dict) -> tuple[np.ndarray, dict]:
+    """The users with a relevant item and their values, in user order (the pairing key of both sides)."""
+    keep = np.flatnonzero(values["num_relevant"] > 0)
+    keep = keep[np.argsort(users[keep], kind="stable")]
+    return users[keep], {m: np.asarray(values[m])[keep] for m in METRICS}
+
+
+def run_values(run_dir: Path, corpus: Corpus, cold_shelf: bool) -> tuple[np.ndarray, dict, dict]:
+    """Per-user test values of a finished run's selected model, and the test means its result files hold: the
+    whole catalog, or (``cold_shelf``) the new-arrivals shelf of a cold-item folder."""
     cfg = load_config(run_dir / "run_config.yaml")
     model = load_model(run_dir / BEST_DIR)
-    scorer = ModelScorer(make_accelerator(cfg, run_dir), model, corpus, cfg)
+    accelerator = make_accelerator(cfg, run_dir)
+    if cold_shelf:
+        shelf = cold_item_metrics(accelerator, model, corpus, "test", cfg, per_user=True)["shelf"]
+        recorded = json.loads((run_dir / "finetune_result.json").read_text())["cold_items_test"]["shelf"]
+        return *_kept(shelf["users"], shelf["per_user"]), recorded
+    scorer = ModelScorer(accelerator, model, corpus, cfg)
     with eval_mode(scorer.net):
         users, values = per_user_test(scorer, corpus, cfg)
-    recorded = json.loads((run_dir / "metrics_test.json").read_text())
-    return users, values, recorded
+    return users, values, json.loads((run_dir / "metrics_test.json").read_text())
+
+
+def baseline_values(corpus: Corpus, name: str, params: dict, cold_shelf: bool) -> tuple[np.ndarray, dict]:
+    """Per-user test values of a baseline: a catalog baseline fitted on train (``params``: its chosen grid cell),
+    or on the shelf content kNN ("content_knn_mean" / "content_knn_max", benchmarks/cold_items.py)."""
+    cfg = RunConfig(eval=EvalConfig(batch_size=1024))
+    if not cold_shelf:
+        fitted = make_baseline(name, **params).fit(corpus.interaction_matrix("train"), corpus.interaction_matrix("validation"))
+        return per_user_test(fitted, corpus, cfg)
+    if name not in ("content_knn_mean", "content_knn_max"):
+        raise SystemExit(f"--cold-shelf compares with content_knn_mean or content_knn_max, not {name!r}")
+    users, targets = shelf_users(corpus, "test")
+    candidates = corpus.cold_items("test")
+    scores = content_knn(tfidf_rows(item_token_counts(corpus)), corpus.hops.graph.ui[users], candidates,
+                         name.rsplit("_", 1)[1])
+    return _kept(users, shelf_per_user(scores, candidates, targets, cfg.eval.recall_ks, cfg.eval.ndcg_ks))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -85,6 +121,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--runs", nargs="+", required=True, help="finished run folders (one per seed)")
     parser.add_argument("--baseline", default="ease_ilp")
     parser.add_argument("--params", default="{}", help="JSON keyword arguments of the baseline (its chosen grid cell)")
+    parser.add_argument("--cold-shelf", action="store_true",
+                        help="compare on the new-arrivals shelf of a cold-item folder (runs built with --cold-item-frac)")
     parser.add_argument("--bar", type=float, default=1.05)
     parser.add_argument("--draws", type=int, default=10_000)
     parser.add_argument("--out", required=True)
@@ -93,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     corpus = Corpus(args.folder)
     per_run, users = [], None
     for run in args.runs:
-        run_users, values, recorded = run_values(Path(run), corpus)
+        run_users, values, recorded = run_values(Path(run), corpus, args.cold_shelf)
         if users is not None and not np.array_equal(users, run_users):
             raise SystemExit(f"{run}: its test users differ from the first run's (another split?)")
         for m in METRICS:  # the same model and split must give the test means on record
@@ -102,13 +140,11 @@ def main(argv: list[str] | None = None) -> dict:
         users = run_users
         per_run.append(values)
     params = json.loads(args.params)
-    baseline = make_baseline(args.baseline, **params).fit(corpus.interaction_matrix("train"),
-                                                          corpus.interaction_matrix("validation"))
-    base_users, base = per_user_test(baseline, corpus, RunConfig(eval=EvalConfig(batch_size=1024)))
+    base_users, base = baseline_values(corpus, args.baseline, params, args.cold_shelf)
     if not np.array_equal(users, base_users):
         raise SystemExit("the baseline's test users differ from the runs'")
     result = {"folder": args.folder, "runs": args.runs, "baseline": args.baseline, "params": params,
-              "users": int(len(users)), "metrics": {}}
+              "cold_shelf": args.cold_shelf, "users": int(len(users)), "metrics": {}}
     for m in METRICS:
         model_mean = np.mean([v[m] for v in per_run], axis=0)  # each user's value averaged over the seeds
         result["metrics"][m] = {

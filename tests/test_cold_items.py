@@ -181,6 +181,24 @@ def test_the_guard_offset_keeps_the_warm_ranking_when_no_grid_pair_does(cold_tin
     assert validation["shop_warm"] == validation["catalog_warm"]
 
 
+def test_the_shelf_per_user_values_average_to_its_metrics(cold_tiny, tmp_path):
+    """``cold_item_metrics(per_user=True)`` (the paired bootstrap's input) keeps each user's shelf values once, and
+    they average to the reported shelf metrics."""
+    from accelerate import Accelerator
+
+    from train.finetune import finetune
+    from train.modeling_io import load_model
+
+    cfg = load_config("demo", tiny_overrides(cold_tiny, tmp_path, "pretrain.do_pretrain=false", "finetune.epochs=1",
+                                             "model.cold_item_map_rank=16"))
+    model = load_model(finetune(cfg).model_dir).eval()
+    shelf = cold_item_metrics(Accelerator(cpu=True), model, Corpus(cold_tiny), "test", cfg, per_user=True)["shelf"]
+    kept = shelf["per_user"]["num_relevant"] > 0
+    assert shelf["num_users"] == kept.sum() > 0 and len(np.unique(shelf["users"])) == len(shelf["users"])
+    for key in ("recall@20", "ndcg@100"):
+        assert shelf["per_user"][key][kept].mean() == pytest.approx(shelf[key], abs=1e-12)
+
+
 def test_a_folder_without_item_text_says_its_cold_items_cannot_be_scored(tmp_path):
     folder = tmp_path / "no_text"
     build(tiny_build_config(folder, users=60, items=50).replace(cold_item_frac=0.2, prompts=("second_order", "interactions", "recommendation")))

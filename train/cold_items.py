@@ -94,11 +94,16 @@ def candidate_columns(targets: Sequence[Sequence[int]], candidates: np.ndarray) 
     return [np.asarray([column[int(j)] for j in t if int(j) in column], dtype=np.int64) for t in targets]
 
 
-def shelf_metrics(scores: np.ndarray, candidates: np.ndarray, targets: Sequence[np.ndarray], ks, ndcg_ks) -> dict:
-    """Metrics of ranking only ``candidates`` ((n, C) scores, one column per candidate) against each user's targets
-    among them."""
+def shelf_per_user(scores: np.ndarray, candidates: np.ndarray, targets: Sequence[np.ndarray], ks, ndcg_ks) -> dict:
+    """Per-user metrics of ranking only ``candidates`` ((n, C) scores, one column per candidate) against each user's
+    targets among them."""
     relevant = candidate_columns(targets, candidates)
-    return summarize(per_user_metrics(scores, relevant=relevant, exclude=None, ks=ks, ndcg_ks=ndcg_ks))
+    return per_user_metrics(scores, relevant=relevant, exclude=None, ks=ks, ndcg_ks=ndcg_ks)
+
+
+def shelf_metrics(scores: np.ndarray, candidates: np.ndarray, targets: Sequence[np.ndarray], ks, ndcg_ks) -> dict:
+    """The means of ``shelf_per_user``."""
+    return summarize(shelf_per_user(scores, candidates, targets, ks, ndcg_ks))
 
 
 @torch.no_grad()
@@ -291,8 +296,9 @@ def shop_sweep(accelerator, model, corpus: Corpus, cfg: RunConfig, pairs: Sequen
             mean(4 * len(pairs)), guard)
 
 
-def cold_item_metrics(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig) -> dict:
-    """``{"shelf", "shop_warm", "catalog_warm"}`` metrics of the model as it is (one pass over the split)."""
+def cold_item_metrics(accelerator, model, corpus: Corpus, split: str, cfg: RunConfig, per_user: bool = False) -> dict:
+    """``{"shelf", "shop_warm", "catalog_warm"}`` metrics of the model as it is (one pass over the split).
+    ``per_user``: each also holds the per-user arrays it averaged (``"per_user"``) and their users (``"users"``)."""
     ks, ndcg_ks = cfg.eval.recall_ks, cfg.eval.ndcg_ks
     names = metric_names(ks, ndcg_ks)
     cold, every_cold = corpus.cold_items(split), held_out_cold_items(corpus)
@@ -309,14 +315,17 @@ def cold_item_metrics(accelerator, model, corpus: Corpus, split: str, cfg: RunCo
         scores[:, every_cold] = -np.inf  # the catalog without the new items (train items masked as well, below)
         catalog = per_user_metrics(scores, relevant=relevant, exclude=train_ui[users], ks=ks, ndcg_ks=ndcg_ks)
         return [np.stack([m[n] for n in names] + [m["num_relevant"].astype(np.float64)], axis=1)
-                for m in (shelf, shop, catalog)]
+                for m in (shelf, shop, catalog)] + [users]
 
     blocks = model_pass(accelerator, model, corpus, split, cfg, consume)
+    users = np.concatenate([b[-1] for b in blocks]) if blocks else np.zeros(0, np.int64)
     out = {}
     for k, name in enumerate(COLD_METRIC_SETS):
         vals = np.concatenate([b[k] for b in blocks]) if blocks else np.zeros((0, len(names) + 1))
-        per_user = {n: vals[:, j] for j, n in enumerate(names)}
-        per_user["num_relevant"] = vals[:, -1].astype(np.int64)
-        out[name] = summarize(per_user)
+        values = {n: vals[:, j] for j, n in enumerate(names)}
+        values["num_relevant"] = vals[:, -1].astype(np.int64)
+        out[name] = summarize(values)
+        if per_user:
+            out[name].update(per_user=values, users=users)
     return out
 
