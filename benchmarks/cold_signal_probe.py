@@ -17,6 +17,10 @@
 With ``--combined``, instead: the best two together, the neighbours' transfer on the full TF-IDF table (K 20 or 50,
 power 4, its best scale x transfer) standardised plus w x the bilinear model (rank 512, lam 1e-4), standardised.
 
+With ``--metadata SOURCE`` (the raw dataset the folder was built from), instead: the user's affinity to the cold
+item's brand, leaf category or category path (the share of the user's train items that hold it), alone and
+standardised plus w x the scorer's: item metadata that the TF-IDF of the whole item text dilutes.
+
 Prints and writes every variant's validation shelf Recall@20 (RESULTS log "new products, three more text signals probed").
 """
 from __future__ import annotations
@@ -27,6 +31,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from accelerate import Accelerator
 
@@ -34,6 +39,7 @@ from benchmarks.cold_items import content_knn
 from benchmarks.cold_transfer_probe import standardised
 from data_builders.corpus import Corpus
 from data_builders.item_text import item_token_counts, tfidf_rows
+from data_builders.readers import read_source
 from train.cold_items import (_targets_in, fit_text_map, held_out_cold_items, item_text_svd, shelf_inputs,
                               shelf_metrics, warm_item_mask)
 from train.config import load_config
@@ -77,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="validation", choices=("validation", "test"))
     ap.add_argument("--out", default=None)
     ap.add_argument("--combined", action="store_true", help="the best neighbours' table plus the bilinear model")
+    ap.add_argument("--metadata", default=None, help="raw source of the folder: brand and category affinities")
     args = ap.parse_args(argv)
     run = Path(args.run)
     cfg = load_config(run / "run_config.yaml")
@@ -90,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     res: dict = {"run": str(run), "split": args.split, "scorer": recall(scores)}
     tfidf = tfidf_rows(item_token_counts(corpus)).tocsr()
     history = corpus.hops.graph.ui[users]
-    if args.combined:
+    if args.metadata:
+        res.update(metadata_variants(corpus, args.metadata, history, candidates, scores, recall))
+    elif args.combined:
         res.update(combined_variants(model, corpus, cfg, args.split, tfidf, run, recall, history, candidates))
     else:
         for how in ("mean", "max"):
@@ -117,6 +126,31 @@ def bilinear_scores(corpus: Corpus, cfg, history, candidates, rank: int, lams: t
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-30)
     train = corpus.hops.graph.ui.astype(np.float64).tocsr()
     return {lam: (history @ vectors) @ bilinear_text_model(train, vectors, lam) @ vectors[candidates].T for lam in lams}
+
+
+def metadata_variants(corpus: Corpus, source: str, history, candidates, scores, recall) -> dict:
+    """{variant: validation shelf R@20} of the users' brand, leaf-category and category-path affinities to the
+    candidates, alone (ties broken by a seeded jitter) and blended into the scorer's standardised scores."""
+    meta = read_source(source).items
+    items = [meta.get(i) for i in corpus.item_ids]
+    keys = {
+        "brand": [[m.brand.lower()] if m is not None and m.brand else [] for m in items],
+        "leaf": [[m.categories[-1]] if m is not None and m.categories else [] for m in items],
+        "path": [[" > ".join(m.categories[:d + 1]) for d in range(len(m.categories))] if m is not None else []
+                 for m in items],
+    }
+    sizes = np.maximum(np.asarray(history.sum(axis=1)).ravel(), 1.0)[:, None]
+    out = {}
+    for name, per_item in keys.items():
+        vocab: dict = {}
+        rows = [j for j, ks in enumerate(per_item) for _ in ks]
+        cols = [vocab.setdefault(k, len(vocab)) for ks in per_item for k in ks]
+        onehot = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(corpus.num_items, max(len(vocab), 1)))
+        affinity = np.asarray((history.astype(np.float64) @ onehot @ onehot[candidates].T).todense()) / sizes
+        out[name] = recall(affinity + 1e-9 * np.random.default_rng(0).random(affinity.shape))
+        for w in (0.05, 0.1, 0.25, 0.5, 1.0):
+            out[f"scorer+{w:g}x{name}"] = recall(standardised(scores) + w * standardised(affinity))
+    return out
 
 
 def combined_variants(model, corpus: Corpus, cfg, split: str, tfidf, run: Path, recall, history, candidates) -> dict:

@@ -23,8 +23,8 @@ re-reads the test metrics the result files hold (it checks that they agree).
         --runs outputs/probe6/toys_budget1200_s0 outputs/probe6/toys_budget1200_s1 outputs/probe6/toys_budget1200_s2 \\
         --baseline ease_ilp --params '{"lambdas": [250], "ks": [512], "weights": [0.75]}' --bar 1.05 \\
         --out benchmarks/results/Toys/toys_paired_bootstrap.json
-    python -m benchmarks.paired_bootstrap --folder outputs/cold/beauty --cold-shelf --baseline content_knn_mean \
-        --runs outputs/cold7/beauty_s0 outputs/cold7/beauty_s1 outputs/cold7/beauty_s2 --bar 1.2 \
+    python -m benchmarks.paired_bootstrap --folder outputs/cold/beauty --cold-shelf --baseline content_knn_mean \\
+        --runs outputs/cold7/beauty_s0 outputs/cold7/beauty_s1 outputs/cold7/beauty_s2 --bar 1.2 \\
         --out benchmarks/results/Beauty/beauty_cold_paired_bootstrap.json
 """
 from __future__ import annotations
@@ -71,7 +71,7 @@ def bootstrap_ratio(model: np.ndarray, base: np.ndarray, draws: int = 10_000, ba
 
 
 def per_user_test(scorer, corpus: Corpus, cfg: RunConfig) -> tuple[np.ndarray, dict]:
-    """(users, {metric: per-user test values}) of one scorer, users with a test item only, in the split's order."""
+    """(users, {metric: per-user test values}) of one scorer, users with a test item only, in user order."""
     result = evaluate_scorer(None, scorer, corpus, "test", cfg, per_user=True)[0]
     return _kept(np.asarray(result["users"]), result["per_user"])
 
